@@ -1,0 +1,163 @@
+"""The one typed configuration object, validated at start-up.
+
+Sources, later wins: defaults below < a TOML or JSON file (``FAEC_CONFIG`` or an
+explicit path) < environment variables ``FAEC_<FIELD>`` with ``__`` between
+nested names, e.g. ``FAEC_GALLERY__THRESHOLD=0.5``.
+
+Every field has a default, a description and bounds; an unknown key is an error
+(``extra="forbid"``), so a typo fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from faec_rec.errors import ConfigError
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/faec-rec`` or ``~/.local/share/faec-rec``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "faec-rec"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FacesConfig(_Section):
+    """Detection, alignment and embedding."""
+
+    detector: str = Field("blazeface", description="face detector: 'blazeface' or 'mtcnn'")
+    min_face_px: int = Field(40, ge=8, le=1000, description="smallest face side, pixels, to report")
+    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection; boxes are mapped back")
+    score_threshold: float = Field(0.6, gt=0, lt=1, description="detector confidence below which a face is ignored")
+    max_image_pixels: int = Field(60_000_000, ge=1, description="refuse images with more pixels than this before decoding (decompression bombs)")
+    max_image_bytes: int = Field(50_000_000, ge=1, description="refuse encoded images larger than this")
+    flip_average: bool = Field(True, description="average the descriptor of each chip and its mirror image")
+    batch_size: int = Field(32, ge=1, le=1024, description="faces embedded per model call")
+
+
+class GalleryConfig(_Section):
+    """The enrolled gallery and the open-set decision."""
+
+    threshold: float | None = Field(None, ge=-1, le=1, description="global cosine-similarity threshold; None takes the value calibrated for the model")
+    margin: float = Field(0.0, ge=0, le=2, description="minimum gap between best and runner-up person for a 'known' decision")
+    per_person_thresholds: bool = Field(True, description="raise the threshold for people who resemble many others")
+    hnsw_above: int = Field(200_000, ge=1, description="use an HNSW index above this many templates, exact search below")
+    hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
+    hnsw_ef_search: int = Field(128, ge=8, le=4096, description="HNSW search depth (recall vs speed)")
+    hnsw_ef_construction: int = Field(200, ge=8, le=4096, description="HNSW build depth")
+    snapshot_every: int = Field(10_000, ge=1, description="write a snapshot after this many gallery events")
+
+
+class WorkerConfig(_Section):
+    """Celery workers."""
+
+    concurrency: int = Field(2, ge=1, le=256, description="worker processes per `faec-rec worker`")
+    frame_ttl_s: int = Field(60, ge=1, le=86_400, description="seconds a frame's bytes live in Redis")
+    max_retries: int = Field(3, ge=0, le=100, description="retries of a failed task (backoff doubles)")
+    prefetch_multiplier: int = Field(1, ge=1, le=64, description="tasks each process reserves ahead")
+    health_port: int = Field(0, ge=0, le=65535, description="HTTP health/readiness and metrics port; 0 = off")
+
+
+class ProducerConfig(_Section):
+    """Camera and folder producers."""
+
+    fps: float = Field(10.0, gt=0, le=120, description="frames per second sampled from each camera")
+    max_in_flight: int = Field(8, ge=1, le=10_000, description="frames per camera waiting for a worker before the oldest is dropped")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of frames pushed to Redis")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="longest wait between camera reconnection attempts")
+    max_side: int = Field(1280, ge=64, le=8192, description="frames larger than this are downscaled before pushing")
+
+
+class EventsConfig(_Section):
+    """Event streams and tracking."""
+
+    stream_maxlen: int = Field(100_000, ge=100, description="approximate length cap of each event stream")
+    track_iou: float = Field(0.3, gt=0, lt=1, description="box overlap that continues a track between frames")
+    track_timeout_s: float = Field(2.0, gt=0, le=600, description="a track unseen this long is 'left'")
+
+
+class TrainingConfig(_Section):
+    """Comparison-head training."""
+
+    schedule: str = Field("0 3 * * *", description="cron expression (minute hour day month weekday) for scheduled retraining")
+    epochs: int = Field(30, ge=1, le=10_000, description="head training epochs")
+    identities_per_batch: int = Field(16, ge=2, le=1024, description="P in a P x K balanced batch")
+    images_per_identity: int = Field(4, ge=2, le=64, description="K in a P x K balanced batch")
+    max_lfw_drop: float = Field(0.002, ge=0, le=1, description="largest generic (LFW) accuracy loss a promoted head may cause")
+    seed: int = Field(0, description="random seed of training runs")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FAEC_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = start a private Redis under data_dir")
+    prefix: str = Field("faec", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="namespace of every Redis key")
+    data_dir: Path = Field(default_factory=default_data_dir, description="crops, snapshots, models and the private Redis")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="logging level")
+    log_json: bool = Field(False, description="structured JSON logs")
+    faces: FacesConfig = FacesConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    workers: WorkerConfig = WorkerConfig()
+    producers: ProducerConfig = ProducerConfig()
+    events: EventsConfig = EventsConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init values), as documented above.
+        return (env_settings, init_settings)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    return data
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings.
+
+    ``path`` (or ``$FAEC_CONFIG``) names a TOML or JSON file; ``overrides`` are
+    keyword values for tests and the CLI. Raises :class:`ConfigError` naming the
+    first bad field.
+    """
+    file_path = path or os.environ.get("FAEC_CONFIG")
+    values: dict[str, Any] = _read_file(Path(file_path)) if file_path else {}
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ConfigError(f"invalid configuration: {field}: {first['msg']}") from exc

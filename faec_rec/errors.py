@@ -1,0 +1,75 @@
+"""Every exception the project raises on purpose, in one place.
+
+Each message says what was wrong and, where it can, what to do about it. Callers
+catch :class:`FaecError` to handle any of them.
+"""
+from __future__ import annotations
+
+
+class FaecError(Exception):
+    """Base class of every error faec_rec raises on purpose."""
+
+
+class ConfigError(FaecError, ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+class ImageError(FaecError, ValueError):
+    """An image could not be used: unreadable, truncated, empty or too large.
+
+    ``source`` names the file (or key) and ``reason`` says what was wrong.
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class ModelError(FaecError):
+    """A model file is missing, corrupt or fails its checksum."""
+
+
+class VectorError(FaecError, ValueError):
+    """Vectors of the wrong shape, dtype or content (NaN, zero norm)."""
+
+
+class GalleryError(FaecError):
+    """A gallery operation could not be carried out."""
+
+
+class UnknownPersonError(GalleryError, KeyError):
+    """No person with that id or name is enrolled."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+        return str(self.args[0]) if self.args else "unknown person"
+
+
+class DuplicateTemplateError(GalleryError):
+    """The same image (by content hash) is already enrolled for that person."""
+
+
+class VersionMismatchError(GalleryError):
+    """Vectors from one model version were compared with another's."""
+
+
+class QualityError(FaecError):
+    """An enrolment image failed the quality gate; ``reason`` is a short code."""
+
+    def __init__(self, source: str, reason: str, detail: str = "") -> None:
+        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+        self.source = source
+        self.reason = reason
+        self.detail = detail
+
+
+class BackendUnavailable(FaecError, ConnectionError):
+    """Redis (or another backing service) cannot be reached."""
+
+
+class FrameExpired(FaecError):
+    """A frame's Redis key expired before a worker read it."""
+
+
+class TrainingError(FaecError):
+    """A training run could not start or finish (too little data, a lock held...)."""

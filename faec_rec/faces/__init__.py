@@ -1,0 +1,1 @@
+"""faec_rec/faces"""

@@ -1,0 +1,141 @@
+"""Every Redis key name, built in one place under a namespace prefix.
+
+Nothing else in the project spells a key: it asks ``Keys(prefix).<name>(...)``.
+Ids that reach a key are checked so that a person id or camera id can never
+escape its namespace.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from faec_rec.errors import ConfigError
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+
+
+def safe_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it may appear in a key or a file name, else raise ``ValueError``."""
+    if not isinstance(value, str) or not _SAFE_ID.match(value) or value in {".", ".."} or ".." in value:
+        raise ValueError(f"{what} {value!r} may only hold letters, digits and _ . : @ - (1-128 characters)")
+    return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one deployment (``prefix``), e.g. ``Keys("faec").frame("cam1", 7)``."""
+
+    prefix: str = "faec"
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r}: letters, digits, _ . - only (1-32)")
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # ---- gallery (index/) -------------------------------------------------
+    def person(self, person_id: str) -> str:
+        """Hash: name, metadata (JSON), created."""
+        return self._k("person", safe_id(person_id, "person id"))
+
+    def people(self) -> str:
+        """Set of every person id."""
+        return self._k("people")
+
+    def person_names(self) -> str:
+        """Hash: display name (casefolded) -> person id."""
+        return self._k("people", "by-name")
+
+    def person_templates(self, person_id: str) -> str:
+        """Set of one person's template ids."""
+        return self._k("person", safe_id(person_id, "person id"), "templates")
+
+    def template(self, template_id: str) -> str:
+        """Hash: person, features (bytes), embedding version, quality, source, content hash."""
+        return self._k("template", safe_id(template_id, "template id"))
+
+    def template_hashes(self) -> str:
+        """Hash: content hash of the source image -> template id (duplicate detection)."""
+        return self._k("template-hashes")
+
+    def gallery_events(self) -> str:
+        """Stream of gallery changes that every replica follows."""
+        return self._k("gallery", "events")
+
+    def gallery_snapshot(self) -> str:
+        """Hash describing the newest snapshot: path, stream id, version."""
+        return self._k("gallery", "snapshot")
+
+    def gallery_lock(self) -> str:
+        return self._k("gallery", "lock")
+
+    # ---- model registry (training/) ---------------------------------------
+    def models(self) -> str:
+        """Hash: version -> JSON record (metrics, path, checksum, created)."""
+        return self._k("models")
+
+    def model_current(self) -> str:
+        """String: the version in service."""
+        return self._k("models", "current")
+
+    def model_events(self) -> str:
+        """Stream of model-version changes (workers hot-swap on these)."""
+        return self._k("models", "events")
+
+    def train_lock(self) -> str:
+        return self._k("train", "lock")
+
+    def feedback(self) -> str:
+        """Stream of confirmations/corrections of events by people."""
+        return self._k("feedback")
+
+    # ---- frames and events (producers/, workers/) -------------------------
+    def frame(self, camera_id: str, frame_no: int) -> str:
+        """String with TTL: one JPEG frame."""
+        return self._k("frame", safe_id(camera_id, "camera id"), str(int(frame_no)))
+
+    def in_flight(self, camera_id: str) -> str:
+        """List of a camera's frame keys waiting for a worker (bounded, oldest dropped)."""
+        return self._k("inflight", safe_id(camera_id, "camera id"))
+
+    def camera_stats(self, camera_id: str) -> str:
+        """Hash of counters: pushed, dropped, processed, errors, status."""
+        return self._k("camera", safe_id(camera_id, "camera id"), "stats")
+
+    def cameras(self) -> str:
+        return self._k("cameras")
+
+    def events(self, camera_id: str | None = None) -> str:
+        """Stream of recognition events: one per camera, and the combined one (None)."""
+        if camera_id is None:
+            return self._k("events")
+        return self._k("events", safe_id(camera_id, "camera id"))
+
+    def events_channel(self) -> str:
+        """Pub/sub channel mirroring the combined event stream."""
+        return self._k("events", "live")
+
+    def tracks(self, camera_id: str) -> str:
+        """Hash: the tracker state of one camera (JSON)."""
+        return self._k("tracks", safe_id(camera_id, "camera id"))
+
+    def job(self, job_id: str) -> str:
+        """Hash: a folder/batch job's progress."""
+        return self._k("job", safe_id(job_id, "job id"))
+
+    def job_results(self, job_id: str) -> str:
+        """Stream of a folder job's per-image result records."""
+        return self._k("job", safe_id(job_id, "job id"), "results")
+
+    def enrolment(self, request_id: str) -> str:
+        """Hash: result of one enrolment request (idempotency)."""
+        return self._k("enrolment", safe_id(request_id, "request id"))
+
+    def upload(self, upload_id: str) -> str:
+        """String with TTL: image bytes uploaded by a client for a task."""
+        return self._k("upload", safe_id(upload_id, "upload id"))
+
+    def pattern(self) -> str:
+        """Glob matching every key of this deployment (tests, cleanup)."""
+        return self._k("*")
