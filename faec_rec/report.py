@@ -1,0 +1,366 @@
+"""Batch identification reports: a JSON file for programs and one self-contained
+HTML page for people.
+
+The JSON lists every image (``path``) with its ``faces`` (``box`` [x1, y1, x2, y2]
+in image pixels, ``person`` (name, or null for a stranger), ``person_id``,
+``score``, ``decision`` "known"/"unknown", ``runner_up``) and an ``error`` (null,
+or why the image could not be used), plus a ``summary`` of counts.
+
+The HTML page shows every image as a thumbnail (base64 JPEG inside the page, boxes
+and names drawn, strangers in another colour), filterable and sortable by decision
+with a few lines of inline JavaScript. It needs no network and no other file.
+
+Building the report is pure (records in, dict out); reading pixels for the
+thumbnails goes through a ``loader`` the caller passes (the face engine's
+``load_image`` by default), so boxes are drawn on the same pixels the engine saw.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = 1
+THUMB_MAX_SIDE = 360
+THUMB_JPEG_QUALITY = 80
+
+# RGB colours of drawn boxes; the same hues are used by the page's CSS.
+KNOWN_RGB = (46, 160, 67)
+UNKNOWN_RGB = (229, 57, 53)
+
+
+class Decision(str, Enum):
+    """Per-face open-set answer as it appears in reports."""
+
+    KNOWN = "known"
+    UNKNOWN = "unknown"
+
+
+class ImageStatus(str, Enum):
+    """One word per image, used to filter and sort the HTML page."""
+
+    ERROR = "error"  # the image could not be used
+    NO_FACE = "no-face"  # readable, nobody found
+    STRANGER = "stranger"  # at least one face is unknown
+    KNOWN = "known"  # every face has a name
+
+
+# ---- the JSON report ------------------------------------------------------
+
+def _round(value: Any, digits: int = 4) -> float | None:
+    if value is None:
+        return None
+    return round(float(value), digits)
+
+
+def normalise_face(face: Mapping[str, Any]) -> dict[str, Any]:
+    """One face record in the report's shape (unknown fields dropped, numbers rounded).
+
+    ``box`` becomes four floats rounded to 0.1 px; ``decision`` must be
+    "known" or "unknown" (anything else is reported as "unknown"); a stranger's
+    ``person`` is always null.
+    """
+    box = [round(float(v), 1) for v in face.get("box", ())]
+    if len(box) != 4:
+        raise ValueError(f"face box must have 4 numbers [x1, y1, x2, y2], got {face.get('box')!r}")
+    decision = Decision.KNOWN.value if face.get("decision") == Decision.KNOWN.value else Decision.UNKNOWN.value
+    known = decision == Decision.KNOWN.value
+    return {
+        "box": box,
+        "person": face.get("person") if known else None,
+        "person_id": face.get("person_id") if known else None,
+        "score": _round(face.get("score")),
+        "decision": decision,
+        "runner_up": face.get("runner_up"),
+    }
+
+
+def normalise_image(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One image record in the report's shape: ``path``, ``faces``, ``error``, ``model_version``."""
+    error = record.get("error") or None
+    faces = [] if error else [normalise_face(f) for f in record.get("faces") or ()]
+    return {
+        "path": str(record.get("path") or record.get("name") or ""),
+        "faces": faces,
+        "error": str(error) if error else None,
+        "model_version": record.get("model_version"),
+    }
+
+
+def image_status(image: Mapping[str, Any]) -> ImageStatus:
+    """Classify a normalised image record for filtering."""
+    if image.get("error"):
+        return ImageStatus.ERROR
+    faces = image.get("faces") or []
+    if not faces:
+        return ImageStatus.NO_FACE
+    if any(f["decision"] != Decision.KNOWN.value for f in faces):
+        return ImageStatus.STRANGER
+    return ImageStatus.KNOWN
+
+
+def summarise(images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts over normalised image records: images, errors, faces, known, unknown,
+    images per status, and how many faces each named person got."""
+    statuses = Counter(image_status(i).value for i in images)
+    faces = [f for i in images for f in i["faces"]]
+    people = Counter(f["person"] for f in faces if f["decision"] == Decision.KNOWN.value)
+    return {
+        "images": len(images),
+        "errors": statuses.get(ImageStatus.ERROR.value, 0),
+        "faces": len(faces),
+        "known": sum(people.values()),
+        "unknown": len(faces) - sum(people.values()),
+        "by_status": {s.value: statuses.get(s.value, 0) for s in ImageStatus},
+        "people": dict(sorted(people.items())),
+    }
+
+
+def build_report(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    source: str | None = None,
+    skipped: Iterable[Mapping[str, str]] = (),
+    created: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The JSON report as a dict.
+
+    ``records`` are per-image results as the workers write them (see the service
+    contract); they are sorted by path so two runs over one folder compare equal.
+    ``skipped`` lists files that were not sent at all (``{"path", "reason"}``).
+    """
+    images = sorted((normalise_image(r) for r in records), key=lambda i: i["path"])
+    versions = sorted({i["model_version"] for i in images if i.get("model_version")})
+    return {
+        "format": REPORT_FORMAT,
+        "created": (created or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds"),
+        "source": source,
+        "model_version": versions[0] if len(versions) == 1 else (versions or None),
+        "summary": summarise(images),
+        "images": images,
+        "skipped": [dict(s) for s in skipped],
+    }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so a reader
+    never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write the report as indented UTF-8 JSON; returns the path."""
+    out = Path(path)
+    _atomic_write(out, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    return out
+
+
+# ---- thumbnails -----------------------------------------------------------
+
+def _ascii_label(text: str) -> str:
+    # OpenCV's Hershey fonts draw ASCII only; the page shows the exact name as text.
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+
+
+def thumbnail(image: np.ndarray, faces: Sequence[Mapping[str, Any]], max_side: int = THUMB_MAX_SIDE) -> np.ndarray:
+    """A downscaled copy of ``image`` with every face's box and label drawn.
+
+    image: (h, w, 3) uint8 RGB; faces: normalised face records with boxes in
+    ``image``'s pixels. Returns (h', w', 3) uint8 RGB with max(h', w') <= max_side.
+    Known faces are drawn in green with their name, strangers in red as "unknown".
+    """
+    import cv2  # imported here so building JSON reports never needs OpenCV
+
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"thumbnail needs an (h, w, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    else:
+        thumb = image.copy()
+    th, tw = thumb.shape[:2]
+    for number, face in enumerate(faces, start=1):
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in face["box"])
+        x1, x2 = max(0, min(x1, tw - 1)), max(0, min(x2, tw - 1))
+        y1, y2 = max(0, min(y1, th - 1)), max(0, min(y2, th - 1))
+        known = face["decision"] == Decision.KNOWN.value
+        colour = KNOWN_RGB if known else UNKNOWN_RGB
+        cv2.rectangle(thumb, (x1, y1), (x2, y2), colour, 2)
+        label = f"{number} " + (_ascii_label(str(face.get("person") or "?")) if known else "unknown")
+        (lw, lh), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        ly = y1 - 4 if y1 - lh - base - 4 >= 0 else min(th - 1, y2 + lh + 4)
+        cv2.rectangle(thumb, (x1, ly - lh - 2), (min(tw - 1, x1 + lw + 4), ly + base - 1), colour, -1)
+        cv2.putText(thumb, label, (x1 + 2, ly - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return thumb
+
+
+def jpeg_data_uri(image: np.ndarray, quality: int = THUMB_JPEG_QUALITY) -> str:
+    """``data:image/jpeg;base64,...`` of an (h, w, 3) uint8 RGB image."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding of a thumbnail failed")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def default_loader(path: str) -> np.ndarray:
+    """The face engine's image reader (EXIF rotation applied), so drawn boxes
+    land where the engine found the faces."""
+    from faec_rec.faces.image import load_image
+
+    return load_image(path)
+
+
+# ---- the HTML page --------------------------------------------------------
+
+_CSS = """
+body{font:14px system-ui,sans-serif;margin:1em;background:#fafafa;color:#222}
+h1{font-size:1.3em;margin:.2em 0}.meta{color:#666;margin-bottom:.6em}
+.bar{position:sticky;top:0;background:#fafafa;padding:.4em 0;border-bottom:1px solid #ddd;z-index:1}
+.bar button{margin-right:.3em;padding:.25em .7em;border:1px solid #bbb;border-radius:4px;background:#fff;cursor:pointer}
+.bar button.on{background:#333;color:#fff}
+.grid{display:flex;flex-wrap:wrap;gap:10px;margin-top:.8em}
+.card{width:372px;background:#fff;border:1px solid #ddd;border-left:6px solid #999;border-radius:4px;padding:6px}
+.card.known{border-left-color:rgb(46,160,67)}.card.stranger{border-left-color:rgb(229,57,53)}
+.card.error{border-left-color:#8e24aa}.card.no-face{border-left-color:#9e9e9e}
+.card img{max-width:360px;max-height:360px;display:block;margin:0 auto}
+.path{font-family:monospace;font-size:12px;word-break:break-all;color:#444;margin:4px 0}
+ol{margin:2px 0;padding-left:1.6em}.k{color:rgb(30,130,50);font-weight:600}.u{color:rgb(200,40,40);font-weight:600}
+.err{color:#8e24aa}.score{color:#666;font-size:12px}
+"""
+
+_JS = """
+const grid=document.getElementById('grid');let show='all';
+function apply(){for(const c of grid.children){c.hidden=!(show==='all'||c.dataset.status===show);}}
+document.querySelectorAll('[data-show]').forEach(b=>b.onclick=()=>{show=b.dataset.show;
+ document.querySelectorAll('[data-show]').forEach(x=>x.classList.toggle('on',x===b));apply();});
+const rank={'stranger':0,'error':1,'no-face':2,'known':3};
+document.getElementById('sort').onchange=e=>{const k=e.target.value;const cards=[...grid.children];
+ cards.sort((a,b)=>k==='path'?a.dataset.path.localeCompare(b.dataset.path):
+  k==='decision'?(rank[a.dataset.status]-rank[b.dataset.status])||a.dataset.path.localeCompare(b.dataset.path):
+  k==='score'?(+a.dataset.score)-(+b.dataset.score):(+b.dataset.faces)-(+a.dataset.faces));
+ cards.forEach(c=>grid.appendChild(c));};
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _face_item(face: Mapping[str, Any]) -> str:
+    score = "" if face.get("score") is None else f' <span class="score">{face["score"]:.3f}</span>'
+    if face["decision"] == Decision.KNOWN.value:
+        return f'<li><span class="k">{_esc(face.get("person"))}</span>{score}</li>'
+    runner = face.get("runner_up")
+    hint = f' <span class="score">(closest: {_esc(runner)})</span>' if isinstance(runner, str) and runner else ""
+    return f'<li><span class="u">unknown</span>{score}{hint}</li>'
+
+
+def _card(image: Mapping[str, Any], picture: str | None) -> str:
+    status = image_status(image)
+    faces = image["faces"]
+    # the least certain known face orders a card when sorting by score
+    best = min((f["score"] for f in faces if f.get("score") is not None), default=2.0)
+    parts = [
+        f'<div class="card {status.value}" data-status="{status.value}" data-path="{_esc(image["path"])}" '
+        f'data-faces="{len(faces)}" data-score="{best:.4f}">'
+    ]
+    if picture:
+        parts.append(f'<img loading="lazy" alt="{_esc(image["path"])}" src="{picture}">')
+    parts.append(f'<div class="path">{_esc(image["path"])}</div>')
+    if image.get("error"):
+        parts.append(f'<div class="err">error: {_esc(image["error"])}</div>')
+    elif not faces:
+        parts.append('<div class="score">no face found</div>')
+    else:
+        parts.append("<ol>" + "".join(_face_item(f) for f in faces) + "</ol>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def render_html(
+    report: Mapping[str, Any],
+    loader: Callable[[str], np.ndarray] | None = default_loader,
+    *,
+    title: str = "faec-rec identification report",
+    max_side: int = THUMB_MAX_SIDE,
+    progress: Callable[[], None] | None = None,
+) -> str:
+    """The report as one self-contained HTML page (no external assets).
+
+    ``loader(path) -> (h, w, 3) uint8 RGB`` reads each image for its thumbnail;
+    None leaves thumbnails out. An image the loader cannot read keeps its card
+    without a picture. ``progress`` is called once per image (progress bars).
+    """
+    summary = report["summary"]
+    cards = []
+    for image in report["images"]:
+        picture = None
+        if loader is not None and not image.get("error"):
+            try:
+                picture = jpeg_data_uri(thumbnail(loader(image["path"]), image["faces"], max_side))
+            except Exception as exc:  # a thumbnail must never sink the report
+                log.warning("no thumbnail for %s: %s", image["path"], exc)
+        cards.append(_card(image, picture))
+        if progress is not None:
+            progress()
+    by_status = summary["by_status"]
+    buttons = [("all", f"all ({summary['images']})")] + [
+        (s.value, f"{s.value} ({by_status.get(s.value, 0)})") for s in
+        (ImageStatus.STRANGER, ImageStatus.KNOWN, ImageStatus.NO_FACE, ImageStatus.ERROR)
+    ]
+    people = ", ".join(f"{_esc(n)} ×{c}" for n, c in summary["people"].items()) or "nobody"
+    meta = (
+        f"{summary['images']} images, {summary['faces']} faces: {summary['known']} known, "
+        f"{summary['unknown']} unknown, {summary['errors']} errors · people: {people}"
+    )
+    source = f" · source {_esc(report['source'])}" if report.get("source") else ""
+    version = f" · model {_esc(report['model_version'])}" if report.get("model_version") else ""
+    bar = "".join(
+        f'<button data-show="{k}"{" class=on" if k == "all" else ""}>{_esc(label)}</button>' for k, label in buttons
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_esc(title)}</h1><div class=\"meta\">{meta}<br>created {_esc(report.get('created', ''))}{source}{version}</div>"
+        f"<div class=\"bar\">show: {bar} sort: <select id=\"sort\"><option value=\"path\">path</option>"
+        "<option value=\"decision\">decision (strangers first)</option><option value=\"score\">lowest score first</option>"
+        f"<option value=\"faces\">most faces first</option></select></div>"
+        f"<div class=\"grid\" id=\"grid\">{''.join(cards)}</div><script>{_JS}</script></body></html>\n"
+    )
+
+
+def write_html(
+    report: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    loader: Callable[[str], np.ndarray] | None = default_loader,
+    **kwargs: Any,
+) -> Path:
+    """Render :func:`render_html` to ``path``; returns the path."""
+    out = Path(path)
+    _atomic_write(out, render_html(report, loader, **kwargs).encode("utf-8"))
+    return out
