@@ -65,6 +65,8 @@ class WorkerConfig(_Section):
     max_retries: int = Field(3, ge=0, le=100, description="retries of a failed task (backoff doubles)")
     prefetch_multiplier: int = Field(1, ge=1, le=64, description="tasks each process reserves ahead")
     health_port: int = Field(0, ge=0, le=65535, description="HTTP health/readiness and metrics port; 0 = off")
+    visibility_timeout_s: int = Field(600, ge=2, le=86_400, description="seconds before a task taken by a worker that died unacknowledged is handed to another; must exceed the longest task")
+    result_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds enrolment reports, job results and task results are kept")
 
 
 class ProducerConfig(_Section):

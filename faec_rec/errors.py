@@ -73,3 +73,7 @@ class FrameExpired(FaecError):
 
 class TrainingError(FaecError):
     """A training run could not start or finish (too little data, a lock held...)."""
+
+
+class PayloadError(FaecError, ValueError):
+    """A task message is malformed: a field is missing or of the wrong type."""

@@ -136,6 +136,10 @@ class Keys:
         """String with TTL: image bytes uploaded by a client for a task."""
         return self._k("upload", safe_id(upload_id, "upload id"))
 
+    def celery(self) -> str:
+        """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
+        return self._k("celery", "")
+
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
         return self._k("*")
