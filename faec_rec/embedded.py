@@ -1,0 +1,304 @@
+"""The backend a command talks to: a real deployment, or the embedded default.
+
+With ``redis_url`` configured (``FAEC_REDIS_URL`` or the config file) a command
+talks to that Redis, and tasks go to whatever workers consume it. Without one,
+the *embedded default* starts a private ``redis-server`` with its data under
+``data_dir/redis`` (append-only file, so the gallery persists between runs) and,
+when the command needs recognition, a Celery worker inside this process (solo
+pool, in a thread); both stop when the command ends.
+
+Several faec-rec commands may run at once on one data folder: the first one
+owns the private Redis (an exclusive lock on ``data_dir/redis/owner.lock``,
+its port in ``data_dir/redis/port``); the others find it and use it. The owner
+stops it when it ends, so a long-lived owner (``faec-rec worker``) is the way to
+keep it up for several commands.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from faec_rec.config import Settings
+from faec_rec.errors import BackendUnavailable
+from faec_rec.keys import Keys
+from faec_rec.redis_server import PrivateRedis, answers
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+WORKER_START_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 120.0
+OWNER_WAIT_S = 15.0
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def connect(url: str, timeout_s: float = 3.0) -> "redis_lib.Redis":
+    """A Redis client for ``url`` that answered PING; raises :class:`BackendUnavailable`
+    with a message saying what to do."""
+    import redis as redis_lib
+
+    try:
+        client = redis_lib.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0))
+        client.ping()
+    except (redis_lib.RedisError, OSError, ValueError) as exc:
+        raise BackendUnavailable(
+            f"cannot reach Redis at {redact_url(url)} ({exc}): start it, fix FAEC_REDIS_URL, "
+            "or unset FAEC_REDIS_URL to use the private embedded Redis"
+        ) from exc
+    return client
+
+
+# ---- the private Redis, shared between concurrent commands ------------------
+
+@dataclass
+class PrivateRedisLease:
+    """Use of the private Redis in ``directory``: start it (and own it) when no
+    other faec-rec process runs it, else join the one that does."""
+
+    directory: Path
+    owner: bool = False
+    url: str = ""
+    _server: PrivateRedis | None = field(default=None, repr=False)
+    _lock_fd: int | None = field(default=None, repr=False)
+
+    @property
+    def port_file(self) -> Path:
+        return self.directory / "port"
+
+    def acquire(self) -> "PrivateRedisLease":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while True:
+            fd = os.open(self.directory / "owner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                port = self._read_port()
+                if port and answers("127.0.0.1", port):
+                    self.url = f"redis://127.0.0.1:{port}/0"
+                    log.info("using the private redis another faec-rec process runs on port %d", port)
+                    return self
+                if time.monotonic() > deadline:
+                    raise BackendUnavailable(
+                        f"another faec-rec process holds {self.directory} but its Redis does not answer: "
+                        "wait for it to finish, or stop it"
+                    )
+                time.sleep(0.1)
+                continue
+            self._lock_fd = fd
+            break
+        self.owner = True
+        self._stop_orphan()
+        self._server = PrivateRedis(self.directory).start()
+        self.port_file.write_text(str(self._server.port))
+        self.url = self._server.url
+        return self
+
+    def release(self) -> None:
+        if self.owner:
+            self.port_file.unlink(missing_ok=True)
+            if self._server is not None:
+                self._server.stop()
+            self._server = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.owner = False
+
+    def _read_port(self) -> int | None:
+        try:
+            return int(self.port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _stop_orphan(self) -> None:
+        """A previous owner killed hard leaves its redis-server running on our
+        data; shut it down (it flushes its append-only file) before starting ours,
+        so two servers never write one file."""
+        port = self._read_port()
+        if not port or not answers("127.0.0.1", port):
+            return
+        import redis as redis_lib
+
+        client = redis_lib.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        try:
+            served = client.config_get("dir").get("dir")
+            if served is None or Path(served).resolve() != self.directory.resolve():
+                return  # someone else's Redis took that port since
+            log.warning("stopping a private redis left running on port %d by an earlier run", port)
+            client.shutdown()
+        except redis_lib.ConnectionError:
+            pass  # SHUTDOWN closes the connection: that is success
+        except redis_lib.RedisError as exc:
+            log.warning("could not stop the redis left on port %d: %s", port, exc)
+        finally:
+            client.close()
+        for _ in range(100):
+            if not answers("127.0.0.1", port):
+                break
+            time.sleep(0.05)
+
+
+# ---- an in-process worker -------------------------------------------------
+
+@contextlib.contextmanager
+def inprocess_worker(app: "Celery", queues: Sequence[str], loglevel: str = "WARNING") -> Iterator[Any]:
+    """Run a Celery worker (solo pool) for ``queues`` in a daemon thread of this
+    process while the block runs; it finishes the task in hand before stopping.
+
+    Raises :class:`BackendUnavailable` if it does not start in time.
+    """
+    from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
+    from celery.worker import state
+
+    setup_app_for_worker(app, loglevel, None)
+    worker = TestWorkController(
+        app=app,
+        concurrency=1,
+        pool="solo",
+        hostname=f"embedded-{os.getpid()}@{socket.gethostname()}",
+        loglevel=loglevel,
+        logfile=None,
+        queues=list(queues),
+        ready_callback=None,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.start()
+        except BaseException as exc:  # surfaced below instead of dying silently in the thread
+            failure.append(exc)
+            worker._on_started.set()
+
+    thread = threading.Thread(target=run, name="faec-embedded-worker", daemon=True)
+    thread.start()
+    if not worker._on_started.wait(WORKER_START_TIMEOUT_S) or failure:
+        state.should_terminate = 0
+        reason = f": {failure[0]}" if failure else f" within {WORKER_START_TIMEOUT_S:.0f}s"
+        raise BackendUnavailable(f"the embedded worker did not start{reason}")
+    log.info("embedded worker consuming %s", ",".join(queues))
+    try:
+        yield worker
+    finally:
+        state.should_terminate = 0
+        thread.join(WORKER_STOP_TIMEOUT_S)
+        if thread.is_alive():
+            log.warning("embedded worker still busy after %.0fs; leaving it", WORKER_STOP_TIMEOUT_S)
+        state.should_terminate = None
+
+
+def consumers(app: "Celery", queue: str, timeout_s: float = 2.0) -> list[str]:
+    """Names of the workers that consume ``queue`` now (empty if none answers)."""
+    try:
+        replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    except Exception as exc:  # broker trouble is reported by the caller's own calls
+        log.debug("inspect failed: %s", exc)
+        return []
+    return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or ()))
+
+
+# ---- the backend a command uses ----------------------------------------------
+
+@dataclass
+class Backend:
+    """What a command talks to. ``settings.redis_url`` is always set here."""
+
+    settings: Settings
+    redis: "redis_lib.Redis"
+    embedded: bool
+    _app: "Celery | None" = field(default=None, repr=False)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.settings.prefix)
+
+    @property
+    def url(self) -> str:
+        return redact_url(self.settings.redis_url or "")
+
+    @property
+    def app(self) -> "Celery":
+        """The Celery app for this backend (built on first use)."""
+        if self._app is None:
+            from faec_rec.workers.app import make_app
+
+            self._app = make_app(self.settings)
+        return self._app
+
+    def require_consumers(self, queue: str, timeout_s: float = 2.0) -> list[str]:
+        """Raise :class:`BackendUnavailable` unless some worker consumes ``queue``."""
+        found = consumers(self.app, queue, timeout_s)
+        if not found:
+            raise BackendUnavailable(
+                f"no worker is consuming queue {queue!r} on {self.url}: start one with `faec-rec worker` "
+                "(same FAEC_REDIS_URL and FAEC_PREFIX)"
+            )
+        return found
+
+
+@contextlib.contextmanager
+def open_backend(
+    settings: Settings,
+    *,
+    worker_queues: Sequence[str] = (),
+    worker_loglevel: str = "WARNING",
+) -> Iterator[Backend]:
+    """Open the backend for ``settings`` for the duration of the block.
+
+    With ``settings.redis_url``: connect to it (no worker started: tasks go to
+    the deployment's workers). Without: lease the private Redis under
+    ``settings.data_dir / "redis"`` and, if ``worker_queues`` is not empty, run
+    an in-process worker on them. Everything started here is stopped on exit.
+    Raises :class:`BackendUnavailable` when Redis cannot be reached or started.
+    """
+    if settings.redis_url:
+        client = connect(settings.redis_url)
+        try:
+            yield Backend(settings=settings, redis=client, embedded=False)
+        finally:
+            client.close()
+        return
+
+    lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
+    try:
+        live = settings.model_copy(update={"redis_url": lease.url})
+        client = connect(lease.url)
+        backend = Backend(settings=live, redis=client, embedded=True)
+        try:
+            if worker_queues:
+                with inprocess_worker(backend.app, worker_queues, worker_loglevel):
+                    yield backend
+            else:
+                yield backend
+        finally:
+            client.close()
+    finally:
+        lease.release()
