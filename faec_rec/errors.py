@@ -77,3 +77,7 @@ class TrainingError(FaecError):
 
 class PayloadError(FaecError, ValueError):
     """A task message is malformed: a field is missing or of the wrong type."""
+
+
+class TaskTimeout(FaecError, TimeoutError):
+    """A queued task gave no result in time (usually: no worker consumes its queue)."""

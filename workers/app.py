@@ -1,0 +1,146 @@
+"""The Celery app and its configuration, in one place.
+
+``celery -A faec_rec.workers.app worker -Q frames,enrol,train`` runs a worker;
+producers and the client send tasks *by name* (the constants below) so that
+they never import the pipeline or TensorFlow.
+
+Building an app neither connects to Redis nor loads a model: the settings are
+read on first use of the configuration, the model and the gallery on the first
+task of each worker process (or at ``worker_process_init``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from faec_rec.config import Settings, load_settings
+from faec_rec.keys import Keys
+
+log = logging.getLogger(__name__)
+
+TASK_RECOGNISE = "faec_rec.recognise_frame"
+TASK_IDENTIFY = "faec_rec.identify_image"
+TASK_ENROL = "faec_rec.enrol"
+TASK_TRAIN = "faec_rec.train_head"
+
+QUEUE_FRAMES = "frames"
+QUEUE_ENROL = "enrol"
+QUEUE_TRAIN = "train"
+QUEUES = (QUEUE_FRAMES, QUEUE_ENROL, QUEUE_TRAIN)
+
+# The one routing table: every task name and the queue it travels on.
+ROUTES: dict[str, dict[str, str]] = {
+    TASK_RECOGNISE: {"queue": QUEUE_FRAMES},
+    TASK_IDENTIFY: {"queue": QUEUE_FRAMES},
+    TASK_ENROL: {"queue": QUEUE_ENROL},
+    TASK_TRAIN: {"queue": QUEUE_TRAIN},
+}
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for one deployment, as a plain dict.
+
+    Broker and result backend are ``settings.redis_url``; every Celery key lives
+    under ``Keys(settings.prefix).celery()`` so two deployments (or two test
+    runs) can share one Redis database without seeing each other's queues.
+    """
+    url = settings.redis_url or DEFAULT_BROKER_URL
+    keyprefix = Keys(settings.prefix).celery()
+    transport = {
+        "global_keyprefix": keyprefix,
+        # A message taken by a worker that dies unacknowledged is redelivered
+        # after this long (acks_late): it must exceed the longest task.
+        "visibility_timeout": settings.workers.visibility_timeout_s,
+    }
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"global_keyprefix": keyprefix},
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a message can never execute code on a worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A task is acknowledged after it ran; a worker killed mid-task hands
+        # it back (tasks are idempotent, so a second run changes nothing).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.workers.prefetch_multiplier,
+        "task_routes": ROUTES,
+        "task_default_queue": QUEUE_FRAMES,
+        "task_create_missing_queues": True,
+        "result_expires": settings.workers.result_ttl_s,
+        "task_track_started": False,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": _beat_schedule(settings),
+    }
+
+
+def _beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The retraining schedule: ``faec_rec.training.schedule.beat_schedule(settings)``.
+
+    That module must stay light (no TensorFlow import): this configuration is
+    also read by producers and clients. Empty when training is not installed.
+    """
+    try:
+        from faec_rec.training.schedule import beat_schedule  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    return dict(beat_schedule(settings))
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    """Build a Celery app for ``settings`` (default: :func:`load_settings` on first use).
+
+    Safe to call anywhere: nothing connects and no model loads until a worker
+    runs a task. The app's settings are available as ``app_settings(app)``.
+    """
+    app = Celery("faec_rec", set_as_current=False)
+    holder: dict[str, Settings] = {}
+
+    def settings_now() -> Settings:
+        if "s" not in holder:
+            holder["s"] = settings if settings is not None else load_settings()
+        return holder["s"]
+
+    app.faec_settings = settings_now  # type: ignore[attr-defined]
+    # Read lazily: the module-level app must not read the environment at import.
+    app.add_defaults(lambda: celery_config(settings_now()))
+
+    from faec_rec.workers import tasks
+
+    tasks.register(app)
+    return app
+
+
+def app_settings(app: Celery) -> Settings:
+    """The :class:`Settings` an app built by :func:`make_app` serves."""
+    getter = getattr(app, "faec_settings", None)
+    if getter is None:
+        raise TypeError("this Celery app was not built by faec_rec.workers.app.make_app")
+    return getter()
+
+
+@worker_process_init.connect(weak=False)
+def _warm_up(**_: object) -> None:
+    # Load the model and the gallery replica in each fresh worker process
+    # before the first task arrives, so the first frame is not slow.
+    from faec_rec.workers import runtime
+
+    try:
+        runtime.warm_up(app_settings(app))
+    except Exception:  # a failed warm-up is retried lazily by the first task
+        log.exception("warm-up failed; resources will load on the first task")
+
+
+app = make_app()

@@ -1,0 +1,188 @@
+"""Per-process resources of a worker: loaded once, on first use, never at import.
+
+A worker process holds one :class:`Runtime` per deployment (settings): a Redis
+client, the face engine (Keras model), the gallery replica with its projector,
+and the tracker store. Before each batch the pipeline calls
+:meth:`Runtime.refresh`, which applies new gallery events and hot-swaps the
+projector when the model registry's current version changed, so a retrained
+head goes live without a restart.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from faec_rec.config import Settings
+from faec_rec.keys import Keys
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+
+    from faec_rec.faces.engine import FaceEngine
+    from faec_rec.index.gallery import Gallery
+    from faec_rec.index.projection import Projector
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+
+
+def load_projector(version: str, settings: Settings, redis: "redis_lib.Redis") -> "Projector":
+    """The projector for a model ``version``: ``BaseProjector`` for "base",
+    else the trained head from the model registry (``faec_rec.training``).
+
+    Raises whatever the registry raises (a missing or tampered file:
+    :class:`~faec_rec.errors.ModelError`); :meth:`Runtime.refresh` catches it and
+    keeps serving the current version.
+    """
+    from faec_rec.index.projection import BaseProjector
+
+    if version == BASE_VERSION:
+        return BaseProjector()
+    from faec_rec.training import registry  # heavy (Keras): only when a head is in service
+
+    return registry.load_projector(version, settings=settings, redis=redis)
+
+
+class Runtime:
+    """The resources one worker process uses for one deployment.
+
+    Attributes load lazily and once (thread-safe): ``engine`` (FaceEngine),
+    ``gallery`` (Gallery replica following the gallery event stream), ``redis``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import redis as redis_lib
+
+        from faec_rec.workers.app import DEFAULT_BROKER_URL
+
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.redis: redis_lib.Redis = redis_lib.Redis.from_url(
+            settings.redis_url or DEFAULT_BROKER_URL, health_check_interval=30
+        )
+        self._lock = threading.RLock()
+        self._engine: FaceEngine | None = None
+        self._gallery: Gallery | None = None
+        self._track_store: Any = None
+
+    # ---- lazily loaded resources ------------------------------------------
+    @property
+    def engine(self) -> "FaceEngine":
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from faec_rec.faces.engine import FaceEngine
+
+                    engine = FaceEngine(self.settings.faces)
+                    self._engine = engine
+        return self._engine
+
+    @property
+    def gallery(self) -> "Gallery":
+        if self._gallery is None:
+            with self._lock:
+                if self._gallery is None:
+                    from faec_rec.index.gallery import Gallery
+
+                    version = self._current_version()
+                    try:
+                        projector = load_projector(version, self.settings, self.redis)
+                    except Exception:
+                        log.exception("cannot load projector %r; serving %r", version, BASE_VERSION)
+                        projector = load_projector(BASE_VERSION, self.settings, self.redis)
+                    self._gallery = Gallery(
+                        self.redis, self.keys, self.settings.gallery, self.settings.data_dir,
+                        projector=projector,
+                    )
+        return self._gallery
+
+    @property
+    def track_store(self) -> Any:
+        """The Redis-backed tracker store shared by every worker of this deployment."""
+        if self._track_store is None:
+            with self._lock:
+                if self._track_store is None:
+                    from faec_rec.workers.tracker import TrackStore
+
+                    self._track_store = TrackStore.from_settings(self.redis, self.keys, self.settings.events)
+        return self._track_store
+
+    @property
+    def projector(self) -> "Projector":
+        return self.gallery.projector
+
+    @property
+    def model_version(self) -> str:
+        """``"<backbone_version>/<projector version>"``, as written into events."""
+        return f"{self.engine.backbone_version}/{self.projector.version}"
+
+    # ---- per batch ----------------------------------------------------------
+    def _current_version(self) -> str:
+        raw = self.redis.get(self.keys.model_current())
+        return raw.decode() if raw else BASE_VERSION
+
+    def refresh(self) -> None:
+        """Bring the replica up to date; hot-swap the projector if a new version is current.
+
+        Cheap when nothing changed (one XREAD and one GET). A version that
+        cannot be loaded is logged and the current one keeps serving.
+        """
+        gallery = self.gallery
+        gallery.sync()
+        wanted = self._current_version()
+        if wanted == gallery.projector.version:
+            return
+        with self._lock:
+            if wanted == gallery.projector.version:
+                return
+            try:
+                projector = load_projector(wanted, self.settings, self.redis)
+            except Exception:
+                log.exception("cannot load model version %r; still serving %r", wanted, gallery.projector.version)
+                return
+            gallery.set_projector(projector)
+            log.info("now serving model version %s", projector.version)
+
+    def warm(self) -> None:
+        """Load everything now (model weights, replica) instead of on the first task."""
+        import numpy as np
+
+        engine = self.engine
+        # One dummy batch compiles the model so the first real frame is not slow.
+        engine.features(np.zeros((1, 150, 150, 3), dtype=np.uint8))
+        engine.detect(np.zeros((240, 320, 3), dtype=np.uint8))
+        self.refresh()
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+_RUNTIMES: dict[tuple[str | None, str, str], Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def get_runtime(settings: Settings) -> Runtime:
+    """The process-wide :class:`Runtime` for ``settings`` (created on first call)."""
+    key = (settings.redis_url, settings.prefix, str(settings.data_dir))
+    runtime = _RUNTIMES.get(key)
+    if runtime is None:
+        with _RUNTIMES_LOCK:
+            runtime = _RUNTIMES.get(key)
+            if runtime is None:
+                runtime = _RUNTIMES[key] = Runtime(settings)
+    return runtime
+
+
+def warm_up(settings: Settings) -> None:
+    """Create and fully load the runtime for ``settings`` (``worker_process_init``)."""
+    get_runtime(settings).warm()
+
+
+def reset() -> None:
+    """Forget every runtime of this process (tests, and after a fork)."""
+    with _RUNTIMES_LOCK:
+        for runtime in _RUNTIMES.values():
+            runtime.close()
+        _RUNTIMES.clear()

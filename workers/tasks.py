@@ -1,0 +1,116 @@
+"""Thin Celery tasks: parse the payload, call the domain code, declare retries.
+
+Registered on an app by :func:`register` (called from ``make_app``), so any app
+built for any Redis gets the same tasks. Heavy modules (pipeline, engine) are
+imported inside the task bodies: importing this module stays cheap, and
+producers that import the app never pull in TensorFlow.
+
+Retries: only for a backend that went away (Redis restarting), with doubling
+backoff up to ``settings.workers.max_retries`` times. Bad input is not retried;
+it becomes an error event or an error in the result.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from faec_rec.errors import BackendUnavailable, PayloadError
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+def backoff_s(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: 1, 2, 4, ... capped at 30."""
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2 ** retries))
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (BackendUnavailable, redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def _runtime(task: "Task") -> Any:
+    from faec_rec.workers.app import app_settings
+    from faec_rec.workers.runtime import get_runtime
+
+    return get_runtime(app_settings(task.app))
+
+
+def _retry_on_backend_loss(task: "Task", exc: BaseException) -> None:
+    from faec_rec.workers.app import app_settings
+
+    limit = app_settings(task.app).workers.max_retries
+    countdown = backoff_s(task.request.retries)
+    log.warning("%s: backend unavailable (%s); retry %d/%d in %.0fs",
+                task.name, exc, task.request.retries + 1, limit, countdown)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=limit)
+
+
+def register(app: "Celery") -> dict[str, "Task"]:
+    """Register the project's tasks on ``app``; returns them by name."""
+    from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_RECOGNISE, TASK_TRAIN
+
+    @app.task(name=TASK_RECOGNISE, bind=True, ignore_result=True)
+    def recognise_frame(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
+        from faec_rec.workers import pipeline
+
+        try:
+            frame = pipeline.FramePayload.from_json(payload)
+        except PayloadError as exc:
+            log.error("recognise_frame: dropped a malformed message: %s", exc)
+            return {"status": "bad_payload", "detail": str(exc)}
+        try:
+            return pipeline.recognise_frame(_runtime(self), frame).to_json()
+        except _transient() as exc:
+            _retry_on_backend_loss(self, exc)
+        return None
+
+    @app.task(name=TASK_IDENTIFY, bind=True)
+    def identify_image(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
+        from faec_rec.workers import pipeline
+
+        try:
+            image = pipeline.ImagePayload.from_json(payload)
+        except PayloadError as exc:
+            log.error("identify_image: dropped a malformed message: %s", exc)
+            return {"error": "bad_payload", "detail": str(exc)}
+        try:
+            return pipeline.identify_image(_runtime(self), image)
+        except _transient() as exc:
+            _retry_on_backend_loss(self, exc)
+        return None
+
+    @app.task(name=TASK_ENROL, bind=True)
+    def enrol(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
+        from faec_rec.workers import enrolment
+
+        try:
+            request = enrolment.EnrolRequest.from_json(payload)
+        except PayloadError as exc:
+            log.error("enrol: dropped a malformed message: %s", exc)
+            return {"status": "failed", "error": "bad_payload", "detail": str(exc)}
+        try:
+            return enrolment.enrol(_runtime(self), request).to_json()
+        except _transient() as exc:
+            _retry_on_backend_loss(self, exc)
+        return None
+
+    @app.task(name=TASK_TRAIN, bind=True)
+    def train_head(self: "Task", payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        from faec_rec.workers.app import app_settings
+
+        try:
+            from faec_rec.training import retrain
+        except ImportError as exc:
+            raise PayloadError(f"training is not available on this worker: {exc}") from exc
+        result = retrain.run(app_settings(self.app), **(payload or {}))
+        return result if isinstance(result, dict) else {"result": str(result)}
+
+    return {t.name: t for t in (recognise_frame, identify_image, enrol, train_head)}
