@@ -86,6 +86,7 @@ class EventsConfig(_Section):
     stream_maxlen: int = Field(100_000, ge=100, description="approximate length cap of each event stream")
     track_iou: float = Field(0.3, gt=0, lt=1, description="box overlap that continues a track between frames")
     track_timeout_s: float = Field(2.0, gt=0, le=600, description="a track unseen this long is 'left'")
+    track_switch_frames: int = Field(2, ge=1, le=100, description="matched frames in a row naming another person before a track's identity changes")
 
 
 class TrainingConfig(_Section):

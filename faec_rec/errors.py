@@ -81,3 +81,7 @@ class PayloadError(FaecError, ValueError):
 
 class TaskTimeout(FaecError, TimeoutError):
     """A queued task gave no result in time (usually: no worker consumes its queue)."""
+
+
+class TrackStateConflict(FaecError):
+    """A camera's tracker state kept changing under concurrent updates; the update was not applied."""
