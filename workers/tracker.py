@@ -1,0 +1,482 @@
+"""Person-tracks across the frames of one camera: one event per person, not per frame.
+
+The core, :class:`Tracker`, is pure: frames of observations (box + identity decision)
+in, track events out. It links an observation to a live track by box overlap (IoU),
+preferring the track whose known identity agrees; an observation that links to none
+starts a new track ("arrived"). A track's identity decision changes ("updated") when
+``switch_frames`` matched observations in a row (ignoring "unknown" ones) name another
+known person; a known track never falls back to "unknown", because a face turned
+away is the same person, not a stranger. A track unseen for ``timeout_s`` seconds
+of capture time "left".
+
+Frames of one camera are processed by several worker processes, so they may arrive
+slightly out of order: an older frame still adds identity evidence but never moves a
+track's box or clock backwards, and a frame older than the newest by more than
+``timeout_s`` is ignored (its tracks may already have left).
+
+:class:`TrackStore` keeps each camera's tracker state as JSON in Redis
+(``keys.tracks(camera)``) and applies every update inside a WATCH/MULTI transaction,
+retried on conflict, so concurrent workers never lose or duplicate a track.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import redis as redis_lib
+
+from faec_rec.errors import TrackStateConflict
+from faec_rec.keys import Keys
+from faec_rec.workers.events import Decision, Event, EventType
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One recognised face in one frame.
+
+    box: ``(x1, y1, x2, y2)`` pixels; score: best gallery similarity in [-1, 1];
+    decision: ``"known"`` or ``"unknown"``; person_id/person: the match (None when unknown).
+    """
+
+    box: Box
+    person_id: str | None
+    person: str | None
+    score: float
+    decision: str
+    model_version: str | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """The person id when the decision is "known", else None."""
+        return self.person_id if self.decision == Decision.KNOWN.value else None
+
+
+@dataclass
+class Track:
+    """The tracker's memory of one person-track (JSON-serialisable)."""
+
+    track_id: int
+    box: list[float]
+    first_frame: int
+    last_frame: int
+    first_seen: float
+    last_seen: float
+    person_id: str | None
+    person: str | None
+    score: float
+    decision: str
+    model_version: str | None = None
+    hits: int = 1
+    pending_id: str | None = None
+    pending_count: int = 0
+    # [frame, t, x1, y1, x2, y2] over the last timeout_s, oldest first: late frames
+    # are matched against where the track was at their time, not where it is now
+    history: list[list[float]] = field(default_factory=list)
+
+    def box_at(self, frame: int) -> list[float]:
+        """The track's box in ``frame``: the current one, or for an older frame the
+        recorded box nearest to it."""
+        if frame >= self.last_frame or not self.history:
+            return self.box
+        best = min(self.history, key=lambda h: abs(h[0] - frame))
+        return list(best[2:])
+
+    @property
+    def identity(self) -> str | None:
+        return self.person_id if self.decision == Decision.KNOWN.value else None
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    """What the tracker decided: ``type`` is "arrived", "updated" or "left".
+
+    ``frame``/``t`` are the frame and capture time (unix seconds) the event is about:
+    the triggering frame for arrived/updated, the last frame seen for "left".
+    """
+
+    type: str
+    track_id: int
+    frame: int
+    t: float
+    box: list[float]
+    person_id: str | None
+    person: str | None
+    score: float
+    decision: str
+    model_version: str | None = None
+    detail: str | None = None
+
+    def to_event(self, camera: str, processed_at: float | None = None) -> Event:
+        """The published :class:`Event` for ``camera``."""
+        return Event(
+            type=self.type,
+            camera=camera,
+            frame=self.frame,
+            captured_at=self.t,
+            processed_at=time.time() if processed_at is None else processed_at,
+            box=list(self.box),
+            person_id=self.person_id,
+            person=self.person,
+            score=self.score,
+            decision=self.decision,
+            model_version=self.model_version,
+            track_id=self.track_id,
+            detail=self.detail,
+        )
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in ``a`` (n, 4) with every box in ``b`` (m, 4).
+
+    Boxes are ``[x1, y1, x2, y2]``; returns (n, m) float64 in [0, 1].
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _centre_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Centre distance of (n, 4) and (m, 4) boxes in units of the ``a`` box's larger side."""
+    ca = (a[:, None, :2] + a[:, None, 2:]) / 2
+    cb = (b[None, :, :2] + b[None, :, 2:]) / 2
+    side = np.maximum(a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]).clip(1.0, None)
+    return np.linalg.norm(ca - cb, axis=2) / side[:, None]
+
+
+class Tracker:
+    """Tracks of one camera; see the module docstring for the rules.
+
+    iou_threshold: least box overlap that continues a track; timeout_s: capture-time
+    seconds after which an unseen track has left; switch_frames: matched observations
+    in a row needed to change a track's identity; identity_gate: an observation of the
+    track's own known person also continues it when IoU is too low (fast motion,
+    dropped frames) if the centres are within this many box sides; max_tracks: live
+    tracks kept, the least recently seen leave first beyond it; history: most boxes
+    remembered per track (those of the last ``timeout_s``) to match late frames.
+    """
+
+    def __init__(
+        self,
+        iou_threshold: float = 0.3,
+        timeout_s: float = 2.0,
+        switch_frames: int = 2,
+        identity_gate: float = 1.0,
+        max_tracks: int = 256,
+        history: int = 256,
+    ) -> None:
+        if not 0 < iou_threshold < 1:
+            raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
+        if switch_frames < 1:
+            raise ValueError(f"switch_frames must be >= 1, got {switch_frames}")
+        if max_tracks < 1:
+            raise ValueError(f"max_tracks must be >= 1, got {max_tracks}")
+        self.iou_threshold = iou_threshold
+        self.timeout_s = timeout_s
+        self.switch_frames = switch_frames
+        self.identity_gate = identity_gate
+        self.max_tracks = max_tracks
+        self.history = history
+        self.tracks: list[Track] = []
+        self.next_id = 1
+        self.newest_frame = -1
+        self.newest_t = float("-inf")
+
+    # ---- the one public step ----------------------------------------------
+    def update(self, frame: int, t: float, observations: Sequence[Observation]) -> list[TrackEvent]:
+        """Apply one processed frame (number ``frame``, captured at unix time ``t``).
+
+        Returns the events it causes, in order: "updated" and "arrived" for this
+        frame's observations, then "left" for tracks now unseen past the timeout.
+        """
+        if t < self.newest_t - self.timeout_s:
+            log.debug("frame %d is %.2f s older than the newest; ignored", frame, self.newest_t - t)
+            return []
+        in_order = frame >= self.newest_frame
+        events: list[TrackEvent] = []
+        pairs = self._match(frame, observations)
+        matched_obs = set()
+        for ti, oi in pairs:
+            matched_obs.add(oi)
+            event = self._continue(self.tracks[ti], frame, t, observations[oi])
+            if event is not None:
+                events.append(event)
+        for oi, obs in enumerate(observations):
+            if oi not in matched_obs:
+                events.append(self._start(frame, t, obs))
+        if in_order:
+            self.newest_frame = frame
+        self.newest_t = max(self.newest_t, t)
+        events.extend(self._expire(self.newest_t))
+        events.extend(self._evict_excess())
+        return events
+
+    def sweep(self, now: float) -> list[TrackEvent]:
+        """"left" events for every track unseen since ``now - timeout_s`` (unix seconds).
+
+        For a periodic task: a camera that stops sending frames still closes its tracks.
+        """
+        return self._expire(now)
+
+    # ---- steps -------------------------------------------------------------
+    def _match(self, frame: int, observations: Sequence[Observation]) -> list[tuple[int, int]]:
+        """Greedy one-to-one (track index, observation index) pairs.
+
+        Candidates overlap enough, or are the same known person close by; agreeing
+        identity ranks first, then overlap, so two people crossing keep their tracks.
+        """
+        if not self.tracks or not observations:
+            return []
+        tboxes = np.array([tr.box_at(frame) for tr in self.tracks], dtype=np.float64)
+        oboxes = np.array([ob.box for ob in observations], dtype=np.float64)
+        iou = iou_matrix(tboxes, oboxes)
+        dist = _centre_distance(tboxes, oboxes)
+        candidates: list[tuple[int, float, int, int]] = []
+        for ti, track in enumerate(self.tracks):
+            for oi, obs in enumerate(observations):
+                tid, oid = track.identity, obs.identity
+                agree = 0 if tid is None or oid is None else (1 if tid == oid else -1)
+                close_same = agree == 1 and dist[ti, oi] <= self.identity_gate
+                if iou[ti, oi] >= self.iou_threshold or close_same:
+                    candidates.append((agree, float(iou[ti, oi]), ti, oi))
+        candidates.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))
+        used_t: set[int] = set()
+        used_o: set[int] = set()
+        pairs: list[tuple[int, int]] = []
+        for _agree, _iou, ti, oi in candidates:
+            if ti in used_t or oi in used_o:
+                continue
+            used_t.add(ti)
+            used_o.add(oi)
+            pairs.append((ti, oi))
+        return pairs
+
+    def _start(self, frame: int, t: float, obs: Observation) -> TrackEvent:
+        track = Track(
+            track_id=self.next_id,
+            box=[float(v) for v in obs.box],
+            first_frame=frame,
+            last_frame=frame,
+            first_seen=t,
+            last_seen=t,
+            person_id=obs.identity,
+            person=obs.person if obs.identity is not None else None,
+            score=float(obs.score),
+            decision=obs.decision,
+            model_version=obs.model_version,
+            history=[[frame, t, *(float(v) for v in obs.box)]],
+        )
+        self.next_id += 1
+        self.tracks.append(track)
+        return self._event(EventType.ARRIVED, track, frame, t)
+
+    def _continue(self, track: Track, frame: int, t: float, obs: Observation) -> TrackEvent | None:
+        """Fold one matched observation into ``track``; an "updated" event if its identity changed."""
+        track.hits += 1
+        if frame >= track.last_frame:
+            # Only a newer frame moves the box and the clock (out-of-order tolerance).
+            track.box = [float(v) for v in obs.box]
+            track.last_frame = frame
+            track.last_seen = max(track.last_seen, t)
+            track.history.append([frame, t, *track.box])
+            horizon = track.last_seen - self.timeout_s
+            track.history = [h for h in track.history[-self.history :] if h[1] >= horizon]
+        if obs.model_version is not None:
+            track.model_version = obs.model_version
+        oid = obs.identity
+        if oid is None:
+            # "unknown" is no evidence for or against anyone: a face turned away
+            # stays the known person, and does not break a pending switch.
+            if track.identity is None:
+                track.score = float(obs.score)
+            return None
+        if oid == track.identity:
+            track.pending_id, track.pending_count = None, 0
+            track.score = max(track.score, float(obs.score))
+            return None
+        if track.pending_id == oid:
+            track.pending_count += 1
+        else:
+            track.pending_id, track.pending_count = oid, 1
+        if track.pending_count < self.switch_frames:
+            return None
+        track.person_id, track.person = oid, obs.person
+        track.decision = Decision.KNOWN.value
+        track.score = float(obs.score)
+        track.pending_id, track.pending_count = None, 0
+        return self._event(EventType.UPDATED, track, frame, t)
+
+    def _expire(self, now: float) -> list[TrackEvent]:
+        gone = [tr for tr in self.tracks if now - tr.last_seen > self.timeout_s]
+        return self._remove(gone)
+
+    def _evict_excess(self) -> list[TrackEvent]:
+        if len(self.tracks) <= self.max_tracks:
+            return []
+        by_age = sorted(self.tracks, key=lambda tr: tr.last_seen)
+        return self._remove(by_age[: len(self.tracks) - self.max_tracks])
+
+    def _remove(self, gone: list[Track]) -> list[TrackEvent]:
+        if not gone:
+            return []
+        ids = {tr.track_id for tr in gone}
+        self.tracks = [tr for tr in self.tracks if tr.track_id not in ids]
+        return [
+            self._event(
+                EventType.LEFT, tr, tr.last_frame, tr.last_seen,
+                detail=f"seen in {tr.hits} frames over {tr.last_seen - tr.first_seen:.1f} s",
+            )
+            for tr in sorted(gone, key=lambda tr: tr.track_id)
+        ]
+
+    @staticmethod
+    def _event(kind: EventType, track: Track, frame: int, t: float, detail: str | None = None) -> TrackEvent:
+        return TrackEvent(
+            type=kind.value,
+            track_id=track.track_id,
+            frame=frame,
+            t=t,
+            box=list(track.box),
+            person_id=track.identity,
+            person=track.person if track.identity is not None else None,
+            score=track.score,
+            decision=track.decision,
+            model_version=track.model_version,
+            detail=detail,
+        )
+
+    # ---- persistence --------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """JSON-serialisable state (tracks and counters, not the parameters)."""
+        return {
+            "next_id": self.next_id,
+            "newest_frame": self.newest_frame,
+            "newest_t": None if self.newest_t == float("-inf") else self.newest_t,
+            "tracks": [asdict(tr) for tr in self.tracks],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace this tracker's tracks and counters with ``state`` from :meth:`to_state`."""
+        self.next_id = int(state.get("next_id", 1))
+        self.newest_frame = int(state.get("newest_frame", -1))
+        newest_t = state.get("newest_t")
+        self.newest_t = float("-inf") if newest_t is None else float(newest_t)
+        self.tracks = [Track(**tr) for tr in state.get("tracks", [])]
+
+
+@dataclass
+class TrackStore:
+    """Per-camera tracker state in Redis, shared by every worker process.
+
+    ``redis``: a redis-py client (decoded or not); the other fields are the
+    :class:`Tracker` parameters. Every call is one optimistic transaction on
+    ``keys.tracks(camera)``, retried at once on conflict for up to ``max_wait_s``.
+    """
+
+    redis: Any
+    keys: Keys
+    iou_threshold: float = 0.3
+    timeout_s: float = 2.0
+    switch_frames: int = 2
+    max_wait_s: float = 10.0
+    _tracker_args: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._tracker_args = {
+            "iou_threshold": self.iou_threshold,
+            "timeout_s": self.timeout_s,
+            "switch_frames": self.switch_frames,
+        }
+        Tracker(**self._tracker_args)  # validate the parameters now, not on first frame
+
+    @classmethod
+    def from_settings(cls, redis: Any, keys: Keys, events_config: Any) -> TrackStore:
+        """Build from ``settings.events`` (track_iou, track_timeout_s, track_switch_frames)."""
+        return cls(
+            redis, keys,
+            iou_threshold=events_config.track_iou,
+            timeout_s=events_config.track_timeout_s,
+            switch_frames=getattr(events_config, "track_switch_frames", 2),
+        )
+
+    def update(self, camera: str, frame: int, captured_at: float, observations: Sequence[Observation]) -> list[Event]:
+        """Apply one frame of ``camera``; returns the events to publish (maybe none)."""
+        found = self._transact(camera, lambda tr: tr.update(frame, captured_at, observations), always_write=True)
+        now = time.time()
+        return [ev.to_event(camera, now) for ev in found]
+
+    def sweep(self, camera: str, now: float | None = None) -> list[Event]:
+        """"left" events for ``camera``'s tracks unseen past the timeout at ``now`` (unix s)."""
+        at = time.time() if now is None else now
+        found = self._transact(camera, lambda tr: tr.sweep(at), always_write=False)
+        stamp = time.time()
+        return [ev.to_event(camera, stamp) for ev in found]
+
+    def sweep_all(self, now: float | None = None) -> list[Event]:
+        """:meth:`sweep` every camera registered in ``keys.cameras()``."""
+        events: list[Event] = []
+        for raw in sorted(self.redis.smembers(self.keys.cameras())):
+            camera = raw.decode() if isinstance(raw, bytes) else str(raw)
+            events.extend(self.sweep(camera, now))
+        return events
+
+    def load(self, camera: str) -> Tracker:
+        """The camera's current tracker (a copy; changing it changes nothing in Redis)."""
+        tracker = Tracker(**self._tracker_args)
+        raw = self.redis.hget(self.keys.tracks(camera), "state")
+        if raw:
+            tracker.load_state(json.loads(raw))
+        return tracker
+
+    def _transact(
+        self, camera: str, step: Callable[[Tracker], list[TrackEvent]], always_write: bool
+    ) -> list[TrackEvent]:
+        key = self.keys.tracks(camera)
+        with self.redis.pipeline(transaction=True) as pipe:
+            deadline = time.monotonic() + self.max_wait_s
+            while time.monotonic() < deadline:
+                try:
+                    pipe.watch(key)
+                    tracker = Tracker(**self._tracker_args)
+                    raw = pipe.hget(key, "state")
+                    if raw:
+                        tracker.load_state(json.loads(raw))
+                    events = step(tracker)
+                    if not events and not always_write:
+                        pipe.unwatch()
+                        return []
+                    pipe.multi()
+                    pipe.hset(key, mapping={
+                        "state": json.dumps(tracker.to_state(), separators=(",", ":")),
+                        "updated_at": repr(time.time()),
+                    })
+                    pipe.execute()
+                    return events
+                except redis_lib.WatchError:
+                    # Another worker wrote this camera's state first: redo on its result
+                    # at once. A growing back-off here would starve this worker while a
+                    # busier one keeps winning, and its frame would arrive ever later.
+                    time.sleep(random.uniform(0, 0.0002))
+                    continue
+        raise TrackStateConflict(
+            f"tracker state of camera {camera!r} kept changing for {self.max_wait_s} s; "
+            "too many workers on one camera, or raise TrackStore.max_wait_s"
+        )
