@@ -358,16 +358,16 @@ def readiness(checks: Sequence[str], redis_ping: Callable[[], None] | None = Non
 class RedisCollector:
     """Queue depth, frames waiting per camera, gallery people and Redis health, read at scrape.
 
-    ``queue_key`` maps a Celery queue name to its Redis list name (identity by default;
-    pass a function if the broker uses a key prefix).
+    ``queue_key`` maps a Celery queue name to its Redis list name; by default the
+    broker's lists live under ``keys.celery()`` (the app sets kombu's ``global_keyprefix``).
     """
 
     def __init__(self, client: Any, keys: Keys, queues: Iterable[str] = QUEUES,
-                 queue_key: Callable[[str], str] = lambda q: q) -> None:
+                 queue_key: Callable[[str], str] | None = None) -> None:
         self.client = client
         self.keys = keys
         self.queues = tuple(queues)
-        self.queue_key = queue_key
+        self.queue_key = queue_key if queue_key is not None else (lambda q: keys.celery() + q)
 
     def describe(self) -> list[Any]:
         return []  # metrics vary with cameras; never run collect() at registration
@@ -563,29 +563,31 @@ _worker_server: HealthServer | None = None
 _owned_dir: Path | None = None
 
 
-def install_worker_hooks(settings: Settings, checks: Sequence[str] = WORKER_CHECKS) -> None:
-    """Serve metrics and health from a Celery worker on ``settings.workers.health_port``.
+def install_worker_hooks(settings: Settings | None = None, checks: Sequence[str] = WORKER_CHECKS) -> None:
+    """Serve metrics and health from every Celery worker on ``workers.health_port``.
 
-    Connects to Celery's signals (once per process): on ``worker_init`` (main process,
-    before the pool forks) switch to multiprocess mode in ``$PROMETHEUS_MULTIPROC_DIR``
-    (or a fresh temporary directory) and start the server; on ``worker_process_shutdown``
-    (each child) forget its live gauges; on ``worker_shutdown`` stop the server. With
-    ``health_port = 0`` it does nothing. Child processes report readiness themselves
-    with :func:`mark_ready`.
+    Connects to Celery's signals (idempotent; cheap, nothing starts until a worker does):
+    on ``worker_init`` (main process, before the pool forks) switch to multiprocess mode
+    in ``$PROMETHEUS_MULTIPROC_DIR`` (or a fresh temporary directory) and start the server;
+    on ``worker_process_shutdown`` (each child) forget its live gauges and readiness; on
+    ``worker_shutdown`` stop the server. ``settings`` defaults to the worker's own app's
+    (``faec_rec.workers.app.app_settings``). With ``health_port = 0`` nothing is served.
+    Child processes report readiness themselves with :func:`mark_ready`.
     """
-    if not settings.workers.health_port:
-        return
     from celery import signals
 
-    def on_worker_init(**_: Any) -> None:
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
         global _worker_server, _owned_dir
         if _worker_server is not None:
+            return
+        current = settings if settings is not None else _settings_of(sender)
+        if current is None or not current.workers.health_port:
             return
         directory = multiprocess_dir()
         if directory is None:
             directory = _owned_dir = Path(tempfile.mkdtemp(prefix="faec-metrics-"))
         enable_multiprocess(directory)
-        _worker_server = serve(settings, checks=checks)
+        _worker_server = serve(current, checks=checks)
 
     def on_child_exit(**_: Any) -> None:
         process_exited(os.getpid())
@@ -602,3 +604,17 @@ def install_worker_hooks(settings: Settings, checks: Sequence[str] = WORKER_CHEC
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="faec_rec.metrics.init")
     signals.worker_process_shutdown.connect(on_child_exit, weak=False, dispatch_uid="faec_rec.metrics.child_exit")
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False, dispatch_uid="faec_rec.metrics.shutdown")
+
+
+def _settings_of(worker: Any) -> Settings | None:
+    """The settings of the app a Celery ``WorkController`` runs, if it is one of ours."""
+    app = getattr(worker, "app", None)
+    if app is None:
+        return None
+    from faec_rec.workers.app import app_settings
+
+    try:
+        return app_settings(app)
+    except TypeError:
+        log.warning("metrics: worker app was not built by make_app; health endpoints off")
+        return None

@@ -282,10 +282,16 @@ _HOOKS_SCRIPT = textwrap.dedent("""
     from celery import signals
     from faec_rec import metrics
     from faec_rec.config import Settings
+    from faec_rec.workers.app import make_app
 
     port = int(sys.argv[1])
-    metrics.install_worker_hooks(Settings(redis_url=sys.argv[2], prefix="hookt", workers={"health_port": port}))
-    signals.worker_init.send(sender=None)
+    app = make_app(Settings(redis_url=sys.argv[2], prefix="hookt", workers={"health_port": port}))
+    metrics.install_worker_hooks()     # settings come from the worker's app
+    class FakeWorker:                  # what Celery passes: the WorkController, with .app
+        pass
+    worker = FakeWorker()
+    worker.app = app
+    signals.worker_init.send(sender=worker)
     mp_dir = metrics.multiprocess_dir()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
         alive = r.status
