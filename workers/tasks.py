@@ -57,7 +57,7 @@ def register(app: "Celery") -> dict[str, "Task"]:
     """Register the project's tasks on ``app``; returns them by name."""
     from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_RECOGNISE, TASK_TRAIN
 
-    @app.task(name=TASK_RECOGNISE, bind=True, ignore_result=True)
+    @app.task(name=TASK_RECOGNISE, shared=False, bind=True, ignore_result=True)
     def recognise_frame(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
         from faec_rec.workers import pipeline
 
@@ -72,7 +72,7 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
-    @app.task(name=TASK_IDENTIFY, bind=True)
+    @app.task(name=TASK_IDENTIFY, shared=False, bind=True)
     def identify_image(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
         from faec_rec.workers import pipeline
 
@@ -87,7 +87,7 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
-    @app.task(name=TASK_ENROL, bind=True)
+    @app.task(name=TASK_ENROL, shared=False, bind=True)
     def enrol(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
         from faec_rec.workers import enrolment
 
@@ -102,7 +102,7 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
-    @app.task(name=TASK_TRAIN, bind=True)
+    @app.task(name=TASK_TRAIN, shared=False, bind=True)
     def train_head(self: "Task", payload: dict[str, Any] | None = None) -> dict[str, Any]:
         from faec_rec.workers.app import app_settings
 

@@ -1,0 +1,329 @@
+"""The Python client an app uses: enrol, identify, follow events. No Celery in sight.
+
+    from faec_rec.client import Client
+    client = Client("redis://127.0.0.1:6379/0")
+    report = client.enrol("Ada", ["ada1.jpg", "ada2.jpg"])       # waits for the worker
+    for face in client.identify("door.jpg"):
+        print(face.person or "stranger", face.score)
+    for event in client.events(camera="door", follow=True):
+        ...
+
+Images travel as bytes: the client uploads them to ``keys.upload(id)`` with a
+TTL and sends the task by name, so workers never need the client's files.
+Waiting is done on Redis (the enrolment report key, the job's result stream),
+not on Celery results.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from faec_rec.config import Settings, load_settings
+from faec_rec.errors import ConfigError, ImageError, TaskTimeout
+from faec_rec.keys import Keys
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+    from celery import Celery
+
+    from faec_rec.workers.enrolment import EnrolReport
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | bytes
+
+POLL_S = 0.05
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face in an identified image.
+
+    box: ``[x1, y1, x2, y2]`` pixels; person: name, or None for a stranger;
+    score: cosine similarity of the best gallery match; decision: "known" or "unknown".
+    """
+
+    box: list[float]
+    person: str | None
+    person_id: str | None
+    score: float | None
+    decision: str
+    runner_up: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FaceResult:
+        return cls(box=list(data["box"]), person=data.get("person"), person_id=data.get("person_id"),
+                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"))
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Client:
+    """Talk to a faec_rec deployment through its Redis.
+
+    ``redis_url`` overrides ``settings.redis_url``; ``settings`` defaults to
+    :func:`load_settings` (environment, ``FAEC_CONFIG``). A Redis URL is
+    required (the embedded mode is ``faec_rec.embedded.open_backend``).
+    """
+
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+        settings = settings or load_settings()
+        if redis_url:
+            settings = settings.model_copy(update={"redis_url": redis_url})
+        if not settings.redis_url:
+            raise ConfigError("Client needs a Redis: pass redis_url or set FAEC_REDIS_URL")
+        import redis as redis_lib
+
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.redis: redis_lib.Redis = redis_lib.Redis.from_url(settings.redis_url)
+        self._app: Celery | None = None
+        self._gallery: Any = None
+
+    # ---- plumbing -------------------------------------------------------------
+    @property
+    def app(self) -> "Celery":
+        if self._app is None:
+            from faec_rec.workers.app import make_app
+
+            self._app = make_app(self.settings)
+        return self._app
+
+    def _send(self, task: str, payload: dict[str, Any]) -> None:
+        from faec_rec.workers.app import ROUTES
+
+        self.app.send_task(task, args=[payload], queue=ROUTES[task]["queue"])
+
+    def upload(self, image: ImageInput) -> tuple[str, str]:
+        """Store an image's bytes for a worker: returns ``(upload id, display name)``.
+
+        Raises :class:`ImageError` for an unreadable or empty file.
+        """
+        data, name = _read_image(image)
+        upload_id = _new_id()
+        self.redis.set(self.keys.upload(upload_id), data, ex=self.settings.workers.upload_ttl_s)
+        return upload_id, name
+
+    def close(self) -> None:
+        self.redis.close()
+        if self._app is not None:
+            self._app.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- enrolment ---------------------------------------------------------------
+    def enrol(
+        self,
+        name: str | None,
+        images: Sequence[ImageInput],
+        person_id: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        wait: bool = True,
+        timeout: float = 120.0,
+        request_id: str | None = None,
+    ) -> "EnrolReport | str":
+        """Enrol ``images`` of a person (by ``name``, or an existing ``person_id``).
+
+        With ``wait`` (default) returns the :class:`EnrolReport` (per image:
+        accepted, or refused with a reason); else the request id to pass to
+        :meth:`enrol_report` later. ``request_id`` makes a retried call
+        idempotent. Raises :class:`TaskTimeout` when no report comes in
+        ``timeout`` seconds, :class:`ImageError` for an unreadable local file.
+        """
+        from faec_rec.workers.app import TASK_ENROL
+        from faec_rec.workers.enrolment import EnrolRequest, ImageRef
+
+        if not images:
+            raise ValueError("enrol needs at least one image")
+        refs = []
+        for image in images:
+            upload_id, display = self.upload(image)
+            refs.append(ImageRef(name=display, key=upload_id))
+        request = EnrolRequest(request_id=request_id or _new_id(), images=tuple(refs), name=name,
+                               person_id=person_id, metadata=metadata)
+        payload = request.to_json()
+        EnrolRequest.from_json(payload)  # refuse a bad request here, not on the worker
+        self._send(TASK_ENROL, payload)
+        if not wait:
+            return request.request_id
+        return self.enrol_report(request.request_id, timeout=timeout)
+
+    def enrol_report(self, request_id: str, timeout: float = 120.0) -> "EnrolReport":
+        """Wait for (at most ``timeout`` s) and return the report of an enrolment request."""
+        from faec_rec.workers.enrolment import stored_report
+
+        deadline = time.monotonic() + timeout
+        while True:
+            report = stored_report(self.redis, self.keys, request_id)
+            if report is not None:
+                return report
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(
+                    f"enrolment {request_id} gave no report within {timeout:.0f}s: is a worker "
+                    f"consuming queue 'enrol' on this Redis with prefix {self.settings.prefix!r}?"
+                )
+            time.sleep(POLL_S * 2)
+
+    # ---- identification ------------------------------------------------------------
+    def identify(self, image: ImageInput, timeout: float = 60.0) -> list[FaceResult]:
+        """Every face in one image with its person (or None) and score.
+
+        Raises :class:`ImageError` if the worker could not read the image,
+        :class:`TaskTimeout` if no worker answered in ``timeout`` seconds.
+        """
+        job = self.submit_images([image])
+        records = self.job_results(job, wait=True, timeout=timeout)
+        record = records[0]
+        if record.get("error"):
+            raise ImageError(record.get("path") or "image", record["error"])
+        return [FaceResult.from_json(f) for f in record.get("faces", [])]
+
+    def submit_images(self, images: Sequence[ImageInput], job: str | None = None) -> str:
+        """Upload images and queue one identify task each; returns the job id."""
+        from faec_rec.workers.app import TASK_IDENTIFY
+
+        job = job or _new_id()
+        uploads = [self.upload(image) for image in images]
+        self.redis.hset(self.keys.job(job), mapping={"total": len(uploads), "created_at": repr(time.time())})
+        self.redis.expire(self.keys.job(job), self.settings.workers.result_ttl_s)
+        for upload_id, display in uploads:
+            self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
+        return job
+
+    def identify_folder(self, path: str | Path, *, wait: bool = False, timeout: float = 600.0) -> str | list[dict[str, Any]]:
+        """Identify every image under a folder (recursively; other files skipped).
+
+        The images are uploaded, so the workers need not see the folder.
+        Returns the job id, or with ``wait`` the list of per-image records
+        (see :meth:`job_results`).
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise ValueError(f"{root} is not a folder")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        skipped = sum(1 for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
+        if skipped:
+            log.warning("%s: skipped %d files that are not images", root, skipped)
+        job = self.submit_images(files)
+        return self.job_results(job, wait=True, timeout=timeout) if wait else job
+
+    def job_progress(self, job: str) -> dict[str, int]:
+        """``{"total", "done", "errors"}`` of a job."""
+        raw = self.redis.hmget(self.keys.job(job), ["total", "done", "errors"])
+        return {k: int(v or 0) for k, v in zip(("total", "done", "errors"), raw)}
+
+    def job_results(self, job: str, *, wait: bool = False, timeout: float = 600.0) -> list[dict[str, Any]]:
+        """The result records of a job so far (with ``wait``: all of them).
+
+        Each record: ``{"path", "faces": [{"box", "person_id", "person", "score",
+        "decision", "runner_up"}], "error", "model_version"}``.
+        """
+        stream = self.keys.job_results(job)
+        records: list[dict[str, Any]] = []
+        last = "0-0"
+        deadline = time.monotonic() + timeout
+        while True:
+            block = None
+            if wait:
+                block = max(1, int(min(1.0, deadline - time.monotonic()) * 1000))
+            reply = self.redis.xread({stream: last}, count=1000, block=block)
+            for _stream, entries in reply or []:
+                for entry_id, values in entries:
+                    last = entry_id
+                    records.append(json.loads(values[b"result"]))
+            if not wait:
+                return records
+            total = self.job_progress(job)["total"]
+            if total and len(records) >= total:
+                return records
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(
+                    f"job {job}: {len(records)} of {total} images done after {timeout:.0f}s: is a worker "
+                    f"consuming queue 'frames' on this Redis with prefix {self.settings.prefix!r}?"
+                )
+
+    # ---- events ----------------------------------------------------------------------
+    def events(
+        self,
+        camera: str | None = None,
+        follow: bool = False,
+        last_id: str = "0-0",
+        block_ms: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Recognition events (one camera's, or all), oldest first, from after ``last_id``.
+
+        Each is the event's JSON dict (README: event schema) plus ``"id"``, its
+        stream id (pass it back as ``last_id`` to resume). With ``follow`` the
+        iterator waits for new events forever; use ``last_id="$"`` for only new ones.
+        """
+        from faec_rec.workers.events import read_events
+
+        after = last_id
+        if after == "$":
+            newest = self.redis.xrevrange(self.keys.events(camera), count=1)
+            after = newest[0][0].decode() if newest else "0-0"
+        while True:
+            batch = read_events(self.redis, self.keys, camera, after=after, count=500,
+                                block_ms=block_ms if follow else None)
+            for stream_id, event in batch:
+                after = stream_id
+                yield {"id": stream_id, **event.to_json()}
+            if not follow and len(batch) < 500:
+                return
+
+    # ---- people ------------------------------------------------------------------------
+    @property
+    def gallery(self) -> Any:
+        """The gallery (Redis source of truth) for listing and editing people."""
+        if self._gallery is None:
+            from faec_rec.index.gallery import Gallery
+
+            self._gallery = Gallery(self.redis, self.keys, self.settings.gallery, self.settings.data_dir)
+        return self._gallery
+
+    def people(self) -> list[Any]:
+        """Every enrolled person (id, name, templates...)."""
+        return list(self.gallery.people())
+
+    def person(self, id_or_name: str) -> Any:
+        """One person by id or name; raises :class:`UnknownPersonError`."""
+        return self.gallery.person(id_or_name)
+
+    def forget(self, id_or_name: str) -> None:
+        """Delete a person with every template, crop and vector; raises :class:`UnknownPersonError`."""
+        person = self.gallery.person(id_or_name)
+        self.gallery.forget(person.person_id)
+
+    def rename(self, id_or_name: str, new_name: str) -> None:
+        """Give a person a new display name; raises :class:`UnknownPersonError`."""
+        person = self.gallery.person(id_or_name)
+        self.gallery.rename(person.person_id, new_name)
+
+
+def _read_image(image: ImageInput) -> tuple[bytes, str]:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        name = f"bytes:{len(data)}"
+    else:
+        path = Path(image)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(str(path), f"cannot read: {exc.strerror or exc}") from exc
+        name = str(path)
+    if not data:
+        raise ImageError(name, "empty file")
+    return data, name

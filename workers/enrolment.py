@@ -1,0 +1,299 @@
+"""The enrolment use case: a person's name (or id) plus images -> templates in the gallery.
+
+Steps: read each image (uploaded bytes or a path the worker can read) ->
+decode -> detect -> quality gate (faec_rec.faces.quality) -> align -> backbone
+features for every accepted chip in one batch -> ``gallery.enrol`` (which
+writes the templates and the gallery event every replica follows). The report
+says, per image, whether it was accepted and why not.
+
+Idempotent by request id: the finished report is stored in
+``keys.enrolment(request_id)``; a repeated request returns it unchanged. A
+request interrupted by a dying worker is redone from the start; the gallery
+skips images it already holds (content hash), and this module reports those as
+accepted when they already belong to the same person.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faec_rec.errors import ImageError, PayloadError, UnknownPersonError
+from faec_rec.keys import safe_id
+
+if TYPE_CHECKING:
+    from faec_rec.workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+# ---- messages -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageRef:
+    """One enrolment image: uploaded bytes (``key``: an upload id) or a worker-side ``path``."""
+
+    name: str
+    key: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrolRequest:
+    """What the enrol task carries (JSON): who, which images, and an idempotency id."""
+
+    request_id: str
+    images: tuple[ImageRef, ...]
+    name: str | None = None
+    person_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["images"] = [asdict(i) for i in self.images]
+        return out
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> EnrolRequest:
+        """Parse the task payload; raises :class:`PayloadError` saying what is wrong."""
+        if not isinstance(payload, dict):
+            raise PayloadError("enrol payload must be a JSON object")
+        rid = payload.get("request_id")
+        try:
+            safe_id(rid, "request id")
+        except ValueError as exc:
+            raise PayloadError(str(exc)) from exc
+        name, person_id = payload.get("name"), payload.get("person_id")
+        if name is None and person_id is None:
+            raise PayloadError("enrol needs a person 'name' or an existing 'person_id'")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise PayloadError("enrol 'name' must be a non-empty string")
+        if person_id is not None and not isinstance(person_id, str):
+            raise PayloadError("enrol 'person_id' must be a string")
+        raw_images = payload.get("images")
+        if not isinstance(raw_images, list) or not raw_images:
+            raise PayloadError("enrol needs a non-empty list of 'images'")
+        images = []
+        for i, raw in enumerate(raw_images):
+            if not isinstance(raw, dict) or not (raw.get("key") or raw.get("path")):
+                raise PayloadError(f"enrol image {i} needs an upload 'key' or a 'path'")
+            images.append(ImageRef(name=str(raw.get("name") or raw.get("path") or raw["key"]),
+                                   key=raw.get("key"), path=raw.get("path")))
+        metadata = payload.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise PayloadError("enrol 'metadata' must be a JSON object")
+        return cls(request_id=rid, images=tuple(images), name=name, person_id=person_id, metadata=metadata)
+
+
+@dataclass
+class ImageReport:
+    """The verdict for one image: ``reason`` is "ok" or a refusal code (see quality.Reason)."""
+
+    name: str
+    accepted: bool
+    reason: str
+    detail: str = ""
+    template_id: str | None = None
+    box: list[float] | None = None
+    sharpness: float | None = None
+    yaw: float | None = None
+
+
+@dataclass
+class EnrolReport:
+    """The outcome of one enrolment request.
+
+    status: "done" (some images accepted), "refused" (none accepted, or an
+    unknown person id: see ``error``), "failed" (malformed request).
+    """
+
+    request_id: str
+    status: str
+    person_id: str | None = None
+    name: str | None = None
+    images: list[ImageReport] = field(default_factory=list)
+    error: str | None = None
+    detail: str | None = None
+    model_version: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def accepted(self) -> list[ImageReport]:
+        return [i for i in self.images if i.accepted]
+
+    @property
+    def refused(self) -> list[ImageReport]:
+        return [i for i in self.images if not i.accepted]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EnrolReport:
+        images = [ImageReport(**i) for i in data.get("images", [])]
+        return cls(**{**data, "images": images})
+
+
+# ---- the use case ---------------------------------------------------------------
+def stored_report(runtime_redis: Any, keys: Any, request_id: str) -> EnrolReport | None:
+    """The finished report of ``request_id`` if one is stored."""
+    raw = runtime_redis.hget(keys.enrolment(request_id), "report")
+    return EnrolReport.from_json(json.loads(raw)) if raw else None
+
+
+def _read(runtime: Runtime, ref: ImageRef) -> bytes:
+    if ref.key is not None:
+        data = runtime.redis.get(runtime.keys.upload(ref.key))
+        if data is None:
+            raise ImageError(ref.name, "upload_expired: the uploaded bytes expired before a worker read them; send again")
+        return bytes(data)
+    try:
+        return Path(ref.path or "").read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(ref.name, "not_found: no such file on the worker") from exc
+    except OSError as exc:
+        raise ImageError(ref.name, f"unreadable: {exc.strerror}") from exc
+
+
+@dataclass
+class _Candidate:
+    index: int
+    chip: Any
+    content_hash: str
+    quality: float
+
+
+def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
+    """Run one enrolment request end to end; store and return its report.
+
+    Never raises for bad images or an unknown person (they are in the report);
+    a lost backend propagates so the task retries.
+    """
+    from faec_rec.faces.image import encode_jpeg
+    from faec_rec.faces.quality import QualityThresholds, Reason, assess
+
+    r, keys = runtime.redis, runtime.keys
+    done = stored_report(r, keys, request.request_id)
+    if done is not None:
+        log.info("enrolment %s already done; returning its report", request.request_id)
+        return done
+    r.hset(keys.enrolment(request.request_id), mapping={"status": "running", "started_at": repr(time.time())})
+    r.expire(keys.enrolment(request.request_id), runtime.settings.workers.result_ttl_s)
+
+    runtime.refresh()
+    gallery, engine = runtime.gallery, runtime.engine
+    report = EnrolReport(request_id=request.request_id, status="refused", person_id=request.person_id,
+                         name=request.name, model_version=runtime.model_version)
+
+    if request.person_id is not None:
+        try:
+            person = gallery.person(request.person_id)
+        except UnknownPersonError:
+            if request.name is None:
+                return _finish(runtime, request, report, "unknown_person",
+                               f"no person with id {request.person_id!r}; give a name to create one")
+        else:
+            report.name = person.name
+
+    thresholds = QualityThresholds()
+    reports: list[ImageReport] = []
+    candidates: list[_Candidate] = []
+    for i, ref in enumerate(request.images):
+        try:
+            data = _read(runtime, ref)
+            image = _decode(data, ref.name)
+        except ImageError as exc:
+            reports.append(ImageReport(ref.name, False, Reason.BAD_IMAGE.value, exc.reason))
+            continue
+        chips: dict[int, Any] = {}
+
+        def chip_of(face: Any, image: Any = image, chips: dict[int, Any] = chips) -> Any:
+            chips[0] = engine.align(image, [face])[0]
+            return chips[0]
+
+        verdict = assess(engine.detect(image), chip_of, thresholds)
+        reports.append(ImageReport(
+            ref.name, verdict.accepted, verdict.reason.value, verdict.detail,
+            box=None if verdict.face is None else [round(float(v), 1) for v in verdict.face.box],
+            sharpness=None if verdict.sharpness is None else round(verdict.sharpness, 1),
+            yaw=None if verdict.yaw is None else round(verdict.yaw, 3),
+        ))
+        if verdict.accepted:
+            candidates.append(_Candidate(i, chips[0], hashlib.sha256(data).hexdigest(),
+                                         float(verdict.face.score) if verdict.face is not None else 0.0))
+    report.images = reports
+
+    if not candidates:
+        return _finish(runtime, request, report, "no_acceptable_image",
+                       "no image passed the quality gate; see each image's reason")
+
+    import numpy as np
+
+    chips = np.stack([c.chip for c in candidates])
+    features = engine.features(chips)
+    result = gallery.enrol(
+        request.name if request.name is not None else report.name,
+        features,
+        person_id=request.person_id,
+        sources=[request.images[c.index].name for c in candidates],
+        content_hashes=[c.content_hash for c in candidates],
+        qualities=[c.quality for c in candidates],
+        crops=[encode_jpeg(c.chip, 90) for c in candidates],
+        metadata=request.metadata,
+    )
+    report.person_id = result.person_id
+    _mark_templates(runtime, report, candidates, result)
+    report.status = "done" if report.accepted else "refused"
+    return _finish(runtime, request, report, None if report.accepted else "no_acceptable_image", None)
+
+
+def _decode(data: bytes, name: str) -> Any:
+    from faec_rec.faces.image import load_image
+
+    return load_image(data, name=name)
+
+
+def _mark_templates(runtime: Runtime, report: EnrolReport, candidates: list[_Candidate], result: Any) -> None:
+    """Attach template ids; an image the gallery already held is a duplicate,
+    unless it belongs to this same person (a retried request): then it counts
+    as accepted."""
+    added = list(getattr(result, "template_ids", None) or getattr(result, "added", None) or [])
+    duplicates = dict(getattr(result, "duplicates", None) or {})
+    it = iter(added)
+    for c in candidates:
+        image = report.images[c.index]
+        owner = duplicates.get(c.content_hash)
+        if owner is None:
+            image.template_id = next(it, None)
+            continue
+        owner_person, owner_template = owner if isinstance(owner, tuple) else (None, owner)
+        if owner_person in (None, report.person_id):
+            image.template_id = owner_template
+            if owner_person is None:
+                image.accepted, image.reason = False, "duplicate"
+                image.detail = "this image is already enrolled"
+        else:
+            image.accepted, image.reason = False, "duplicate"
+            image.detail = f"this image is already enrolled for person {owner_person}"
+
+
+def _finish(runtime: Runtime, request: EnrolRequest, report: EnrolReport, error: str | None, detail: str | None) -> EnrolReport:
+    report.error = error
+    report.detail = detail
+    report.finished_at = time.time()
+    if error and report.status == "done":
+        report.status = "refused"
+    key = runtime.keys.enrolment(request.request_id)
+    pipe = runtime.redis.pipeline(transaction=True)
+    pipe.hset(key, mapping={"status": report.status, "report": json.dumps(report.to_json(), separators=(",", ":"))})
+    pipe.expire(key, runtime.settings.workers.result_ttl_s)
+    for ref in request.images:
+        if ref.key is not None:
+            pipe.delete(runtime.keys.upload(ref.key))
+    pipe.execute()
+    log.info("enrolment %s: %s, %d accepted, %d refused", request.request_id, report.status,
+             len(report.accepted), len(report.refused))
+    return report

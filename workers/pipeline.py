@@ -1,0 +1,359 @@
+"""The recognition pipeline the tasks call: one frame (camera) or one image (folder job).
+
+``recognise_faces`` is the core: detect -> align -> embed (every face of the
+image in one batch) -> project -> ``gallery.identify``. Around it,
+``recognise_frame`` follows the frame protocol (in-flight list, TTL'd frame key,
+tracker, events, camera counters) and ``identify_image`` the folder protocol
+(one result record per image on the job's stream).
+
+Both are idempotent, so a task redelivered after a worker died is harmless:
+
+* a frame's key is deleted only after its events are published; a redelivered
+  frame whose key still exists is processed, one whose key is gone (processed
+  or dropped) is skipped;
+* an image result is recorded together with a "seen" mark in the job hash, in
+  one transaction; a redelivered image already seen is skipped.
+
+Batching across frames: not done. Detection runs once per frame whatever the
+batch, and a 640x480 frame holds one or two faces, so a task that gathered
+several waiting frames would save only the per-call overhead of embedding a
+batch of one or two faces, at the price of latency and of a larger redelivery
+unit. See the README (benchmarks.system) for the measured split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+
+if TYPE_CHECKING:
+    from faec_rec.workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Upper edges (ms) of the capture->processed latency histogram kept per camera
+# in ``keys.camera_stats(camera)`` as fields ``latency_ms_le_<edge>``.
+LATENCY_EDGES_MS = (25, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10_000)
+
+
+# ---- payloads ---------------------------------------------------------------
+def _field(payload: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    if not isinstance(payload, dict):
+        raise PayloadError(f"task payload must be a JSON object, got {type(payload).__name__}")
+    value = payload.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise PayloadError(f"task payload field {name!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FramePayload:
+    """A camera frame waiting in Redis (see the frame protocol in the README)."""
+
+    camera: str
+    frame: int
+    key: str
+    captured_at: float
+    width: int = 0
+    height: int = 0
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> FramePayload:
+        """Parse a task payload; raises :class:`PayloadError` naming a bad field."""
+        return cls(
+            camera=_field(payload, "camera", str),
+            frame=_field(payload, "frame", int),
+            key=_field(payload, "key", str),
+            captured_at=float(_field(payload, "captured_at", (int, float))),
+            width=int(_field(payload, "width", int, optional=True) or 0),
+            height=int(_field(payload, "height", int, optional=True) or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ImagePayload:
+    """One image of a folder job: a path the worker can read, or uploaded bytes."""
+
+    job: str
+    name: str
+    path: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> ImagePayload:
+        path = _field(payload, "path", str, optional=True)
+        key = _field(payload, "key", str, optional=True)
+        if path is None and key is None:
+            raise PayloadError("identify payload needs a 'path' or an upload 'key'")
+        name = _field(payload, "name", str, optional=True) or path or key
+        return cls(job=_field(payload, "job", str), name=name, path=path, key=key)
+
+
+# ---- the core ---------------------------------------------------------------
+@dataclass(frozen=True)
+class FaceResult:
+    """One face found and looked up.
+
+    box: ``[x1, y1, x2, y2]`` image pixels; score: cosine similarity of the best
+    gallery match in [-1, 1] (None with an empty gallery); decision: "known" or
+    "unknown"; person/person_id: null when unknown; runner_up: the next
+    person's name (or None).
+    """
+
+    box: list[float]
+    decision: str
+    score: float | None = None
+    person_id: str | None = None
+    person: str | None = None
+    runner_up: str | None = None
+    detection_score: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "person_id": self.person_id,
+            "person": self.person,
+            "score": None if self.score is None else round(float(self.score), 4),
+            "decision": self.decision,
+            "runner_up": self.runner_up,
+        }
+
+
+def _face_result(face: Any, match: Any) -> FaceResult:
+    decision = getattr(match.decision, "value", match.decision)
+    known = decision == "known"
+    runner = getattr(match, "runner_up", None)
+    runner_name = getattr(runner, "name", None) if runner is not None else None
+    return FaceResult(
+        box=[float(v) for v in face.box],
+        decision=str(decision),
+        score=None if match.score is None else float(match.score),
+        person_id=match.person_id if known else None,
+        person=match.name if known else None,
+        runner_up=runner_name,
+        detection_score=float(face.score),
+    )
+
+
+def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
+    """Every face of ``image`` ((h, w, 3) uint8 RGB) looked up in the gallery.
+
+    All faces are embedded in one batch. An empty gallery makes every face
+    "unknown". The caller refreshes the runtime (gallery sync, model swap).
+    """
+    analysed = runtime.engine.analyse(image)
+    if not analysed:
+        return []
+    features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
+    matches = _identify(runtime, features)
+    return [_face_result(a.face, m) for a, m in zip(analysed, matches)]
+
+
+def _identify(runtime: Runtime, features: np.ndarray) -> list[Any]:
+    gallery = runtime.gallery
+    for attempt in (1, 2):
+        projector = gallery.projector
+        try:
+            return list(gallery.identify(projector.project(features), projector.version))
+        except VersionMismatchError:
+            # The replica switched version between project() and identify()
+            # (a gallery "version" event): refresh and project again once.
+            if attempt == 2:
+                raise
+            runtime.refresh()
+    raise AssertionError("unreachable")
+
+
+def decode(data: bytes, name: str) -> np.ndarray:
+    """JPEG/PNG bytes -> (h, w, 3) uint8 RGB; raises :class:`ImageError`."""
+    from faec_rec.faces.image import load_image
+
+    return load_image(data, name=name)
+
+
+# ---- camera frames ----------------------------------------------------------
+@dataclass
+class FrameOutcome:
+    """What happened to one frame: ``status`` is "processed", "skipped" or an error code."""
+
+    status: str
+    faces: int = 0
+    events: int = 0
+    latency_ms: float | None = None
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _latency_field(ms: float) -> str:
+    for edge in LATENCY_EDGES_MS:
+        if ms <= edge:
+            return f"latency_ms_le_{edge}"
+    return "latency_ms_le_inf"
+
+
+def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
+    """Process one camera frame by the frame protocol; publish its events.
+
+    Steps: claim (LREM from the in-flight list) -> read (GET) -> decode ->
+    recognise -> track -> publish -> count and delete. A frame dropped by
+    backpressure is skipped quietly; an expired or undecodable one becomes an
+    error event; the rest goes on.
+    """
+    from faec_rec.workers import events as ev
+
+    r, keys = runtime.redis, runtime.keys
+    stats = keys.camera_stats(payload.camera)
+    maxlen = runtime.settings.events.stream_maxlen
+
+    claimed = r.lrem(keys.in_flight(payload.camera), 1, payload.key)
+    data = r.get(payload.key)
+    if data is None:
+        if not claimed:
+            # Dropped by the producer (already counted) or processed by an
+            # earlier delivery of this task: nothing to do.
+            return FrameOutcome("skipped")
+        ev.publish(r, keys, ev.error_event(
+            payload.camera, "frame_expired",
+            f"frame {payload.frame} expired before a worker read it; raise workers.frame_ttl_s or add workers",
+            frame=payload.frame, captured_at=payload.captured_at), maxlen)
+        r.hincrby(stats, "errors", 1)
+        return FrameOutcome("frame_expired")
+
+    runtime.refresh()
+    try:
+        image = decode(data, name=payload.key)
+    except ImageError as exc:
+        ev.publish(r, keys, ev.error_event(
+            payload.camera, "bad_image", exc.reason, frame=payload.frame,
+            captured_at=payload.captured_at, model_version=runtime.model_version), maxlen)
+        pipe = r.pipeline(transaction=True)
+        pipe.hincrby(stats, "errors", 1).delete(payload.key)
+        pipe.execute()
+        return FrameOutcome("bad_image", detail=exc.reason)
+
+    results = recognise_faces(runtime, image)
+    events = track(runtime, payload, results)
+    ev.publish_many(r, keys, events, maxlen)
+    processed_at = time.time()
+
+    latency_ms = max(0.0, (processed_at - payload.captured_at) * 1000.0)
+    pipe = r.pipeline(transaction=True)
+    pipe.hincrby(stats, "processed", 1)
+    pipe.hincrby(stats, "faces", len(results))
+    pipe.hincrby(stats, _latency_field(latency_ms), 1)
+    pipe.delete(payload.key)
+    pipe.execute()
+    return FrameOutcome("processed", faces=len(results), events=len(events), latency_ms=round(latency_ms, 1))
+
+
+def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) -> list[Any]:
+    """Feed one frame's faces to the camera's shared tracker; return the events to publish."""
+    from faec_rec.workers.tracker import Observation
+
+    version = runtime.model_version
+    observations = [
+        Observation(
+            box=tuple(f.box), person_id=f.person_id, person=f.person,
+            score=0.0 if f.score is None else f.score, decision=f.decision, model_version=version,
+        )
+        for f in results
+    ]
+    return runtime.track_store.update(payload.camera, payload.frame, payload.captured_at, observations)
+
+
+def latency_percentiles(stats: dict[bytes | str, bytes | str], quantiles: tuple[float, ...] = (0.5, 0.95)) -> dict[float, float | None]:
+    """Quantiles (ms) from a camera's latency histogram (``keys.camera_stats``).
+
+    Linear interpolation inside the bucket; the open top bucket reports its
+    lower edge. None when no frame was counted.
+    """
+    counts: list[tuple[float, int]] = []
+    for edge in (*LATENCY_EDGES_MS, float("inf")):
+        name = f"latency_ms_le_{edge if edge != float('inf') else 'inf'}"
+        raw = stats.get(name, stats.get(name.encode(), 0)) if isinstance(stats, dict) else 0
+        counts.append((float(edge), int(raw or 0)))
+    total = sum(c for _, c in counts)
+    out: dict[float, float | None] = {}
+    for q in quantiles:
+        if total == 0:
+            out[q] = None
+            continue
+        target, seen, lower = q * total, 0, 0.0
+        for edge, count in counts:
+            if count and seen + count >= target:
+                if edge == float("inf"):
+                    out[q] = lower
+                else:
+                    out[q] = lower + (edge - lower) * (target - seen) / count
+                break
+            seen += count
+            lower = edge if edge != float("inf") else lower
+    return out
+
+
+# ---- folder jobs / single images ----------------------------------------------
+def _read_source(runtime: Runtime, payload: ImagePayload) -> bytes:
+    if payload.key is not None:
+        data = runtime.redis.get(runtime.keys.upload(payload.key))
+        if data is None:
+            raise ImageError(payload.name, "upload_expired: the uploaded bytes expired before a worker read them")
+        return bytes(data)
+    try:
+        return Path(payload.path or "").read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(payload.name, "not_found: no such file on the worker") from exc
+    except OSError as exc:
+        raise ImageError(payload.name, f"unreadable: {exc.strerror}") from exc
+
+
+def _seen_field(name: str) -> str:
+    return "seen:" + hashlib.sha1(name.encode()).hexdigest()[:20]
+
+
+def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
+    """Identify every face of one image of a folder job and record the result.
+
+    Appends ``{"path", "faces": [...], "error", "model_version"}`` to
+    ``keys.job_results(job)`` and counts it in ``keys.job(job)`` (done, errors).
+    A redelivered image already recorded is not recorded twice. Returns the record.
+    """
+    r, keys = runtime.redis, runtime.keys
+    job_key = keys.job(payload.job)
+    seen = _seen_field(payload.name)
+    if r.hexists(job_key, seen):
+        return {"path": payload.name, "skipped": "already recorded"}
+
+    runtime.refresh()
+    record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
+    try:
+        image = decode(_read_source(runtime, payload), name=payload.name)
+        record["faces"] = [f.to_json() for f in recognise_faces(runtime, image)]
+    except ImageError as exc:
+        record["error"] = exc.reason
+        log.warning("job %s: %s: %s", payload.job, payload.name, exc.reason)
+
+    ttl = runtime.settings.workers.result_ttl_s
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(keys.job_results(payload.job), {"result": json.dumps(record, separators=(",", ":"))})
+    pipe.hincrby(job_key, "done", 1)
+    if record["error"]:
+        pipe.hincrby(job_key, "errors", 1)
+    pipe.hset(job_key, seen, 1)
+    pipe.expire(job_key, ttl)
+    pipe.expire(keys.job_results(payload.job), ttl)
+    if payload.key is not None:
+        pipe.delete(keys.upload(payload.key))
+    pipe.execute()
+    return record
