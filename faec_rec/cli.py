@@ -31,7 +31,7 @@ from typing import Any
 
 import click
 
-from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, UnknownPersonError
+from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, ImageError, TaskTimeout, UnknownPersonError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class CommandFailed(click.ClickException):
 
 
 def _exit_code_for(exc: FaecError) -> ExitCode:
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, (BackendUnavailable, TaskTimeout)):
         return ExitCode.BACKEND
     if isinstance(exc, (ConfigError, UnknownPersonError)):
         return ExitCode.USAGE
@@ -75,6 +75,13 @@ class FaecGroup(click.Group):
             return super().invoke(ctx)
         except FaecError as exc:
             raise CommandFailed(str(exc), _exit_code_for(exc)) from exc
+        except Exception as exc:
+            import redis
+
+            if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                raise CommandFailed(f"lost the connection to Redis ({exc}): is it still running?",
+                                    ExitCode.BACKEND) from exc
+            raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             raise click.exceptions.Exit(130) from None
@@ -414,29 +421,13 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"{when} {event.get('camera')} track {event.get('track_id')} {kind:<8} {who}{score_text}"
 
 
-def read_events(redis: Any, stream: str, *, count: int, follow: bool, block_ms: int = 1000,
-                stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
-    """Events from ``stream``: the last ``count``, then (``follow``) new ones as they come."""
-    last = "$"
-    tail = redis.xrevrange(stream, count=count) if count > 0 else []
-    for entry_id, fields in reversed(tail):
-        last = entry_id
-        yield _decode_event(fields)
-    if tail:
-        last = tail[0][0]
-    while follow and not stop():
-        for _, entries in redis.xread({stream: last}, block=block_ms, count=100) or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                yield _decode_event(fields)
-
-
-def _decode_event(fields: dict[Any, Any]) -> dict[str, Any]:
-    raw = fields.get(b"event", fields.get("event"))
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
-        return {"type": "error", "error": "undecodable_event", "detail": repr(raw)[:200]}
+def events_start(redis: Any, stream: str, count: int) -> str:
+    """The stream id after which the last ``count`` entries of ``stream`` begin."""
+    if count <= 0:
+        newest = redis.xrevrange(stream, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+    tail = redis.xrevrange(stream, count=count + 1)
+    return tail[-1][0].decode() if len(tail) > count else "0-0"
 
 
 @cli.command("events")
@@ -456,18 +447,17 @@ def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_js
         except ValueError as exc:
             raise CommandFailed(str(exc)) from exc
     with _backend(state) as backend:
-        stream = backend.keys.events(camera)
-        for event in read_events(backend.redis, stream, count=count, follow=follow):
+        after = events_start(backend.redis, backend.keys.events(camera), count)
+        for event in _client(backend).events(camera=camera, follow=follow, last_id=after):
             click.echo(json.dumps(event, ensure_ascii=False) if as_json else _event_line(event))
 
 
 # ---- identify ------------------------------------------------------------------------------
 
 IDENTIFY_WINDOW = 32  # images in flight at once: bounds the Redis memory uploads take
-UPLOAD_TTL_S = 3600
 
 
-def identify_images(backend: Any, images: Sequence[Path], *, timeout_s: float,
+def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeout_s: float,
                     on_result: Callable[[dict[str, Any]], None] = lambda r: None) -> list[dict[str, Any]]:
     """Identify ``images`` as one folder job (see the folder protocol); returns one
     record per image in the workers' shape, in completion order.
@@ -486,7 +476,7 @@ def identify_images(backend: Any, images: Sequence[Path], *, timeout_s: float,
     job_key, stream = keys.job(job), keys.job_results(job)
     names = [str(p.resolve()) for p in images]
     r.hset(job_key, mapping={"total": len(names), "done": 0, "errors": 0, "source": "cli"})
-    r.expire(job_key, UPLOAD_TTL_S)
+    r.expire(job_key, backend.settings.workers.result_ttl_s)
     pending = list(enumerate(names))
     pending.reverse()
     results: dict[str, dict[str, Any]] = {}
@@ -499,12 +489,13 @@ def identify_images(backend: Any, images: Sequence[Path], *, timeout_s: float,
                 _, name = pending.pop()
                 payload: dict[str, Any] | None = {"job": job, "path": name, "key": None, "name": name}
                 if not backend.embedded:
-                    payload = _upload_payload(backend, job, name)
-                if payload is None:  # unreadable here: no worker could do better
-                    results[name] = {"path": name, "faces": [], "error": "unreadable: cannot read the file",
-                                     "model_version": None}
-                    on_result(results[name])
-                    continue
+                    try:
+                        upload, _ = client.upload(name)
+                    except ImageError as exc:  # unreadable here: no worker could do better
+                        results[name] = {"path": name, "faces": [], "error": exc.reason, "model_version": None}
+                        on_result(results[name])
+                        continue
+                    payload = {"job": job, "path": None, "key": upload, "name": name}
                 app.send_task(TASK_IDENTIFY, args=[payload], queue=QUEUE_FRAMES)
                 in_flight += 1
             reply = r.xread({stream: last_id}, block=1000, count=IDENTIFY_WINDOW)
@@ -532,18 +523,6 @@ def identify_images(backend: Any, images: Sequence[Path], *, timeout_s: float,
     finally:
         r.delete(job_key, stream)
     return list(results.values())
-
-
-def _upload_payload(backend: Any, job: str, name: str) -> dict[str, Any] | None:
-    """Upload one image's bytes for a remote worker; None if the file cannot be read."""
-    upload = uuid.uuid4().hex
-    try:
-        data = Path(name).read_bytes()
-    except OSError as exc:
-        log.warning("cannot read %s: %s", name, exc.strerror)
-        return None
-    backend.redis.set(backend.keys.upload(upload), data, ex=UPLOAD_TTL_S)
-    return {"job": job, "path": None, "key": upload, "name": name}
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
@@ -609,7 +588,7 @@ def _identify_and_report(state: State, images: Sequence[Path], others: Sequence[
                 backend.require_consumers("frames")
         bar = stack.enter_context(_progress(len(images), "identifying"))
         try:
-            identify_images(backend, images, timeout_s=timeout_s,
+            identify_images(backend, _client(backend), images, timeout_s=timeout_s,
                             on_result=lambda rec: (records.append(rec), bar.update()))
         except BackendUnavailable as exc:
             failure = exc
@@ -652,16 +631,20 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
     for path in images:
-        if path.is_file():
-            present.append(path)
-        else:
-            outcome.refused.append((str(path), "not_found: no such file"))
+        try:
+            if path.stat().st_size == 0:
+                outcome.refused.append((str(path), "bad_image: empty file"))
+                continue
+            with path.open("rb"):
+                present.append(path)
+        except OSError as exc:
+            outcome.refused.append((str(path), f"unreadable: {exc.strerror or exc}"))
     if not present:
         outcome.error = "no readable image"
         return outcome
     try:
         report = client.enrol(name, [str(p.resolve()) for p in present], wait=True, timeout=timeout_s)
-    except TimeoutError as exc:
+    except TaskTimeout as exc:
         raise BackendUnavailable(
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
             "start one with `faec-rec worker`, or raise --timeout"
