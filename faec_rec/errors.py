@@ -45,6 +45,13 @@ class UnknownPersonError(GalleryError, KeyError):
         return str(self.args[0]) if self.args else "unknown person"
 
 
+class UnknownTemplateError(GalleryError, KeyError):
+    """No template with that id is stored."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown template"
+
+
 class DuplicateTemplateError(GalleryError):
     """The same image (by content hash) is already enrolled for that person."""
 

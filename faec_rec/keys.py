@@ -56,7 +56,11 @@ class Keys:
         return self._k("template", safe_id(template_id, "template id"))
 
     def template_hashes(self) -> str:
-        """Hash: content hash of the source image -> template id (duplicate detection)."""
+        """Hash: ``<person id>:<content hash of the source image>`` -> template id.
+
+        Scoped per person (duplicate detection within a person), so one group
+        photo may enrol several people.
+        """
         return self._k("template-hashes")
 
     def gallery_events(self) -> str:
@@ -69,6 +73,10 @@ class Keys:
 
     def gallery_lock(self) -> str:
         return self._k("gallery", "lock")
+
+    def gallery_version(self) -> str:
+        """String: the projection (embedding) version the gallery is served in."""
+        return self._k("gallery", "version")
 
     # ---- model registry (training/) ---------------------------------------
     def models(self) -> str:

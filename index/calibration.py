@@ -1,0 +1,99 @@
+"""Choosing the global similarity threshold from data.
+
+:func:`threshold_at_far` picks the lowest threshold whose false-accept rate on
+impostor pairs is at most a target; :func:`default_threshold` reads the value
+calibrated for a projection version from ``faec_rec/faces/model_card.json``
+(written from measured LFW figures), falling back to
+``FALLBACK_THRESHOLD`` with a warning while no card holds that version.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from faec_rec.errors import GalleryError
+
+log = logging.getLogger(__name__)
+
+MODEL_CARD = Path(__file__).resolve().parent.parent / "faec_rec" / "faces" / "model_card.json"
+# dlib's own rule is "same person" below Euclidean distance 0.6 between its
+# descriptors, whose norms sit close to 1; for unit vectors d^2 = 2 - 2 cos, so
+# d = 0.6 is cos = 1 - 0.6^2 / 2 = 0.82. Used only until the model card holds a
+# value calibrated on LFW impostor pairs.
+FALLBACK_THRESHOLD = 0.82
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold and what it achieves on the data it was chosen on."""
+
+    threshold: float
+    far: float  # impostor pairs accepted / impostor pairs
+    tar: float  # genuine pairs accepted / genuine pairs
+
+
+def threshold_at_far(genuine: np.ndarray, impostor: np.ndarray, target_far: float) -> Calibration:
+    """The lowest threshold ``t`` (accept when ``score >= t``) with FAR ≤ ``target_far``.
+
+    ``genuine``/``impostor``: ``(n,)`` similarity scores of same-person and
+    different-person pairs. Raises :class:`GalleryError` when either is empty
+    or ``target_far`` is outside [0, 1].
+    """
+    genuine = np.asarray(genuine, dtype=np.float64).reshape(-1)
+    impostor = np.asarray(impostor, dtype=np.float64).reshape(-1)
+    if genuine.size == 0 or impostor.size == 0:
+        raise GalleryError("calibration needs at least one genuine and one impostor score")
+    if not 0.0 <= target_far <= 1.0:
+        raise GalleryError(f"target FAR {target_far} must be within [0, 1]")
+    ordered = np.sort(impostor)[::-1]
+    allowed = int(np.floor(target_far * impostor.size))  # impostors that may score >= t
+    if allowed >= impostor.size:
+        threshold = float(ordered[-1])
+    else:
+        # Just above the (allowed+1)-th highest impostor score, so it is rejected.
+        threshold = float(np.nextafter(ordered[allowed], np.inf))
+    far = float(np.mean(impostor >= threshold))
+    tar = float(np.mean(genuine >= threshold))
+    return Calibration(threshold=threshold, far=far, tar=tar)
+
+
+@lru_cache(maxsize=None)
+def _card(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("model card %s is unreadable (%s); ignoring it", path, exc)
+        return {}
+
+
+def default_threshold(version: str, card_path: Path | None = None) -> float:
+    """The global threshold calibrated for projection ``version``.
+
+    Reads ``projections[version].threshold`` of the model card; where the card
+    or the entry is missing, logs a warning and returns ``FALLBACK_THRESHOLD``.
+    """
+    card = _card(card_path or MODEL_CARD)
+    entry = card.get("projections", {}).get(version, {}) if isinstance(card, dict) else {}
+    value = entry.get("threshold") if isinstance(entry, dict) else None
+    if isinstance(value, (int, float)) and -1.0 <= float(value) <= 1.0:
+        return float(value)
+    _warn_fallback(version)
+    return FALLBACK_THRESHOLD
+
+
+@lru_cache(maxsize=None)
+def _warn_fallback(version: str) -> None:
+    log.warning(
+        "no calibrated threshold for projection version %r in %s; using %.2f "
+        "(set gallery.threshold or calibrate the model card)",
+        version,
+        MODEL_CARD,
+        FALLBACK_THRESHOLD,
+    )

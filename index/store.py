@@ -1,0 +1,472 @@
+"""People and templates in Redis, the gallery's source of truth.
+
+Layout (key names from :class:`faec_rec.keys.Keys`):
+
+* ``person:<id>`` hash: ``name``, ``metadata`` (JSON), ``created`` (unix s)
+* ``people`` set of person ids; ``people:by-name`` hash casefolded name -> id
+* ``person:<id>:templates`` set of template ids
+* ``template:<id>`` hash: ``person``, ``features`` ((128,) float32 bytes, raw
+  backbone scale), ``backbone``, ``version`` (projection served at enrolment),
+  ``quality``, ``source``, ``hash``, ``crop`` (path under ``data_dir``), ``created``
+* ``template-hashes`` hash ``<person id>:<content hash>`` -> template id
+* ``gallery:version`` the projection version the gallery serves
+
+Every change is one MULTI/EXEC transaction under WATCH, and the gallery event
+that records it is appended inside the same transaction, so a change and its
+event land together or not at all. Crops are files written before the
+transaction and removed again when it fails.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import redis
+
+from faec_rec.errors import BackendUnavailable, GalleryError, UnknownPersonError, UnknownTemplateError, VectorError
+from faec_rec.keys import Keys, safe_id
+
+from faec_rec.index.events import EventLog, EventOp, GalleryEvent
+from faec_rec.index.projection import DIM, check_vectors
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LEN = 200
+_WATCH_RETRIES = 50
+T = TypeVar("T")
+
+
+def fold_name(name: str) -> str:
+    """The unique form of a display name: stripped, inner spaces collapsed, casefolded."""
+    return " ".join(name.split()).casefold()
+
+
+def clean_name(name: str) -> str:
+    """A display name checked and tidied; raises :class:`GalleryError` when empty or too long."""
+    if not isinstance(name, str) or not name.strip():
+        raise GalleryError("a person needs a non-empty name")
+    tidy = " ".join(name.split())
+    if len(tidy) > MAX_NAME_LEN:
+        raise GalleryError(f"name is {len(tidy)} characters; at most {MAX_NAME_LEN} are allowed")
+    return tidy
+
+
+def backend(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn redis-py connection failures into :class:`BackendUnavailable`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(f"Redis is unreachable ({exc}); nothing was changed: retry when it is back") from exc
+
+    return wrapper
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Person:
+    """An enrolled person."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+    template_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "metadata": self.metadata, "created": self.created,
+                "templates": len(self.template_ids)}
+
+
+@dataclass(frozen=True)
+class EnrolResult:
+    """What an enrolment did: the person, the templates added, the content hashes skipped as duplicates."""
+
+    person_id: str
+    name: str
+    added: tuple[str, ...]
+    duplicates: tuple[str, ...]
+    created: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"person_id": self.person_id, "name": self.name, "added": list(self.added),
+                "duplicates": list(self.duplicates), "created": self.created}
+
+
+@dataclass(frozen=True)
+class NewTemplates:
+    """Validated inputs of one enrolment request (n templates)."""
+
+    features: np.ndarray  # (n, 128) float32 raw backbone features
+    sources: list[str]
+    content_hashes: list[str]
+    qualities: list[float]
+    crops: list[bytes] | None
+
+    @classmethod
+    def check(
+        cls,
+        features: np.ndarray,
+        sources: Sequence[str],
+        content_hashes: Sequence[str],
+        qualities: Sequence[float] | None,
+        crops: Sequence[bytes] | None,
+    ) -> NewTemplates:
+        features = check_vectors(features, "features")
+        n = len(features)
+        if n == 0:
+            raise VectorError("features is empty: enrol at least one face")
+        for what, seq in (("sources", sources), ("content_hashes", content_hashes), ("qualities", qualities), ("crops", crops)):
+            if seq is not None and len(seq) != n:
+                raise GalleryError(f"{what} has {len(seq)} entries for {n} feature rows: give one per face")
+        for h in content_hashes:
+            if not isinstance(h, str) or not h or len(h) > 128:
+                raise GalleryError(f"content hash {h!r} must be a non-empty string of at most 128 characters")
+        return cls(
+            features=features,
+            sources=[str(s) for s in sources],
+            content_hashes=list(content_hashes),
+            qualities=[float(q) for q in qualities] if qualities is not None else [1.0] * n,
+            crops=list(crops) if crops is not None else None,
+        )
+
+
+class Store:
+    """Reads and atomic writes of the gallery's Redis records."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, data_dir: Path, backbone_version: str = "dlib-resnet-v1") -> None:
+        self.client = client
+        self.keys = keys
+        self.data_dir = Path(data_dir)
+        self.backbone_version = backbone_version
+        self.events = EventLog(client, keys)
+
+    # ---- transactions ------------------------------------------------------
+    def _transact(self, watch: Sequence[str], body: Callable[[redis.client.Pipeline], T], undo: Callable[[], None] | None = None) -> T:
+        """Run ``body`` under WATCH; it reads, calls ``pipe.multi()`` and queues writes.
+
+        Retries when a watched key changed; ``undo`` cleans up side effects
+        (crop files) of an attempt that did not commit.
+        """
+        for attempt in range(_WATCH_RETRIES):
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(*watch)
+                    result = body(pipe)
+                    pipe.execute()
+                    return result
+                except redis.WatchError:
+                    if undo:
+                        undo()
+                    time.sleep(0.001 * min(attempt + 1, 20))
+                except BaseException:
+                    if undo:
+                        undo()
+                    raise
+        raise GalleryError(f"gallery kept changing under {_WATCH_RETRIES} attempts; retry the request")
+
+    # ---- writes ------------------------------------------------------------
+    @backend
+    def enrol(
+        self,
+        name: str,
+        templates: NewTemplates,
+        *,
+        person_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        version: str,
+    ) -> EnrolResult:
+        """Add templates to the person called ``name`` (created when new).
+
+        ``person_id`` pins the id of a new person (or must match the existing
+        one). Templates whose content hash this person already has are
+        skipped, so a replayed request adds nothing twice.
+        """
+        display = clean_name(name)
+        if person_id is not None:
+            safe_id(person_id, "person id")
+        try:
+            json.dumps(metadata or {})
+        except (TypeError, ValueError) as exc:
+            raise GalleryError(f"metadata must be JSON-serialisable: {exc}") from exc
+        return self._write_templates(display, templates, person_id=person_id, metadata=metadata, version=version, create=True)
+
+    @backend
+    def add_templates(self, person_id: str, templates: NewTemplates, *, version: str) -> EnrolResult:
+        """Add templates to an existing person; raises :class:`UnknownPersonError` when absent."""
+        raw = self.client.hget(self.keys.person(person_id), "name")
+        if raw is None:
+            raise UnknownPersonError(f"no person with id {person_id!r} is enrolled")
+        return self._write_templates(_text(raw), templates, person_id=person_id, metadata=None, version=version, create=False)
+
+    def _write_templates(
+        self, display: str, new: NewTemplates, *, person_id: str | None, metadata: dict | None, version: str, create: bool
+    ) -> EnrolResult:
+        k = self.keys
+        fold = fold_name(display)
+        tids = [uuid.uuid4().hex for _ in new.content_hashes]
+        written: list[Path] = []
+
+        def undo() -> None:
+            for path in written:
+                path.unlink(missing_ok=True)
+            written.clear()
+
+        def body(pipe: redis.client.Pipeline) -> EnrolResult:
+            owner = _text(pipe.hget(k.person_names(), fold))
+            if create:
+                if person_id is not None and owner is not None and owner != person_id:
+                    raise GalleryError(f"name {display!r} is enrolled as person {owner}, not {person_id}")
+                pid = owner or person_id or uuid.uuid4().hex
+                exists = owner is not None or (person_id is not None and pipe.exists(k.person(pid)))
+                if person_id is not None and owner is None and exists:
+                    current = _text(pipe.hget(k.person(pid), "name"))
+                    raise GalleryError(f"person {pid} is named {current!r}; rename it instead of enrolling as {display!r}")
+                name_now = display if not exists else _text(pipe.hget(k.person(pid), "name")) or display
+            else:
+                pid = person_id  # type: ignore[assignment]
+                if not pipe.exists(k.person(pid)):
+                    raise UnknownPersonError(f"no person with id {pid!r} is enrolled")
+                exists = True
+                name_now = _text(pipe.hget(k.person(pid), "name")) or display
+            pipe.watch(k.person(pid), k.person_templates(pid))
+            fields = [f"{pid}:{h}" for h in new.content_hashes]
+            known = pipe.hmget(k.template_hashes(), fields)
+            seen: set[str] = set()
+            keep: list[int] = []
+            duplicates: list[str] = []
+            for i, (h, hit) in enumerate(zip(new.content_hashes, known)):
+                if hit is not None or h in seen:
+                    duplicates.append(h)
+                else:
+                    keep.append(i)
+                seen.add(h)
+            crop_paths = {i: self._write_crop(pid, tids[i], new.crops[i], written) for i in keep} if new.crops else {}
+            now = time.time()
+            pipe.multi()
+            if not exists:
+                pipe.hset(k.person(pid), mapping={"name": display, "metadata": json.dumps(metadata or {}), "created": now})
+                pipe.sadd(k.people(), pid)
+                pipe.hset(k.person_names(), fold, pid)
+            for i in keep:
+                pipe.hset(k.template(tids[i]), mapping={
+                    "person": pid,
+                    "features": new.features[i].tobytes(),
+                    "backbone": self.backbone_version,
+                    "version": version,
+                    "quality": new.qualities[i],
+                    "source": new.sources[i],
+                    "hash": new.content_hashes[i],
+                    "crop": crop_paths.get(i, ""),
+                    "created": now,
+                })
+                pipe.sadd(k.person_templates(pid), tids[i])
+                pipe.hset(k.template_hashes(), fields[i], tids[i])
+            if keep or not exists:
+                self.events.append(pipe, GalleryEvent(EventOp.ADD, person=pid, name=name_now, templates=tuple(tids[i] for i in keep)))
+            return EnrolResult(pid, name_now, tuple(tids[i] for i in keep), tuple(duplicates), created=not exists)
+
+        result = self._transact([k.person_names(), k.template_hashes()], body, undo)
+        if result.added or result.created:
+            log.info("enrolled %d template(s) for %s (%s), %d duplicate(s) skipped",
+                     len(result.added), result.person_id, result.name, len(result.duplicates))
+        return result
+
+    def _write_crop(self, pid: str, tid: str, data: bytes, written: list[Path]) -> str:
+        """Write one crop atomically; returns its path relative to ``data_dir``."""
+        rel = Path("crops") / pid / f"{tid}.jpg"
+        path = self.data_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".jpg.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        written.append(path)
+        return str(rel)
+
+    @backend
+    def remove_template(self, template_id: str) -> str:
+        """Delete one template (and its crop); returns its person id."""
+        k = self.keys
+        key = k.template(template_id)
+        crop: list[str] = []
+
+        def body(pipe: redis.client.Pipeline) -> str:
+            person, chash, crop_path = (_text(v) for v in pipe.hmget(key, ["person", "hash", "crop"]))
+            if person is None:
+                raise UnknownTemplateError(f"no template with id {template_id!r} is stored")
+            crop[:] = [crop_path] if crop_path else []
+            pipe.multi()
+            pipe.delete(key)
+            pipe.srem(k.person_templates(person), template_id)
+            pipe.hdel(k.template_hashes(), f"{person}:{chash}")
+            self.events.append(pipe, GalleryEvent(EventOp.REMOVE, person=person, templates=(template_id,)))
+            return person
+
+        person = self._transact([key], body)
+        for rel in crop:
+            (self.data_dir / rel).unlink(missing_ok=True)
+        return person
+
+    @backend
+    def rename(self, person_id: str, new_name: str) -> None:
+        """Give a person a new display name (unique, case-insensitive)."""
+        k = self.keys
+        display = clean_name(new_name)
+        fold = fold_name(display)
+
+        def body(pipe: redis.client.Pipeline) -> None:
+            old = _text(pipe.hget(k.person(person_id), "name"))
+            if old is None:
+                raise UnknownPersonError(f"no person with id {person_id!r} is enrolled")
+            owner = _text(pipe.hget(k.person_names(), fold))
+            if owner is not None and owner != person_id:
+                raise GalleryError(f"name {display!r} already belongs to person {owner}")
+            pipe.multi()
+            pipe.hdel(k.person_names(), fold_name(old))
+            pipe.hset(k.person_names(), fold, person_id)
+            pipe.hset(k.person(person_id), "name", display)
+            self.events.append(pipe, GalleryEvent(EventOp.RENAME, person=person_id, name=display))
+
+        self._transact([k.person_names(), k.person(person_id)], body)
+
+    @backend
+    def forget(self, person_id: str) -> tuple[str, int]:
+        """Delete a person, every template and crop of theirs; returns (forget event id, templates deleted)."""
+        k = self.keys
+        out: dict[str, Any] = {}
+
+        def body(pipe: redis.client.Pipeline) -> None:
+            name = _text(pipe.hget(k.person(person_id), "name"))
+            if name is None:
+                raise UnknownPersonError(f"no person with id {person_id!r} is enrolled")
+            tids = sorted(_text(t) for t in pipe.smembers(k.person_templates(person_id)))
+            hashes = [_text(pipe.hget(k.template(t), "hash")) for t in tids]
+            pipe.multi()
+            pipe.delete(k.person(person_id), k.person_templates(person_id), *[k.template(t) for t in tids])
+            pipe.srem(k.people(), person_id)
+            pipe.hdel(k.person_names(), fold_name(name))
+            fields = [f"{person_id}:{h}" for h in hashes if h is not None]
+            if fields:
+                pipe.hdel(k.template_hashes(), *fields)
+            self.events.append(pipe, GalleryEvent(EventOp.FORGET, person=person_id))
+            out["n"] = len(tids)
+
+        self._transact([k.person(person_id), k.person_templates(person_id), k.person_names()], body)
+        shutil.rmtree(self.data_dir / "crops" / person_id, ignore_errors=True)
+        last = EventLog.last_id_from(self.events.last_id())
+        purged = self.events.purge_person(person_id, before=last)
+        log.info("forgot person %s: %d template(s), %d earlier event(s) deleted", person_id, out["n"], purged)
+        return last, out["n"]
+
+    @backend
+    def set_version(self, version: str) -> bool:
+        """Record that the gallery now serves ``version``; False when it already did."""
+        k = self.keys
+
+        def body(pipe: redis.client.Pipeline) -> bool:
+            if _text(pipe.get(k.gallery_version())) == version:
+                pipe.multi()
+                return False
+            pipe.multi()
+            pipe.set(k.gallery_version(), version)
+            self.events.append(pipe, GalleryEvent(EventOp.VERSION, version=version))
+            return True
+
+        return self._transact([k.gallery_version()], body)
+
+    # ---- reads -------------------------------------------------------------
+    @backend
+    def version(self) -> str | None:
+        """The projection version recorded in Redis (None before the first switch)."""
+        return _text(self.client.get(self.keys.gallery_version()))
+
+    @backend
+    def resolve(self, id_or_name: str) -> str:
+        """A person id from an id or a display name; raises :class:`UnknownPersonError`."""
+        try:
+            if self.client.exists(self.keys.person(id_or_name)):
+                return id_or_name
+        except ValueError:
+            pass  # not a valid id: try it as a name
+        if isinstance(id_or_name, str) and id_or_name.strip():
+            pid = _text(self.client.hget(self.keys.person_names(), fold_name(id_or_name)))
+            if pid is not None:
+                return pid
+        raise UnknownPersonError(f"no person with id or name {id_or_name!r} is enrolled")
+
+    @backend
+    def person(self, id_or_name: str) -> Person:
+        """The person with this id or name; raises :class:`UnknownPersonError`."""
+        pid = self.resolve(id_or_name)
+        people = self._load_people([pid])
+        if not people:
+            raise UnknownPersonError(f"person {id_or_name!r} was removed meanwhile")
+        return people[0]
+
+    @backend
+    def people(self) -> list[Person]:
+        """Every enrolled person, sorted by name."""
+        ids = sorted(_text(p) for p in self.client.smembers(self.keys.people()))
+        return sorted(self._load_people(ids), key=lambda p: (fold_name(p.name), p.id))
+
+    def _load_people(self, ids: list[str]) -> list[Person]:
+        pipe = self.client.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(self.keys.person(pid))
+            pipe.smembers(self.keys.person_templates(pid))
+        replies = pipe.execute()
+        out = []
+        for pid, record, tids in zip(ids, replies[0::2], replies[1::2]):
+            if not record:
+                continue
+            rec = {_text(a): _text(b) for a, b in record.items()}
+            out.append(Person(pid, rec.get("name", ""), json.loads(rec.get("metadata") or "{}"),
+                              float(rec.get("created") or 0.0), tuple(sorted(_text(t) for t in tids))))
+        return out
+
+    @backend
+    def fetch_features(self, template_ids: Sequence[str], chunk: int = 2000) -> dict[str, tuple[str, np.ndarray]]:
+        """``{template id: (person id, (128,) float32 features)}`` for the templates still stored."""
+        out: dict[str, tuple[str, np.ndarray]] = {}
+        for start in range(0, len(template_ids), chunk):
+            part = template_ids[start:start + chunk]
+            pipe = self.client.pipeline(transaction=False)
+            for tid in part:
+                pipe.hmget(self.keys.template(tid), ["person", "features"])
+            for tid, (person, blob) in zip(part, pipe.execute()):
+                if person is not None and blob is not None and len(blob) == DIM * 4:
+                    out[tid] = (_text(person), np.frombuffer(blob, dtype=np.float32))
+        return out
+
+    @backend
+    def iter_people_templates(self, chunk: int = 500) -> Iterator[tuple[str, str, list[str]]]:
+        """``(person id, name, template ids)`` for every person (bootstrap of a replica)."""
+        ids = sorted(_text(p) for p in self.client.smembers(self.keys.people()))
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            pipe = self.client.pipeline(transaction=False)
+            for pid in part:
+                pipe.hget(self.keys.person(pid), "name")
+                pipe.smembers(self.keys.person_templates(pid))
+            replies = pipe.execute()
+            for pid, name, tids in zip(part, replies[0::2], replies[1::2]):
+                if name is not None:
+                    yield pid, _text(name), sorted(_text(t) for t in tids)
