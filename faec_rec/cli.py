@@ -346,7 +346,16 @@ def _person_json(person: Any) -> dict[str, Any]:
 
     if is_dataclass(person):
         return asdict(person)
-    return {"person_id": getattr(person, "person_id", None), "name": getattr(person, "name", None)}
+    return {"id": _person_id(person), "name": getattr(person, "name", None)}
+
+
+def _person_id(record: Any) -> str | None:
+    """A person's id from a gallery Person (``id``) or a JSON record (``id``/``person_id``)."""
+    for name in ("id", "person_id"):
+        value = _attr(record, name)
+        if value:
+            return str(value)
+    return None
 
 
 def _templates_of(record: dict[str, Any]) -> int:
@@ -368,7 +377,7 @@ def people_list(state: State, as_json: bool) -> None:
         click.echo("nobody is enrolled yet: try `faec-rec enrol NAME IMAGE...`")
         return
     for p in sorted(people, key=lambda r: str(r.get("name", "")).casefold()):
-        click.echo(f"{p.get('person_id', '?'):<24} {_templates_of(p):>4} templates  {p.get('name')}")
+        click.echo(f"{_person_id(p) or '?':<34} {_templates_of(p):>4} templates  {p.get('name')}")
 
 
 @people_group.command("show")
@@ -403,8 +412,8 @@ def people_forget(state: State, person: str, yes: bool) -> None:
         record = _person_json(client.person(person))  # raises UnknownPersonError first
         if not yes:
             click.confirm(f"forget {record.get('name')} ({_templates_of(record)} templates)?", abort=True)
-        client.forget(record.get("person_id") or person)
-    click.echo(f"forgot {record.get('name')} ({record.get('person_id')})")
+        client.forget(_person_id(record) or person)
+    click.echo(f"forgot {record.get('name')} ({_person_id(record)})")
 
 
 # ---- events ------------------------------------------------------------------------------
@@ -477,8 +486,7 @@ def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeou
     names = [str(p.resolve()) for p in images]
     r.hset(job_key, mapping={"total": len(names), "done": 0, "errors": 0, "source": "cli"})
     r.expire(job_key, backend.settings.workers.result_ttl_s)
-    pending = list(enumerate(names))
-    pending.reverse()
+    pending = names[::-1]  # popped from the end: sent in order
     results: dict[str, dict[str, Any]] = {}
     in_flight = 0
     last_id = "0"
@@ -486,8 +494,8 @@ def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeou
     try:
         while len(results) < len(names):
             while pending and in_flight < IDENTIFY_WINDOW:
-                _, name = pending.pop()
-                payload: dict[str, Any] | None = {"job": job, "path": name, "key": None, "name": name}
+                name = pending.pop()
+                payload: dict[str, Any] = {"job": job, "path": name, "key": None, "name": name}
                 if not backend.embedded:
                     try:
                         upload, _ = client.upload(name)
@@ -754,6 +762,99 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
     return outcomes
 
 
+# ---- camera ----------------------------------------------------------------------------------
+
+def camera_specs(sources: Sequence[str], fps: float | None, loop: bool) -> list[Any]:
+    """``ID=SOURCE`` or a bare SOURCE (then named cam1, cam2, ...) -> camera specs."""
+    from faec_rec.errors import SourceError
+    from faec_rec.producers.camera import CameraSpec
+
+    specs = []
+    for number, text in enumerate(sources, start=1):
+        try:
+            spec = CameraSpec.parse(text, loop=loop)
+        except (SourceError, ValueError):
+            # a bare source (a URL may hold '=' in its query: then it is bare too)
+            spec = CameraSpec(f"cam{number}", text, loop=loop)
+        specs.append(CameraSpec(spec.camera_id, spec.source, fps=fps, loop=loop))
+    return specs
+
+
+def _print_events_until(backend: Any, stop: Any, after: str) -> None:
+    from faec_rec.workers.events import read_events
+
+    while not stop.is_set():
+        try:
+            batch = read_events(backend.redis, backend.keys, None, after=after, count=100, block_ms=500)
+        except Exception as exc:  # the private Redis stops at the end; a printer must not crash the run
+            log.debug("event printer stopped: %s", exc)
+            return
+        for stream_id, event in batch:
+            after = stream_id
+            click.echo(_event_line(event.to_json()))
+
+
+def _drain(backend: Any, cameras: Sequence[str], wait_s: float) -> None:
+    """Wait (at most ``wait_s``) until no frame of ``cameras`` waits for a worker."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not any(backend.redis.llen(backend.keys.in_flight(c)) for c in cameras):
+            return
+        time.sleep(0.2)
+
+
+@cli.command("camera")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--fps", type=click.FloatRange(0.01, 120), help="frames per second per camera (default: producers.fps).")
+@click.option("--loop", is_flag=True, help="replay video files from the start when they end.")
+@click.option("--duration", "duration_s", type=click.FloatRange(0.1, None), help="stop after this many seconds.")
+@click.option("--max-frames", type=click.IntRange(1, None), help="stop each camera after this many frames.")
+@pass_state
+def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: bool,
+               duration_s: float | None, max_frames: int | None) -> None:
+    """Stream cameras into the recognition queue (until Ctrl-C, --duration or --max-frames).
+
+    SOURCE is ID=SOURCE or a bare source: a USB index (0), an rtsp:// or http://
+    URL, or a video file. Embedded (no FAEC_REDIS_URL), a worker runs inside
+    this command and the events are printed as they come; against a
+    deployment, watch them with `faec-rec events --follow`.
+    """
+    import threading
+
+    from faec_rec.producers.camera import run_cameras
+
+    specs = camera_specs(sources, fps, loop)
+    with _backend(state, worker_queues=("frames",)) as backend:
+        settings = backend.settings
+        if not backend.embedded:
+            backend.require_consumers("frames")
+        stop = threading.Event()
+        printer = None
+        if backend.embedded:
+            newest = backend.redis.xrevrange(backend.keys.events(), count=1)
+            after = newest[0][0].decode() if newest else "0-0"
+            printer = threading.Thread(target=_print_events_until, args=(backend, stop, after), daemon=True)
+            printer.start()
+        click.echo(f"streaming {', '.join(f'{s.camera_id}={s.source}' for s in specs)} (Ctrl-C stops)", err=True)
+        try:
+            counters = run_cameras(specs, backend.redis, backend.keys, backend.app, settings.producers,
+                                   settings.workers.frame_ttl_s, max_frames=max_frames, duration_s=duration_s,
+                                   stop=stop)
+            if backend.embedded:
+                _drain(backend, [s.camera_id for s in specs], wait_s=60)
+                time.sleep(1.0)  # let the printer catch the last events
+        finally:
+            stop.set()
+            if printer is not None:
+                printer.join(timeout=2)
+    failed = False
+    for camera_id, c in counters.items():
+        failed |= c.pushed == 0
+        click.echo(f"{camera_id}: {c.pushed} frames pushed, {c.dropped} dropped, {c.errors} errors, "
+                   f"status {c.status}" + (f" ({c.last_error})" if c.last_error else ""))
+    raise click.exceptions.Exit(int(ExitCode.PARTIAL if failed else ExitCode.OK))
+
+
 # ---- demo ------------------------------------------------------------------------------------
 
 _FR = "samples/face_recognition_examples"
@@ -875,7 +976,7 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     with open_backend(settings, worker_queues=("enrol", "frames")) as backend:
         client = _client(backend)
         for person in client.people():  # a fresh demo every run
-            client.forget(_attr(person, "person_id"))
+            client.forget(_person_id(person))
         click.echo(f"enrolling {len(plan.enrol)} people:")
         _enrol_all(state_demo, plan.enrol, timeout_s, backend=backend)
         click.echo(f"identifying {len(plan.identify)} photos (held-out photos of them, strangers, no face):")
