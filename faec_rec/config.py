@@ -9,10 +9,12 @@ Every field has a default, a description and bounds; an unknown key is an error
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -154,6 +156,32 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+# FAEC_ variables that are not settings: the config file's path and the tests' own.
+_ENV_NOT_SETTINGS = ("FAEC_CONFIG", "FAEC_TEST_")
+
+
+def check_env_names(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``FAEC_`` variable that looks like a misspelt setting (``FAEC_REDIS_ULR``).
+
+    pydantic-settings ignores unknown top-level names silently (nested ones such as
+    ``FAEC_GALLERY__TRESHOLD`` already fail); a near miss of a setting's name is almost
+    always a typo, so it fails naming the setting it resembles. Other ``FAEC_`` names are
+    left to whoever reads them.
+    """
+    environ = os.environ if environ is None else environ
+    heads = [name.upper() for name in Settings.model_fields]
+    for var in environ:
+        upper = var.upper()
+        if not upper.startswith("FAEC_") or upper.startswith(_ENV_NOT_SETTINGS):
+            continue
+        head, sep, rest = upper[len("FAEC_"):].partition("__")
+        if head in heads:
+            continue
+        close = difflib.get_close_matches(head, heads, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"environment variable {var} names no setting: did you mean FAEC_{close[0]}{sep}{rest}?")
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build and validate the settings.
 
@@ -161,6 +189,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     keyword values for tests and the CLI. Raises :class:`ConfigError` naming the
     first bad field.
     """
+    check_env_names()
     file_path = path or os.environ.get("FAEC_CONFIG")
     values: dict[str, Any] = _read_file(Path(file_path)) if file_path else {}
     values.update(overrides)

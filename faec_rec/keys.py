@@ -16,7 +16,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 def safe_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it may appear in a key or a file name, else raise ``ValueError``."""
-    if not isinstance(value, str) or not _SAFE_ID.match(value) or value in {".", ".."} or ".." in value:
+    # fullmatch: ``$`` in match() would also accept a trailing newline ("bob\n")
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or value in {".", ".."} or ".." in value:
         raise ValueError(f"{what} {value!r} may only hold letters, digits and _ . : @ - (1-128 characters)")
     return value
 
@@ -28,7 +29,7 @@ class Keys:
     prefix: str = "faec"
 
     def __post_init__(self) -> None:
-        if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", self.prefix):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", self.prefix):
             raise ConfigError(f"prefix {self.prefix!r}: letters, digits, _ . - only (1-32)")
 
     def _k(self, *parts: str) -> str:
