@@ -1,0 +1,204 @@
+"""The Keras rebuild: dlib's zero-fill add, the cached model reloading in safe mode,
+checksums, and the Embedder's contract."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from faec_rec.config import FacesConfig
+from faec_rec.errors import ModelError, VectorError
+from faec_rec.faces import backbone, dlib_format
+from faec_rec.faces.embed import Embedder, l2_normalise
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def model(cache_dir: Path):
+    return backbone.load_backbone(cache_dir)
+
+
+@pytest.fixture(scope="module")
+def chips() -> np.ndarray:
+    """Seeded smooth pseudo-images (noise is a poor test of a face network, but any input
+    must give identical outputs through every path)."""
+    rng = np.random.default_rng(7)
+    low = rng.integers(0, 256, size=(5, 10, 10, 3)).astype(np.float32)
+    up = np.repeat(np.repeat(low, 15, axis=1), 15, axis=2)
+    noise = rng.normal(0, 12, size=up.shape)
+    return np.clip(up + noise, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------- zero-fill add
+
+
+def test_zero_fill_add_pads_channels_and_bottom_right() -> None:
+    backbone.register_custom_layers()
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)  # the conv path: smaller in space
+    b = rng.normal(size=(2, 4, 4, 2)).astype(np.float32)  # the shortcut: fewer channels
+    out = np.asarray(backbone.ZeroFillAdd()([a, b]))
+    expected = np.zeros((2, 4, 4, 4), np.float32)
+    expected[:, :3, :3, :] += a
+    expected[:, :, :, :2] += b
+    assert out.shape == (2, 4, 4, 4)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    # the last row/column only hold the shortcut's channels; the rest is zero
+    assert np.all(out[:, 3, :, 2:] == 0) and np.all(out[:, :, 3, 2:] == 0)
+
+
+def test_zero_fill_add_equal_shapes_is_plain_add() -> None:
+    backbone.register_custom_layers()
+    a = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(np.asarray(backbone.ZeroFillAdd()([a, a])), 2 * a)
+
+
+def test_zero_fill_add_serialises_in_safe_mode(tmp_path: Path) -> None:
+    import keras
+
+    backbone.register_custom_layers()
+    x1 = keras.Input((3, 3, 4))
+    x2 = keras.Input((4, 4, 2))
+    tiny = keras.Model([x1, x2], backbone.ZeroFillAdd(name="zfa")([x1, x2]))
+    assert tiny.output.shape[1:] == (4, 4, 4)
+    path = tmp_path / "tiny.keras"
+    tiny.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    a = np.ones((1, 3, 3, 4), np.float32)
+    b = np.full((1, 4, 4, 2), 2.0, np.float32)
+    np.testing.assert_array_equal(np.asarray(again([a, b])), np.asarray(tiny([a, b])))
+    assert all(type(layer).__name__ != "Lambda" for layer in again.layers)
+
+
+# ----------------------------------------------------------------- the model and its cache
+
+
+def test_model_structure(model) -> None:
+    assert tuple(model.input_shape) == (None, 150, 150, 3)
+    assert tuple(model.output_shape) == (None, 128)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 29
+    assert kinds.count("ZeroFillAdd") == 14
+    assert "Lambda" not in kinds
+    net = dlib_format.read_file()
+    affine_params = sum(2 * layer.gamma.size for layer in net.layers if isinstance(layer, dlib_format.Affine))
+    # the affine layers are folded into the convs: only their own parameters disappear
+    assert model.count_params() == net.n_params - affine_params
+
+
+def test_cache_written_atomically_with_sidecar(model, cache_dir: Path) -> None:
+    target = cache_dir / "dlib-resnet-v1-55533b28a958.keras"
+    assert target.is_file()
+    meta = json.loads(target.with_suffix(".json").read_text())
+    assert meta["source_sha256"] == backbone.DLIB_RESNET_SHA256
+    assert meta["keras_sha256"] == backbone.sha256_file(target)
+    assert [p.name for p in cache_dir.iterdir() if "tmp" in p.name] == []
+
+
+def test_cache_reloads_in_safe_mode_with_identical_outputs(model, cache_dir: Path, chips: np.ndarray) -> None:
+    import keras
+
+    backbone.register_custom_layers()
+    again = keras.saving.load_model(cache_dir / "dlib-resnet-v1-55533b28a958.keras", safe_mode=True)
+    x = chips.astype(np.float32)
+    np.testing.assert_array_equal(again(x, training=False).numpy(), model(x, training=False).numpy())
+
+
+def test_second_load_uses_cache(model, cache_dir: Path, chips: np.ndarray, monkeypatch) -> None:
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although a valid cache exists")
+
+    monkeypatch.setattr(backbone, "build_model", no_conversion)
+    cached = backbone.load_backbone(cache_dir)
+    x = chips[:2].astype(np.float32)
+    np.testing.assert_array_equal(cached(x, training=False).numpy(), model(x, training=False).numpy())
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path: Path, model, chips: np.ndarray) -> None:
+    target = tmp_path / "dlib-resnet-v1-55533b28a958.keras"
+    target.write_bytes(b"not a zip")
+    target.with_suffix(".json").write_text(json.dumps({"source_sha256": backbone.DLIB_RESNET_SHA256, "keras_sha256": "0"}))
+    rebuilt = backbone.load_backbone(tmp_path)
+    assert backbone.sha256_file(target) == json.loads(target.with_suffix(".json").read_text())["keras_sha256"]
+    x = chips[:1].astype(np.float32)
+    np.testing.assert_allclose(rebuilt(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-6)
+
+
+def test_source_checksum_is_verified(tmp_path: Path) -> None:
+    fake = tmp_path / "model.dat"
+    fake.write_bytes(b"\x01\x01")
+    with pytest.raises(ModelError, match="sha256"):
+        backbone.load_backbone(tmp_path, fake)
+    with pytest.raises(ModelError, match="not found"):
+        backbone.load_backbone(tmp_path, tmp_path / "absent.dat")
+
+
+def test_folded_affine_matches_unfolded(model, chips: np.ndarray) -> None:
+    unfolded = backbone.build_model(dlib_format.read_file(), fold_affine=False)
+    x = chips.astype(np.float32)
+    np.testing.assert_allclose(model(x, training=False).numpy(), unfolded(x, training=False).numpy(), atol=2e-6)
+
+
+# ----------------------------------------------------------------- Embedder
+
+
+def test_embedder_contract(cache_dir: Path, chips: np.ndarray, model) -> None:
+    plain = Embedder(cache_dir=cache_dir, flip_average=False, batch_size=2)
+    assert plain.backbone_version == "dlib-resnet-v1"
+    feats = plain.features(chips)
+    assert feats.shape == (5, 128) and feats.dtype == np.float32
+    np.testing.assert_allclose(feats, model(chips.astype(np.float32), training=False).numpy(), atol=1e-6)
+    emb = plain.embed(chips)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(emb, feats / np.linalg.norm(feats, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_embedder_flip_average(cache_dir: Path, chips: np.ndarray) -> None:
+    plain = Embedder(cache_dir=cache_dir, flip_average=False)
+    flipped = Embedder(FacesConfig(flip_average=True), cache_dir=cache_dir)
+    expected = (plain.features(chips) + plain.features(chips[:, :, ::-1])) / 2
+    np.testing.assert_allclose(flipped.features(chips), expected, atol=1e-6)
+    # a mirror image has (nearly) the same flip-averaged descriptor
+    np.testing.assert_allclose(flipped.features(chips[:, :, ::-1]), flipped.features(chips), atol=1e-5)
+
+
+def test_embedder_batching_does_not_change_results(cache_dir: Path, chips: np.ndarray) -> None:
+    small = Embedder(cache_dir=cache_dir, batch_size=2).features(chips)
+    big = Embedder(cache_dir=cache_dir, batch_size=32).features(chips)
+    np.testing.assert_allclose(small, big, atol=1e-6)
+    one = Embedder(cache_dir=cache_dir).features(chips[3:4])
+    np.testing.assert_allclose(one[0], big[3], atol=1e-6)
+
+
+def test_embedder_rejects_bad_input(cache_dir: Path) -> None:
+    e = Embedder(cache_dir=cache_dir)
+    with pytest.raises(VectorError, match="leading axis"):
+        e.features(np.zeros((150, 150, 3), np.uint8))
+    with pytest.raises(VectorError, match="align"):
+        e.features(np.zeros((2, 112, 112, 3), np.uint8))
+    with pytest.raises(VectorError, match="dtype"):
+        e.features(np.zeros((1, 150, 150, 3), np.int64))
+    assert e.features(np.zeros((0, 150, 150, 3), np.uint8)).shape == (0, 128)
+    assert e.embed(np.zeros((0, 150, 150, 3), np.uint8)).shape == (0, 128)
+
+
+def test_l2_normalise() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 2.0]])
+    out = l2_normalise(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 1.0]], atol=1e-7)
+    with pytest.raises(VectorError, match="zeros"):
+        l2_normalise(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(VectorError, match="NaN"):
+        l2_normalise(np.array([[np.nan, 1.0]]))
+    with pytest.raises(VectorError, match=r"\(n, d\)"):
+        l2_normalise(np.zeros(3))
