@@ -302,15 +302,17 @@ class Client:
         """One person by id or name; raises :class:`UnknownPersonError`."""
         return self.gallery.person(id_or_name)
 
-    def forget(self, id_or_name: str) -> None:
-        """Delete a person with every template, crop and vector; raises :class:`UnknownPersonError`."""
-        person = self.gallery.person(id_or_name)
-        self.gallery.forget(person.person_id)
+    def forget(self, id_or_name: str) -> int:
+        """Delete a person with every template, crop and vector; returns templates deleted.
+
+        Raises :class:`UnknownPersonError`. Crops are deleted from this
+        machine's ``data_dir``; every worker drops the vectors when it syncs.
+        """
+        return int(self.gallery.forget(id_or_name))
 
     def rename(self, id_or_name: str, new_name: str) -> None:
         """Give a person a new display name; raises :class:`UnknownPersonError`."""
-        person = self.gallery.person(id_or_name)
-        self.gallery.rename(person.person_id, new_name)
+        self.gallery.rename(id_or_name, new_name)
 
 
 def _read_image(image: ImageInput) -> tuple[bytes, str]:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from faec_rec.errors import ImageError, PayloadError, UnknownPersonError
+from faec_rec.errors import GalleryError, ImageError, PayloadError, UnknownPersonError
 from faec_rec.keys import safe_id
 
 if TYPE_CHECKING:
@@ -172,7 +172,6 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     Never raises for bad images or an unknown person (they are in the report);
     a lost backend propagates so the task retries.
     """
-    from faec_rec.faces.image import encode_jpeg
     from faec_rec.faces.quality import QualityThresholds, Reason, assess
 
     r, keys = runtime.redis, runtime.keys
@@ -197,6 +196,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
                                f"no person with id {request.person_id!r}; give a name to create one")
         else:
             report.name = person.name
+            report.person_id = person.id
 
     thresholds = QualityThresholds()
     reports: list[ImageReport] = []
@@ -234,7 +234,24 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
 
     chips = np.stack([c.chip for c in candidates])
     features = engine.features(chips)
-    result = gallery.enrol(
+    try:
+        result = _gallery_enrol(gallery, request, report, candidates, features)
+    except GalleryError as exc:  # a name clash, an id that vanished meanwhile
+        for c in candidates:
+            report.images[c.index].accepted = False
+            report.images[c.index].reason = "not_stored"
+        return _finish(runtime, request, report, "gallery_refused", str(exc))
+    report.person_id = result.person_id
+    report.name = result.name
+    _mark_templates(runtime, report, candidates, result)
+    report.status = "done" if report.accepted else "refused"
+    return _finish(runtime, request, report, None if report.accepted else "no_acceptable_image", None)
+
+
+def _gallery_enrol(gallery: Any, request: EnrolRequest, report: EnrolReport, candidates: list[_Candidate], features: Any) -> Any:
+    from faec_rec.faces.image import encode_jpeg
+
+    return gallery.enrol(
         request.name if request.name is not None else report.name,
         features,
         person_id=request.person_id,
@@ -244,10 +261,6 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
         crops=[encode_jpeg(c.chip, 90) for c in candidates],
         metadata=request.metadata,
     )
-    report.person_id = result.person_id
-    _mark_templates(runtime, report, candidates, result)
-    report.status = "done" if report.accepted else "refused"
-    return _finish(runtime, request, report, None if report.accepted else "no_acceptable_image", None)
 
 
 def _decode(data: bytes, name: str) -> Any:
@@ -257,27 +270,20 @@ def _decode(data: bytes, name: str) -> Any:
 
 
 def _mark_templates(runtime: Runtime, report: EnrolReport, candidates: list[_Candidate], result: Any) -> None:
-    """Attach template ids; an image the gallery already held is a duplicate,
-    unless it belongs to this same person (a retried request): then it counts
-    as accepted."""
-    added = list(getattr(result, "template_ids", None) or getattr(result, "added", None) or [])
-    duplicates = dict(getattr(result, "duplicates", None) or {})
-    it = iter(added)
+    """Attach template ids. An image this person already had (same content
+    hash: a retried request, or the same photo sent again) stays accepted, with
+    the existing template's id and reason "duplicate"; it is stored once."""
+    duplicates = set(result.duplicates)
+    added = iter(result.added)
     for c in candidates:
         image = report.images[c.index]
-        owner = duplicates.get(c.content_hash)
-        if owner is None:
-            image.template_id = next(it, None)
-            continue
-        owner_person, owner_template = owner if isinstance(owner, tuple) else (None, owner)
-        if owner_person in (None, report.person_id):
-            image.template_id = owner_template
-            if owner_person is None:
-                image.accepted, image.reason = False, "duplicate"
-                image.detail = "this image is already enrolled"
+        if c.content_hash in duplicates:
+            raw = runtime.redis.hget(runtime.keys.template_hashes(), f"{result.person_id}:{c.content_hash}")
+            image.template_id = raw.decode() if raw else None
+            image.reason = "duplicate"
+            image.detail = "already enrolled for this person; kept once"
         else:
-            image.accepted, image.reason = False, "duplicate"
-            image.detail = f"this image is already enrolled for person {owner_person}"
+            image.template_id = next(added, None)
 
 
 def _finish(runtime: Runtime, request: EnrolRequest, report: EnrolReport, error: str | None, detail: str | None) -> EnrolReport:

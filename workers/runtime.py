@@ -95,6 +95,8 @@ class Runtime:
                     self._gallery = Gallery(
                         self.redis, self.keys, self.settings.gallery, self.settings.data_dir,
                         projector=projector,
+                        # Lets the replica follow a "version" event on its own.
+                        projector_loader=lambda v: load_projector(v, self.settings, self.redis),
                     )
         return self._gallery
 

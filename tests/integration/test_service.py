@@ -1,0 +1,259 @@
+"""The service end to end: a real Redis, a REAL `celery -A faec_rec.workers.app worker`
+subprocess, real photos and a real video.
+
+One worker per module (loading TensorFlow and the model costs seconds); the
+kill test starts its own workers under its own prefix.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from faec_rec.config import ProducerConfig, load_settings
+from faec_rec.keys import Keys
+from tests.integration.worker_proc import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PEOPLE = {"Arnold": "Arnold_Schwarzenegger", "Andre": "Andre_Agassi", "Beckham": "David_Beckham"}
+STRANGERS = ("Alex_Corretja", "Andrew_Sabey", "Ashraf_Ghani")
+VIDEO = "face_recognition__short_hamilton_clip.mp4"
+WAIT_S = 240.0
+
+
+def _cleanup(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+def wait_for(predicate: Any, timeout: float = WAIT_S, what: str = "condition", every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[dict[str, Any]]:
+    """A worker subprocess on frames+enrol under a prefix of its own, and a client."""
+    from faec_rec.client import Client
+
+    prefix = "t" + uuid.uuid4().hex[:10]
+    data_dir = tmp_path_factory.mktemp("service")
+    worker = WorkerProcess(redis_url, prefix, data_dir, queues=("frames", "enrol"), concurrency=1).start()
+    settings = load_settings(redis_url=redis_url, prefix=prefix, data_dir=data_dir)
+    client = Client(settings=settings)
+    try:
+        worker.wait_ready()
+        yield {"worker": worker, "client": client, "settings": settings, "keys": Keys(prefix),
+               "redis": client.redis, "data_dir": data_dir}
+    finally:
+        client.close()
+        worker.stop()
+        _cleanup(redis_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def enrolled(service: dict[str, Any], faces_dir: Path) -> dict[str, Any]:
+    """Three people enrolled through the queue, three photos each."""
+    client = service["client"]
+    reports = {}
+    for name, folder in PEOPLE.items():
+        photos = sorted((faces_dir / "lfw" / folder).glob("*.jpg"))[:3]
+        reports[name] = client.enrol(name, photos, timeout=WAIT_S)
+    return reports
+
+
+def test_enrol_three_people_through_the_queue(enrolled: dict[str, Any], service: dict[str, Any]) -> None:
+    for name, report in enrolled.items():
+        assert report.status == "done", report
+        assert report.name == name and report.person_id
+        assert len(report.accepted) >= 2, [(i.name, i.reason, i.detail) for i in report.images]
+        assert all(i.template_id for i in report.accepted)
+    people = {p.name: p for p in service["client"].people()}
+    assert set(people) == set(PEOPLE)
+    assert len(people["Arnold"].template_ids) == len(enrolled["Arnold"].accepted)
+
+
+def test_identify_known_people_and_strangers(enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    client = service["client"]
+    for name, folder in PEOPLE.items():
+        held_out = sorted((faces_dir / "lfw" / folder).glob("*.jpg"))[4]
+        faces = client.identify(held_out, timeout=WAIT_S)
+        assert any(f.person == name and f.decision == "known" for f in faces), (name, faces)
+    for folder in STRANGERS:
+        photo = sorted((faces_dir / "lfw" / folder).glob("*.jpg"))[0]
+        faces = client.identify(photo, timeout=WAIT_S)
+        assert faces, f"no face found in {photo}"
+        assert all(f.decision == "unknown" and f.person is None for f in faces), (folder, faces)
+
+
+def test_folder_job_lists_every_image_with_errors_for_bad_ones(enrolled: dict[str, Any], service: dict[str, Any],
+                                                               faces_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "beckham.jpg").symlink_to(sorted((faces_dir / "lfw" / "David_Beckham").glob("*.jpg"))[5])
+    (folder / "dog.jpg").symlink_to(faces_dir / "no_face" / "darknet__dog.jpg")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated, not a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    records = service["client"].identify_folder(folder, wait=True, timeout=WAIT_S)
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert set(by_name) == {"beckham.jpg", "dog.jpg", "corrupt.jpg"}
+    assert by_name["corrupt.jpg"]["error"] and by_name["corrupt.jpg"]["faces"] == []
+    assert by_name["dog.jpg"]["error"] is None and by_name["dog.jpg"]["faces"] == []
+    assert [f["person"] for f in by_name["beckham.jpg"]["faces"]] == ["Beckham"]
+    assert by_name["beckham.jpg"]["model_version"].endswith("/base")
+
+
+def test_enrolment_refusals_say_why(service: dict[str, Any], faces_dir: Path) -> None:
+    client = service["client"]
+    report = client.enrol("Nobody", [
+        faces_dir / "no_face" / "darknet__dog.jpg",
+        faces_dir / "group_photos" / "faceapi__bbt1.jpg",
+        b"\xff\xd8\xff\xe0 not a jpeg",
+    ], timeout=WAIT_S)
+    reasons = [i.reason for i in report.images]
+    assert reasons == ["no_face", "several_faces", "bad_image"], [(i.name, i.reason, i.detail) for i in report.images]
+    assert report.status == "refused" and report.error == "no_acceptable_image"
+    assert "Nobody" not in {p.name for p in client.people()}
+
+    unknown = client.enrol(None, [sorted((faces_dir / "lfw" / "Andre_Agassi").glob("*.jpg"))[6]],
+                           person_id="no-such-person", timeout=WAIT_S)
+    assert unknown.status == "refused" and unknown.error == "unknown_person"
+
+
+def test_enrolment_is_idempotent_by_request_id(enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    client = service["client"]
+    photo = sorted((faces_dir / "lfw" / "Andre_Agassi").glob("*.jpg"))[7]
+    first = client.enrol("Andre", [photo], request_id="req-andre-7", timeout=WAIT_S)
+    again = client.enrol("Andre", [photo], request_id="req-andre-7", timeout=WAIT_S)
+    assert first.to_json() == again.to_json()
+    other = client.enrol("Andre", [photo], timeout=WAIT_S)  # same photo, new request
+    assert other.images[0].reason == "duplicate" and other.images[0].template_id == first.images[0].template_id
+    templates = client.person("Andre").template_ids
+    assert len(templates) == len(set(templates)) == len(enrolled["Andre"].accepted) + 1
+
+
+def _push_frame(r: Any, keys: Keys, camera: str, n: int, data: bytes | None, ttl: int = 60) -> dict[str, Any]:
+    """The producer's side of the frame protocol (data None: a key that expired)."""
+    key = keys.frame(camera, n)
+    if data is not None:
+        r.set(key, data, ex=ttl)
+    r.lpush(keys.in_flight(camera), key)
+    return {"camera": camera, "frame": n, "key": key, "captured_at": time.time(), "width": 250, "height": 250}
+
+
+def _events(r: Any, keys: Keys, camera: str) -> list[dict[str, Any]]:
+    return [json.loads(v[b"event"]) for _, v in r.xrange(keys.events(camera))]
+
+
+def test_corrupt_and_expired_frames_give_error_events_and_the_rest_goes_on(
+        enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    from faec_rec.workers.app import TASK_RECOGNISE
+
+    r, keys, client = service["redis"], service["keys"], service["client"]
+    camera = "door"
+    good = sorted((faces_dir / "lfw" / "Arnold_Schwarzenegger").glob("*.jpg"))[5].read_bytes()
+    payloads = [
+        _push_frame(r, keys, camera, 1, b"\xff\xd8\xff\xe0 broken"),
+        _push_frame(r, keys, camera, 2, None),
+        _push_frame(r, keys, camera, 3, good),
+    ]
+    for p in payloads:
+        client.app.send_task(TASK_RECOGNISE, args=[p], queue="frames")
+    stats_key = keys.camera_stats(camera)
+    wait_for(lambda: int(r.hget(stats_key, "processed") or 0) >= 1 and int(r.hget(stats_key, "errors") or 0) >= 2,
+             what="frames processed")
+    events = _events(r, keys, camera)
+    errors = {e["frame"]: e["error"] for e in events if e["type"] == "error"}
+    assert errors == {1: "bad_image", 2: "frame_expired"}
+    arrived = [e for e in events if e["type"] == "arrived"]
+    assert [(e["frame"], e["person"], e["decision"]) for e in arrived] == [(3, "Arnold", "known")]
+    assert arrived[0]["track_id"] is not None and arrived[0]["model_version"].endswith("/base")
+    assert r.exists(keys.frame(camera, 3)) == 0 and r.llen(keys.in_flight(camera)) == 0
+    combined = [json.loads(v[b"event"]) for _, v in r.xrange(keys.events())]
+    assert {e["frame"] for e in combined if e["camera"] == camera} == {1, 2, 3}
+
+    # A frame the producer dropped (key deleted, not in flight) is skipped quietly.
+    dropped = {"camera": camera, "frame": 4, "key": keys.frame(camera, 4), "captured_at": time.time()}
+    client.app.send_task(TASK_RECOGNISE, args=[dropped], queue="frames")
+    marker = _push_frame(r, keys, camera, 5, good)
+    client.app.send_task(TASK_RECOGNISE, args=[marker], queue="frames")
+    wait_for(lambda: int(r.hget(stats_key, "processed") or 0) >= 2, what="frame 5")
+    assert all(e["frame"] != 4 for e in _events(r, keys, camera))
+    assert int(r.hget(stats_key, "errors")) == 2
+
+
+def test_video_through_the_camera_producer_gives_tracked_events(
+        enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    from faec_rec.producers.camera import CameraSpec, run_cameras
+
+    r, keys, client = service["redis"], service["keys"], service["client"]
+    video = faces_dir / "videos" / VIDEO
+    camera = "stage"
+    counters = run_cameras(
+        [CameraSpec(camera, str(video), fps=5.0)], r, keys, client.app,
+        ProducerConfig(max_in_flight=1000, fps=5.0), frame_ttl_s=600, max_frames=40, realtime=False,
+    )[camera]
+    assert counters.pushed >= 20 and counters.dropped == 0
+    stats_key = keys.camera_stats(camera)
+    wait_for(lambda: int(r.hget(stats_key, "processed") or 0) + int(r.hget(stats_key, "errors") or 0) >= counters.pushed,
+             what="every video frame processed")
+    faces = int(r.hget(stats_key, "faces") or 0)
+    events = _events(r, keys, camera)
+    arrived = [e for e in events if e["type"] == "arrived"]
+    assert faces >= counters.pushed // 2, f"faces found in too few frames: {faces} in {counters.pushed}"
+    # One arrival per person-track, not one per frame: a 1-2 person clip gives few tracks.
+    assert 1 <= len(arrived) <= 6, [(e["frame"], e["track_id"], e["box"]) for e in arrived]
+    assert len({e["track_id"] for e in arrived}) == len(arrived)
+    assert not [e for e in events if e["type"] == "error"]
+
+
+def test_killed_worker_loses_no_enrolment_and_duplicates_none(redis_url: str, tmp_path: Path, faces_dir: Path) -> None:
+    from faec_rec.client import Client
+
+    prefix = "t" + uuid.uuid4().hex[:10]
+    env = {"FAEC_WORKERS__VISIBILITY_TIMEOUT_S": "3"}
+    settings = load_settings(redis_url=redis_url, prefix=prefix, data_dir=tmp_path)
+    keys = Keys(prefix)
+    photos = sorted((faces_dir / "lfw" / "Arnold_Schwarzenegger").glob("*.jpg"))[:8]
+    first = WorkerProcess(redis_url, prefix, tmp_path, queues=("enrol",), env=env).start()
+    second: WorkerProcess | None = None
+    client = Client(settings=settings)
+    try:
+        first.wait_ready()
+        request_id = client.enrol("Arnold", photos, wait=False)
+        # Kill it once it has started on the request, mid-enrolment.
+        wait_for(lambda: client.redis.hget(keys.enrolment(request_id), "status") == b"running",
+                 what="the first worker to start the enrolment", every=0.02)
+        first.kill()
+        assert client.redis.hget(keys.enrolment(request_id), "report") is None, "finished before the kill"
+        second = WorkerProcess(redis_url, prefix, tmp_path, queues=("enrol",), env=env).start()
+        second.wait_ready()
+        report = client.enrol_report(request_id, timeout=WAIT_S)
+        assert report.status == "done", report
+        accepted = [i for i in report.images if i.accepted]
+        assert len(accepted) >= 5, [(i.name, i.reason) for i in report.images]
+        templates = client.person("Arnold").template_ids
+        assert len(templates) == len(set(templates)) == len({i.template_id for i in accepted})
+        hashes = client.redis.hkeys(keys.template_hashes())
+        assert len(hashes) == len(templates)
+    finally:
+        client.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+        _cleanup(redis_url, prefix)
