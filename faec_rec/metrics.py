@@ -9,9 +9,12 @@ Two kinds of metric:
   Call the module functions (:func:`frame_processed`, ...); the metric objects are built
   on first use, never at import time.
 - **Cluster metrics**, read from Redis when Prometheus scrapes (:class:`RedisCollector`):
-  queue depth per Celery queue, frames waiting per camera, people in the gallery, and
-  whether Redis answers. Every process that serves them reports the same numbers, so
-  aggregate them with ``max`` rather than ``sum``.
+  queue depth per Celery queue, frames waiting per camera, people in the gallery, whether
+  Redis answers, and from each camera's stats hash (which the frame protocol keeps: the
+  producer counts pushed/dropped, workers processed/errors/faces and a latency histogram)
+  the ``faec_camera_*`` families. They need no wiring and cover every machine, but every
+  process that serves them reports the same numbers: aggregate them with ``max``, not
+  ``sum``.
 
 Celery prefork: the tasks run in child processes, but a Kubernetes probe and a Prometheus
 scrape want one port per worker. We use prometheus-client's **multiprocess mode**: the
@@ -31,6 +34,7 @@ import enum
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -398,6 +402,10 @@ class RedisCollector:
                     log.warning("metrics: ignoring camera id %r in %s", camera, self.keys.cameras())
             for camera, n in zip(valid, pipe.execute()):
                 waiting.add_metric([camera], float(n))
+            pipe = self.client.pipeline(transaction=False)
+            for camera in valid:
+                pipe.hgetall(self.keys.camera_stats(camera))
+            camera_families = _camera_stats_families(zip(valid, pipe.execute()))
             people = GaugeMetricFamily("faec_gallery_people", "People enrolled (Redis, the source of truth)")
             people.add_metric([], float(self.client.scard(self.keys.people())))
         except Exception as exc:
@@ -406,7 +414,63 @@ class RedisCollector:
             yield up
             return
         up.add_metric([], 1.0)
-        yield from (up, depth, waiting, people)
+        yield from (up, depth, waiting, people, *camera_families)
+
+
+# Counters the frame protocol keeps in each camera's stats hash (producers and workers HINCRBY).
+_CAMERA_COUNTERS = ("pushed", "dropped", "processed", "errors")
+_LATENCY_FIELD = re.compile(r"^latency_ms_le_(\d+(?:\.\d+)?|inf)$")
+
+
+def _camera_stats_families(stats: Iterable[tuple[str, dict[Any, Any]]]) -> list[Any]:
+    """Prometheus families from the cameras' stats hashes: frame counts by state, faces,
+    the capture-to-event latency histogram (``latency_ms_le_<edge>`` fields, per bucket),
+    and the camera's status."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    frames = CounterMetricFamily("faec_camera_frames", "Frames of a camera by state: pushed, dropped, processed, errors (Redis)",
+                                 labels=["camera", "state"])
+    faces = CounterMetricFamily("faec_camera_faces", "Faces found in a camera's processed frames (Redis)", labels=["camera"])
+    latency = HistogramMetricFamily("faec_camera_capture_to_event_seconds",
+                                    "Capture-to-event latency of a camera's frames, all workers (Redis)", labels=["camera"])
+    status = GaugeMetricFamily("faec_camera_status", "1 for a camera's current producer status", labels=["camera", "status"])
+    for camera, raw in stats:
+        fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                  for k, v in raw.items()}
+        for state in _CAMERA_COUNTERS:
+            frames.add_metric([camera, state], _number(fields.get(state)))
+        faces.add_metric([camera], _number(fields.get("faces")))
+        edges = []
+        for name, value in fields.items():
+            match = _LATENCY_FIELD.match(name)
+            if match:
+                edge = float("inf") if match.group(1) == "inf" else float(match.group(1)) / 1000.0
+                edges.append((edge, _number(value)))
+        if edges:
+            edges.sort()
+            buckets, total = [], 0.0
+            for edge, count in edges:
+                total += count  # the hash counts per bucket; Prometheus wants cumulative counts
+                if edge != float("inf"):
+                    buckets.append((_go_float(edge), total))
+            buckets.append(("+Inf", total))
+            latency.add_metric([camera], buckets, sum_value=None)
+        if fields.get("status"):
+            status.add_metric([camera, fields["status"]], 1.0)
+    return [frames, faces, latency, status]
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _go_float(value: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(value)
 
 
 def _kombu_lists(queue: str) -> list[str]:

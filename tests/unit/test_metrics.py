@@ -167,6 +167,10 @@ def test_redis_collector_reads_queue_depth_cameras_and_people(redis_client, keys
     redis_client.sadd(keys.cameras(), "door", "yard")
     redis_client.rpush(keys.in_flight("door"), "k1", "k2", "k3")
     redis_client.sadd(keys.people(), "p1", "p2")
+    # the frame protocol's counters, as producers and workers HINCRBY them
+    redis_client.hset(keys.camera_stats("door"), mapping={
+        "pushed": 10, "dropped": 2, "processed": 7, "errors": 1, "faces": 9, "status": "streaming",
+        "latency_ms_le_100": 4, "latency_ms_le_50": 3, "frame": 41})
 
     registry = CollectorRegistry()
     collector = metrics.RedisCollector(redis_client, keys, queue_key=queue_key)
@@ -182,6 +186,16 @@ def test_redis_collector_reads_queue_depth_cameras_and_people(redis_client, keys
     assert 'faec_camera_in_flight{camera="yard"} 0.0' in lines
     assert "faec_gallery_people 2.0" in lines
     assert "faec_redis_up 1.0" in lines
+    assert 'faec_camera_frames_total{camera="door",state="pushed"} 10.0' in lines
+    assert 'faec_camera_frames_total{camera="door",state="dropped"} 2.0' in lines
+    assert 'faec_camera_frames_total{camera="door",state="processed"} 7.0' in lines
+    assert 'faec_camera_frames_total{camera="yard",state="processed"} 0.0' in lines
+    assert 'faec_camera_faces_total{camera="door"} 9.0' in lines
+    assert 'faec_camera_status{camera="door",status="streaming"} 1.0' in lines
+    # per-bucket counts in the hash become cumulative buckets, in seconds
+    assert 'faec_camera_capture_to_event_seconds_bucket{camera="door",le="0.05"} 3.0' in lines
+    assert 'faec_camera_capture_to_event_seconds_bucket{camera="door",le="0.1"} 7.0' in lines
+    assert 'faec_camera_capture_to_event_seconds_bucket{camera="door",le="+Inf"} 7.0' in lines
 
 
 def test_redis_collector_reports_down_instead_of_failing_the_scrape(keys) -> None:
