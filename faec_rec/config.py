@@ -58,8 +58,7 @@ class GalleryConfig(_Section):
     hnsw_ef_construction: int = Field(200, ge=8, le=4096, description="HNSW build depth")
     snapshot_every: int = Field(10_000, ge=1, description="write a snapshot after this many gallery events")
     search_k: int = Field(32, ge=2, le=4096, description="nearest templates fetched per query before grouping them by person")
-    impostor_k: int = Field(10, ge=1, le=1000, description="nearest other-person templates per template that make a person's impostor scores")
-    impostor_quantile: float = Field(0.95, ge=0, le=1, description="quantile of a person's impostor scores their threshold is raised to")
+    impostor_quantile: float = Field(0.9, ge=0, le=1, description="quantile, over a person's templates, of the similarity the nearest other person reaches; their threshold is raised to it")
     impostor_guard: float = Field(0.02, ge=0, le=1, description="added to that quantile: how far above look-alikes a match must score")
     max_raise: float = Field(0.15, ge=0, le=2, description="most a per-person threshold may exceed the global one")
 

@@ -85,18 +85,19 @@ def person_threshold(
     impostor_scores: np.ndarray,
     global_threshold: float,
     *,
-    quantile: float = 0.95,
+    quantile: float = 0.9,
     guard: float = 0.02,
     max_raise: float = 0.15,
 ) -> float:
     """One person's threshold from their impostor similarities.
 
-    ``impostor_scores``: ``(m,)`` similarities between this person's templates
-    and their nearest templates of *other* enrolled people. The threshold is
-    ``clip(quantile_q(impostor_scores) + guard, global, global + max_raise)``:
-    never below the global threshold, raised to just above what look-alikes
-    already score, and capped so that a person is never made unrecognisable.
-    No impostors (a gallery of one) gives the global threshold.
+    ``impostor_scores``: ``(t,)``, for each of the person's ``t`` templates,
+    the similarity of the nearest template of any *other* enrolled person. The
+    threshold is ``clip(quantile_q(impostor_scores) + guard, global, global +
+    max_raise)``: never below the global threshold, raised to just above what
+    enrolled look-alikes already score against this person (a quantile, so one
+    odd template of many does not decide), and capped so that nobody is made
+    unrecognisable. No impostors (a gallery of one) gives the global threshold.
     """
     scores = np.asarray(impostor_scores, dtype=np.float64).reshape(-1)
     if scores.size == 0:

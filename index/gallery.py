@@ -144,8 +144,8 @@ class Gallery:
                  how, applied, replica.size, replica.version, replica.index_kind, time.perf_counter() - started)
         return replica
 
-    def _bootstrap_from_redis(self) -> Replica:
-        replica = Replica(self.config, self._initial)
+    def _bootstrap_from_redis(self, projector: Projector | None = None) -> Replica:
+        replica = Replica(self.config, projector or self._initial)
         # The stream position is read first: events after it are replayed, and
         # replay is idempotent, so changes racing with the read are not lost.
         replica.position = EventLog.last_id_from(self.events.last_id())
@@ -173,6 +173,26 @@ class Gallery:
             # Snapshots on disk may hold a forgotten person's features: replace them.
             self._write_snapshot(keep=1)
         return applied
+
+    @backend
+    def fresh_replica(self, source: str = "stream") -> Replica:
+        """A new replica built without snapshots, for audits and tests (not installed).
+
+        ``source="stream"`` replays the whole gallery event stream;
+        ``source="records"`` reads the Redis records, then the events after them.
+        """
+        if source == "stream":
+            replica = Replica(self.config, self.projector)
+        elif source == "records":
+            replica = self._bootstrap_from_redis(self.projector)
+        else:
+            raise GalleryError(f"source {source!r}: use 'stream' or 'records'")
+        while True:
+            batch = self.events.read(replica.position, count=READ_CHUNK)
+            if not batch:
+                return replica
+            added = [t for _, e in batch if e.op is EventOp.ADD for t in e.templates]
+            replica.apply(batch, self.store.fetch_features(added) if added else {}, loader=self._projector_for)
 
     @backend
     def sync(self) -> int:

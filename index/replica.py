@@ -290,23 +290,29 @@ class Replica:
         return Match(person, self.names.get(person, ""), score, decision, threshold, runner, tid)
 
     def impostor_scores(self, person_id: str) -> np.ndarray:
-        """Similarities of this person's templates to their nearest other-person templates.
+        """For each of this person's templates, its similarity to the nearest *other* person's template.
 
-        ``impostor_k`` nearest per template, pooled: ``(m,) float32``.
+        ``(t,) float32`` for a person with ``t`` templates (empty when nobody
+        else is enrolled).
         """
         own = np.array(sorted(self._person_slots.get(person_id, ())), np.int64)
         if len(own) == 0 or self.size <= len(own):
             return np.zeros(0, np.float32)
-        k = min(self.size, len(own) + self.config.impostor_k)
-        _, labels = self._index.search(self._vectors[own], k)
         own_set = set(own.tolist())
-        pooled: list[np.ndarray] = []
-        for query, row in zip(self._vectors[own], labels):
-            others = np.array([s for s in row.tolist() if s >= 0 and s not in own_set and self._alive[s]], np.int64)
-            if len(others):
-                scores = np.sort(self._exact(query, others))[::-1]
-                pooled.append(scores[: self.config.impostor_k])
-        return np.concatenate(pooled) if pooled else np.zeros(0, np.float32)
+        k = min(self.size, len(own) + 1)
+        nearest = np.full(len(own), np.nan, np.float32)
+        while True:
+            _, labels = self._index.search(self._vectors[own], k)
+            for i, (query, row) in enumerate(zip(self._vectors[own], labels)):
+                if not np.isnan(nearest[i]):
+                    continue
+                others = np.array([s for s in row.tolist() if s >= 0 and s not in own_set and self._alive[s]], np.int64)
+                if len(others):
+                    nearest[i] = self._exact(query, others).max()
+            if not np.isnan(nearest).any() or k >= self.size:
+                break
+            k = min(self.size, 2 * k + self.config.search_k)  # approximate search missed: look wider
+        return nearest[~np.isnan(nearest)]
 
     def threshold_for(self, person_id: str, global_threshold: float) -> float:
         """This person's threshold (see :func:`faec_rec.index.decision.person_threshold`), cached until the content changes."""
