@@ -92,3 +92,7 @@ class TaskTimeout(FaecError, TimeoutError):
 
 class TrackStateConflict(FaecError):
     """A camera's tracker state kept changing under concurrent updates; the update was not applied."""
+
+
+class SourceError(FaecError):
+    """A camera or video source cannot be opened, or stopped sending frames."""

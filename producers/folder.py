@@ -1,0 +1,134 @@
+"""The folder producer: a photo folder in, one TASK_IDENTIFY per image out.
+
+It walks the folder recursively (sorted, so job order is reproducible), keeps the
+common image types (:data:`IMAGE_SUFFIXES`, any letter case), skips everything
+else with a warning, records the job in ``keys.job(job)`` (``total``, ``done``,
+``errors``, ``skipped``, ``root``, ``created``) *before* sending any task, so a
+reader never sees ``done`` above ``total``, then sends one task per image with the
+payload of the folder protocol::
+
+    {"job": job_id, "path": "/abs/path.jpg", "key": null, "name": "sub/path.jpg"}
+
+Workers append one result record per image to ``keys.job_results(job)`` and count
+``done``/``errors`` in ``keys.job(job)``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faec_rec.errors import BackendUnavailable, SourceError
+from faec_rec.keys import Keys, safe_id
+from faec_rec.producers.camera import TaskSender
+from faec_rec.workers.app import QUEUE_FRAMES, TASK_IDENTIFY
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """Images to identify and files skipped, both sorted, as absolute paths."""
+
+    root: Path
+    images: list[Path]
+    skipped: list[Path]
+
+
+@dataclass
+class FolderJob:
+    """A submitted folder job: its id, the images sent and the files skipped."""
+
+    job_id: str
+    root: Path
+    total: int
+    skipped: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job_id, "root": str(self.root), "total": self.total, "skipped": [str(p) for p in self.skipped]}
+
+
+def is_image_path(path: Path) -> bool:
+    """True for a file name with one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_folder(root: str | Path) -> FolderScan:
+    """Every image under ``root`` (recursively) and every other file, sorted.
+
+    Hidden files and folders (names starting with '.') are ignored silently;
+    other non-image files are logged as skipped. Raises :class:`SourceError` when
+    ``root`` is not a folder.
+    """
+    base = Path(root).expanduser().resolve()
+    if not base.is_dir():
+        raise SourceError(f"{root}: not a folder (give the folder of photos to identify)")
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(base)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if is_image_path(path):
+            images.append(path)
+        else:
+            skipped.append(path)
+            log.warning("skipped %s: not an image (expected one of %s)", rel, ", ".join(sorted(IMAGE_SUFFIXES)))
+    return FolderScan(base, images, skipped)
+
+
+def new_job_id() -> str:
+    """A fresh job id (safe for keys)."""
+    return "job-" + uuid.uuid4().hex[:16]
+
+
+def submit_folder(
+    root: str | Path,
+    redis: Any,
+    keys: Keys,
+    sender: TaskSender,
+    job_id: str | None = None,
+) -> FolderJob:
+    """Scan ``root`` and send one identify task per image; returns the job.
+
+    The job's ``total`` is written before the first task is sent. A folder with no
+    image still makes a job (total 0) so the caller can report what was skipped.
+    When sending fails part-way, ``total`` is lowered to the tasks actually sent (so
+    the job still completes), ``error`` says so, and :class:`BackendUnavailable` is raised.
+    """
+    scan = scan_folder(root)
+    job = safe_id(job_id, "job id") if job_id is not None else new_job_id()
+    redis.hset(keys.job(job), mapping={
+        "total": len(scan.images),
+        "done": 0,
+        "errors": 0,
+        "skipped": len(scan.skipped),
+        "root": str(scan.root),
+        "created": repr(time.time()),
+    })
+    sent = 0
+    try:
+        for path in scan.images:
+            payload = {"job": job, "path": str(path), "key": None, "name": str(path.relative_to(scan.root))}
+            sender.send_task(TASK_IDENTIFY, args=[payload], queue=QUEUE_FRAMES)
+            sent += 1
+    except Exception as exc:  # the broker went away mid-job: keep the job finishable
+        redis.hset(keys.job(job), mapping={"total": sent, "error": f"only {sent} of {len(scan.images)} tasks sent: {exc}"})
+        raise BackendUnavailable(
+            f"job {job}: only {sent} of {len(scan.images)} images were queued ({exc}); "
+            "check the broker and submit the folder again"
+        ) from exc
+    log.info("job %s: %d images sent, %d files skipped", job, len(scan.images), len(scan.skipped), extra={"job": job})
+    return FolderJob(job, scan.root, len(scan.images), scan.skipped)
+
+
+def job_progress(redis: Any, keys: Keys, job_id: str) -> dict[str, int]:
+    """``{"total", "done", "errors", "skipped"}`` of a job (zeros for fields not yet written)."""
+    raw = redis.hgetall(keys.job(job_id))
+    values = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    return {name: int(values.get(name, 0) or 0) for name in ("total", "done", "errors", "skipped")}
