@@ -117,9 +117,12 @@ def make_app(settings: Settings | None = None) -> Celery:
     # Read lazily: the module-level app must not read the environment at import.
     app.add_defaults(lambda: celery_config(settings_now()))
 
+    from faec_rec import metrics
     from faec_rec.workers import tasks
 
     tasks.register(app)
+    # /metrics, /healthz, /readyz on workers.health_port once a worker starts (0 = off).
+    metrics.install_worker_hooks()
     return app
 
 

@@ -300,6 +300,10 @@ def _finish(runtime: Runtime, request: EnrolRequest, report: EnrolReport, error:
         if ref.key is not None:
             pipe.delete(runtime.keys.upload(ref.key))
     pipe.execute()
+    from faec_rec import metrics
+
+    for image in report.images:
+        metrics.enrol_image("duplicate" if image.reason == "duplicate" else "accepted" if image.accepted else "refused")
     log.info("enrolment %s: %s, %d accepted, %d refused", request.request_id, report.status,
              len(report.accepted), len(report.refused))
     return report

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
 
 if TYPE_CHECKING:
@@ -151,11 +152,13 @@ def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
     All faces are embedded in one batch. An empty gallery makes every face
     "unknown". The caller refreshes the runtime (gallery sync, model swap).
     """
-    analysed = runtime.engine.analyse(image)
+    with metrics.stage("analyse"):
+        analysed = runtime.engine.analyse(image)
     if not analysed:
         return []
     features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
-    matches = _identify(runtime, features)
+    with metrics.stage("identify"):
+        matches = _identify(runtime, features)
     return [_face_result(a.face, m) for a, m in zip(analysed, matches)]
 
 
@@ -229,6 +232,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
             f"frame {payload.frame} expired before a worker read it; raise workers.frame_ttl_s or add workers",
             frame=payload.frame, captured_at=payload.captured_at), maxlen)
         r.hincrby(stats, "errors", 1)
+        metrics.frame_error(payload.camera, "frame_expired")
         return FrameOutcome("frame_expired")
 
     runtime.refresh()
@@ -241,11 +245,13 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
         pipe = r.pipeline(transaction=True)
         pipe.hincrby(stats, "errors", 1).delete(payload.key)
         pipe.execute()
+        metrics.frame_error(payload.camera, "bad_image")
         return FrameOutcome("bad_image", detail=exc.reason)
 
     results = recognise_faces(runtime, image)
-    events = track(runtime, payload, results)
-    ev.publish_many(r, keys, events, maxlen)
+    with metrics.stage("track_publish"):
+        events = track(runtime, payload, results)
+        ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 
     latency_ms = max(0.0, (processed_at - payload.captured_at) * 1000.0)
@@ -255,6 +261,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     pipe.hincrby(stats, _latency_field(latency_ms), 1)
     pipe.delete(payload.key)
     pipe.execute()
+    metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)
     return FrameOutcome("processed", faces=len(results), events=len(events), latency_ms=round(latency_ms, 1))
 
 
@@ -342,6 +349,7 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
         record["faces"] = [f.to_json() for f in recognise_faces(runtime, image)]
     except ImageError as exc:
         record["error"] = exc.reason
+        metrics.frame_error("folder", exc.reason.split(":")[0])
         log.warning("job %s: %s: %s", payload.job, payload.name, exc.reason)
 
     ttl = runtime.settings.workers.result_ttl_s

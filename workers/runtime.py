@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from faec_rec import metrics
 from faec_rec.config import Settings
 from faec_rec.keys import Keys
 
@@ -146,6 +147,7 @@ class Runtime:
                 return
             gallery.set_projector(projector)
             log.info("now serving model version %s", projector.version)
+            metrics.set_model_version(self.model_version)
 
     def warm(self) -> None:
         """Load everything now (model weights, replica) instead of on the first task."""
@@ -155,7 +157,10 @@ class Runtime:
         # One dummy batch compiles the model so the first real frame is not slow.
         engine.features(np.zeros((1, 150, 150, 3), dtype=np.uint8))
         engine.detect(np.zeros((240, 320, 3), dtype=np.uint8))
+        metrics.mark_ready("model")
         self.refresh()
+        metrics.mark_ready("gallery")
+        metrics.set_model_version(self.model_version)
 
     def close(self) -> None:
         self.redis.close()
