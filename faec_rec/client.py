@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 ImageInput = str | Path | bytes
 
 POLL_S = 0.05
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -210,14 +209,12 @@ class Client:
         Returns the job id, or with ``wait`` the list of per-image records
         (see :meth:`job_results`).
         """
-        root = Path(path)
-        if not root.is_dir():
-            raise ValueError(f"{root} is not a folder")
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        skipped = sum(1 for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
-        if skipped:
-            log.warning("%s: skipped %d files that are not images", root, skipped)
-        job = self.submit_images(files)
+        from faec_rec.producers.folder import scan_folder
+
+        scan = scan_folder(path)  # the folder producer's own walk: same images, same skips
+        job = self.submit_images(scan.images)
+        if scan.skipped:
+            self.redis.hset(self.keys.job(job), "skipped", len(scan.skipped))
         return self.job_results(job, wait=True, timeout=timeout) if wait else job
 
     def job_progress(self, job: str) -> dict[str, int]:
