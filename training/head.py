@@ -99,6 +99,7 @@ class HeadProjector:
         if w1.shape[0] != w2.shape[1]:
             raise ModelError(f"comparison head {version}: input {w1.shape[0]} and output {w2.shape[1]} sizes differ")
         self.version = version
+        self.threshold: float | None = None  # calibrated global threshold, set by the registry
         self.dim = int(w1.shape[0])
         self._w1, self._b1, self._w2, self._b2 = w1, b1, w2, b2
         self.model = model
@@ -143,14 +144,11 @@ def load_head(path: Path, version: str) -> HeadProjector:
 # Losses on one batch: embeddings (m, d) L2-normalised, labels (m,) int.
 # ---------------------------------------------------------------------------
 
-def _masks(labels):  # noqa: ANN001, ANN202 - tf tensors
-    import tensorflow as tf
-
+def _pair_masks(tf, labels):  # noqa: ANN001, ANN202 - tf module and tensors
+    """(positive, negative) boolean (m, m) masks; the diagonal is neither."""
     same = tf.equal(labels[:, None], labels[None, :])
     eye = tf.eye(tf.shape(labels)[0], dtype=tf.bool)
-    pos = tf.logical_and(same, tf.logical_not(eye))
-    neg = tf.logical_not(same)
-    return pos, neg
+    return tf.logical_and(same, tf.logical_not(eye)), tf.logical_not(same)
 
 
 def contrastive_loss(emb, labels, margin: float = 0.9):  # noqa: ANN001, ANN201
@@ -162,7 +160,7 @@ def contrastive_loss(emb, labels, margin: float = 0.9):  # noqa: ANN001, ANN201
     sim = tf.matmul(emb, emb, transpose_b=True)
     d2 = tf.maximum(2.0 - 2.0 * sim, 0.0)
     d = tf.sqrt(d2 + 1e-12)
-    pos, neg = _masks(labels)
+    pos, neg = _pair_masks(tf, labels)
     pos_f = tf.cast(pos, emb.dtype)
     neg_f = tf.cast(neg, emb.dtype)
     pos_term = tf.reduce_sum(d2 * pos_f) / tf.maximum(tf.reduce_sum(pos_f), 1.0)
@@ -178,7 +176,7 @@ def triplet_semihard_loss(emb, labels, margin: float = 0.2):  # noqa: ANN001, AN
 
     sim = tf.matmul(emb, emb, transpose_b=True)
     d = tf.sqrt(tf.maximum(2.0 - 2.0 * sim, 0.0) + 1e-12)
-    pos, neg = _masks(labels)
+    pos, neg = _pair_masks(tf, labels)
     big = tf.constant(1e4, emb.dtype)
     d_ap = d[:, :, None]  # (a, p, 1)
     d_an = d[:, None, :]  # (a, 1, n)

@@ -1,0 +1,266 @@
+"""``faec-rec models ...``, ``faec-rec train head`` and ``faec-rec feedback``.
+
+The CLI (faec_rec/cli.py) registers every command of :data:`commands`. The
+commands print; the work is done by the registry, retrain and feedback modules.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from faec_rec.errors import FaecError, UnknownPersonError
+
+
+def _under_faec_root(ctx: click.Context) -> bool:
+    """True when run under faec-rec's own root group, which maps errors to exit codes."""
+    cli = sys.modules.get("faec_rec.cli")
+    group = getattr(cli, "FaecGroup", None)
+    return group is not None and isinstance(ctx.find_root().command, group)
+
+
+def _fail(ctx: click.Context, exc: FaecError) -> None:
+    if isinstance(exc, UnknownPersonError):
+        raise click.UsageError(str(exc)) from exc
+    if _under_faec_root(ctx):
+        raise exc
+    raise click.ClickException(str(exc)) from exc
+
+
+class _Group(click.Group):
+    """Shows the project's own errors as one line (also when used outside faec-rec's root group)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FaecError as exc:
+            _fail(ctx, exc)
+
+
+class _Command(click.Command):
+    """Like :class:`_Group`, for a single command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FaecError as exc:
+            _fail(ctx, exc)
+
+
+def _settings() -> Any:
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_root().obj if ctx is not None else None
+    if state is not None and hasattr(state, "settings"):
+        return state.settings()
+    from faec_rec.config import load_settings
+
+    return load_settings()
+
+
+@contextlib.contextmanager
+def _backend() -> Iterator[Any]:
+    from faec_rec.embedded import open_backend
+
+    with open_backend(_settings()) as backend:
+        yield backend
+
+
+def _registry(backend: Any) -> Any:
+    from pathlib import Path
+
+    from faec_rec.keys import Keys
+    from faec_rec.training.registry import ModelRegistry
+
+    return ModelRegistry(backend.redis, Keys(backend.settings.prefix), Path(backend.settings.data_dir) / "models")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+# ---- models -----------------------------------------------------------------
+
+@click.group("models", cls=_Group)
+def models() -> None:
+    """Comparison-head versions: list, show, promote, roll back."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON records instead of a table")
+def models_list(as_json: bool) -> None:
+    """Every version with its status and key metrics; * marks the one in service."""
+    with _backend() as backend:
+        registry = _registry(backend)
+        current = registry.current()
+        records = registry.records()
+    if as_json:
+        click.echo(json.dumps({"current": current, "models": [json.loads(r.to_json()) for r in records]}, indent=2))
+        return
+    click.echo(f"{'':2}{'version':10} {'status':10} {'created (UTC)':19} {'gallery TAR@1%FAR':>18} {'LFW acc':>8}  note")
+    click.echo(f"{'* ' if current == 'base' else '  '}{'base':10} {'built-in':10} {'-':19} {'-':>18} {'-':>8}  L2-normalised backbone features")
+    for r in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created))
+        tar = r.metrics.get("candidate_gallery_tar_at_far")
+        lfw = r.metrics.get("candidate_lfw_accuracy")
+        mark = "* " if r.version == current else "  "
+        click.echo(f"{mark}{r.version:10} {r.status:10} {created:19} {_fmt(tar):>18} {_fmt(lfw):>8}  {r.note[:60]}")
+
+
+@models.command("show")
+@click.argument("version")
+def models_show(version: str) -> None:
+    """One version's full record (metrics, checksum, parent) as JSON."""
+    with _backend() as backend:
+        registry = _registry(backend)
+        if version == "base":
+            click.echo(json.dumps({"version": "base", "in_service": registry.current() == "base"}, indent=2))
+            return
+        record = registry.record(version)
+        data = json.loads(record.to_json())
+        data["in_service"] = registry.current() == version
+        data["path"] = str(registry.path(record))
+        try:
+            registry.verify(version)
+            data["checksum_ok"] = True
+        except FaecError as exc:
+            data["checksum_ok"] = False
+            data["checksum_error"] = str(exc)
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _switch_gallery(backend: Any, version: str) -> None:
+    from pathlib import Path
+
+    from faec_rec.keys import Keys
+    from faec_rec.training.retrain import switch_gallery
+
+    switch_gallery(backend.redis, Keys(backend.settings.prefix), Path(backend.settings.data_dir), version)
+
+
+@models.command("promote")
+@click.argument("version")
+@click.option("--reason", default="manual", show_default=True, help="recorded in the model event")
+def models_promote(version: str, reason: str) -> None:
+    """Put VERSION in service now (its file is verified first); workers swap live."""
+    with _backend() as backend:
+        registry = _registry(backend)
+        event = registry.promote(version, reason=reason)
+        _switch_gallery(backend, version)
+    click.echo(f"in service: {event['version']} (was {event['previous']})")
+
+
+@models.command("rollback")
+@click.option("--reason", default="manual", show_default=True, help="recorded in the model event")
+def models_rollback(reason: str) -> None:
+    """Return to the version in service before the current one."""
+    with _backend() as backend:
+        registry = _registry(backend)
+        event = registry.rollback(reason=reason)
+        _switch_gallery(backend, event["version"])
+    click.echo(f"in service: {event['version']} (rolled back from {event['previous']})")
+
+
+# ---- train ------------------------------------------------------------------
+
+@click.group("train", cls=_Group)
+def train() -> None:
+    """Train the comparison head (on a schedule, or now)."""
+
+
+@train.command("head")
+@click.option("--now", is_flag=True, help="train in this process with a progress bar, instead of queueing the task")
+@click.option("--dry-run", is_flag=True, help="with --now: register the candidate but never promote it")
+def train_head(now: bool, dry_run: bool) -> None:
+    """Retrain the head on the gallery, feedback and the reference set; promote it if the gate passes."""
+    with _backend() as backend:
+        if not now and not backend.embedded:
+            from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
+
+            result = backend.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
+            click.echo(f"queued training task {result.id} on queue {QUEUE_TRAIN!r}; "
+                       "`faec-rec models list` shows the outcome")
+            return
+        if not now:
+            click.echo("embedded mode: no training worker to queue for; training here", err=True)
+        summary = _train_now(backend, dry_run)
+    _print_summary(summary)
+    if summary["status"] == "skipped":
+        raise click.exceptions.Exit(1)
+
+
+def _train_now(backend: Any, dry_run: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from faec_rec.training.retrain import run
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return run(backend.settings, redis=backend.redis, progress=progress, promote=not dry_run)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    status = summary["status"]
+    if status == "skipped":
+        click.echo(f"training skipped: {summary['reason']}")
+        click.echo(f"in service: {summary.get('current', 'base')} (unchanged)")
+        return
+    cand, cur = summary["candidate"], summary["in_service_before"]
+    click.echo(f"candidate {summary['version']}: {status.upper()} - {summary['reason']}")
+    for name, label in (("gallery_tar_at_far", "gallery TAR@1%FAR (held-out)"), ("lfw_accuracy", "LFW accuracy")):
+        click.echo(f"  {label:30} {_fmt(cur.get(name)):>8} -> {_fmt(cand.get(name)):>8}")
+    t = summary["training"]
+    click.echo(f"  trained on {t['gallery_templates']} gallery templates, {t['reference_images']} reference images, "
+               f"{t['feedback']} feedback faces in {summary['train_seconds']:.1f} s")
+    if summary.get("feedback_without_features"):
+        click.echo(f"  {summary['feedback_without_features']} feedback entries had no stored face features (not used)")
+    click.echo(f"in service: {summary['current']}")
+
+
+# ---- feedback ---------------------------------------------------------------
+
+@click.command("feedback", cls=_Command)
+@click.argument("event_id")
+@click.option("--is", "is_name", metavar="NAME", help="the face in the event was this person")
+@click.option("--not", "not_name", metavar="NAME", help="the face in the event was NOT this person")
+def feedback(event_id: str, is_name: str | None, not_name: str | None) -> None:
+    """Confirm or correct a recognition event (EVENT is its stream id)."""
+    from pathlib import Path
+
+    from faec_rec.index.store import Store
+    from faec_rec.keys import Keys
+    from faec_rec.training.feedback import record_feedback
+
+    if (is_name is None) == (not_name is None):
+        raise click.UsageError("give exactly one of --is NAME or --not NAME")
+    name = is_name if is_name is not None else not_name
+    with _backend() as backend:
+        keys = Keys(backend.settings.prefix)
+        store = Store(backend.redis, keys, Path(backend.settings.data_dir))
+        person = store.person(name)
+        stream_id, entry = record_feedback(
+            backend.redis, keys, event_id, person.id, person.name, is_name is not None
+        )
+    verb = "was" if entry.is_person else "was not"
+    click.echo(f"recorded: event {event_id} {verb} {entry.person} (feedback {stream_id})")
+    if not entry.usable:
+        click.echo("note: this event carries no face features, so the feedback is kept for review "
+                   "but cannot train the head")
+
+
+commands: list[click.Command] = [models, train, feedback]

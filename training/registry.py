@@ -1,0 +1,295 @@
+"""The model registry: every trained comparison head, kept with its metrics.
+
+Redis holds the records (``keys.models()``: version -> JSON), the version in
+service (``keys.model_current()``, absent = "base") and the stream of changes
+(``keys.model_events()``, one JSON field "event" per entry: promote/rollback)
+that workers follow to hot-swap. Weights live on disk under
+``<data_dir>/models/heads/<version>.keras`` with their sha256 in the record;
+the checksum is verified before a file is loaded or put into service, so a
+tampered or truncated file is refused (:class:`~faec_rec.errors.ModelError`)
+and the current model stays.
+
+Versions are ``head-1``, ``head-2``, ...; "base" (the L2-normalised backbone
+features) is always available and never stored.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faec_rec.errors import ModelError
+from faec_rec.keys import Keys
+
+if TYPE_CHECKING:
+    import keras
+    import redis as redis_lib
+
+    from faec_rec.config import Settings
+    from faec_rec.index.projection import Projector
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+HEAD_PREFIX = "head-"
+_PLACEHOLDER = "{}"
+
+
+class Status:
+    """Where a version stands (plain strings in the JSON record)."""
+
+    CANDIDATE = "candidate"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    RETIRED = "retired"
+
+
+@dataclass
+class ModelRecord:
+    """One registered head: file (relative to the models dir), checksum, metrics."""
+
+    version: str
+    file: str
+    sha256: str
+    created: float
+    backbone_version: str = "dlib-resnet-v1"
+    status: str = Status.CANDIDATE
+    parent: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    note: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ModelRecord:
+        data = json.loads(raw)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def version_number(version: str) -> int:
+    """``head-7`` -> 7; -1 for anything else."""
+    if version.startswith(HEAD_PREFIX) and version[len(HEAD_PREFIX):].isdigit():
+        return int(version[len(HEAD_PREFIX):])
+    return -1
+
+
+class ModelRegistry:
+    """Registry of comparison heads for one deployment (Redis keys + a folder)."""
+
+    def __init__(
+        self,
+        redis: "redis_lib.Redis",
+        keys: Keys,
+        models_dir: Path,
+        backbone_version: str = "dlib-resnet-v1",
+        events_maxlen: int = 10_000,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.dir = Path(models_dir) / "heads"
+        self.backbone_version = backbone_version
+        self.events_maxlen = events_maxlen
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", redis: "redis_lib.Redis") -> ModelRegistry:
+        return cls(redis, Keys(settings.prefix), Path(settings.data_dir) / "models")
+
+    # ---- records -------------------------------------------------------------
+    def _claim_version(self) -> str:
+        """Reserve the next free ``head-N`` atomically (HSETNX), even across processes."""
+        existing = [version_number(v.decode()) for v in self.redis.hkeys(self.keys.models())]
+        n = max([0, *existing]) + 1
+        while not self.redis.hsetnx(self.keys.models(), f"{HEAD_PREFIX}{n}", _PLACEHOLDER):
+            n += 1
+        return f"{HEAD_PREFIX}{n}"
+
+    def register(
+        self,
+        model: "keras.Model",
+        *,
+        metrics: dict[str, Any] | None = None,
+        parent: str | None = None,
+        threshold: float | None = None,
+        status: str = Status.CANDIDATE,
+        note: str = "",
+    ) -> ModelRecord:
+        """Store a trained head: write its file, checksum it, record it. Returns the record."""
+        from faec_rec.training.head import save_head
+
+        version = self._claim_version()
+        try:
+            path = save_head(model, self.dir / f"{version}.keras")
+            record = ModelRecord(
+                version=version,
+                file=path.name,
+                sha256=sha256_file(path),
+                created=time.time(),
+                backbone_version=self.backbone_version,
+                status=status,
+                parent=parent,
+                metrics=dict(metrics or {}),
+                threshold=threshold,
+                note=note,
+            )
+            self.redis.hset(self.keys.models(), version, record.to_json())
+        except BaseException:
+            self.redis.hdel(self.keys.models(), version)
+            raise
+        log.info("registered model %s (%s)", version, status)
+        return record
+
+    def update(self, version: str, **changes: Any) -> ModelRecord:
+        """Change fields of a record (status, metrics, note)."""
+        record = self.record(version)
+        for name, value in changes.items():
+            if name not in ModelRecord.__dataclass_fields__ or name in {"version", "file", "sha256"}:
+                raise ModelError(f"model record field {name!r} cannot be changed")
+            setattr(record, name, value)
+        self.redis.hset(self.keys.models(), version, record.to_json())
+        return record
+
+    def record(self, version: str) -> ModelRecord:
+        """The record of ``version``; ModelError naming the known ones if absent."""
+        raw = self.redis.hget(self.keys.models(), version)
+        if raw is None or raw.decode() == _PLACEHOLDER:
+            known = ", ".join(r.version for r in self.records()) or "none yet"
+            raise ModelError(f"no model version {version!r} in the registry (known: {BASE_VERSION}, {known})")
+        return ModelRecord.from_json(raw)
+
+    def records(self) -> list[ModelRecord]:
+        """Every registered head, oldest first."""
+        raw = self.redis.hgetall(self.keys.models())
+        out = [ModelRecord.from_json(v) for k, v in raw.items() if v.decode() != _PLACEHOLDER]
+        return sorted(out, key=lambda r: (version_number(r.version), r.created))
+
+    def path(self, record: ModelRecord) -> Path:
+        return self.dir / record.file
+
+    def verify(self, version: str) -> ModelRecord:
+        """Check the file of ``version`` exists and matches its recorded sha256."""
+        record = self.record(version)
+        path = self.path(record)
+        if not path.is_file():
+            raise ModelError(f"model {version}: weights file {path} is missing; restore it or promote another version")
+        actual = sha256_file(path)
+        if actual != record.sha256:
+            raise ModelError(
+                f"model {version}: {path} fails its checksum (sha256 {actual[:12]}..., recorded "
+                f"{record.sha256[:12]}...): the file was modified or corrupted; refusing to load it"
+            )
+        return record
+
+    def load(self, version: str) -> "Projector":
+        """The projector for ``version`` ("base" or a verified head)."""
+        if version == BASE_VERSION:
+            from faec_rec.index.projection import BaseProjector
+
+            return BaseProjector()
+        from faec_rec.training.head import load_head
+
+        record = self.verify(version)
+        projector = load_head(self.path(record), version)
+        projector.threshold = record.threshold
+        return projector
+
+    # ---- what is in service -------------------------------------------------
+    def current(self) -> str:
+        """The version in service ("base" when none was promoted)."""
+        raw = self.redis.get(self.keys.model_current())
+        return raw.decode() if raw else BASE_VERSION
+
+    def events(self, count: int | None = None) -> list[dict[str, Any]]:
+        """Model events, oldest first (each with its stream ``id``)."""
+        entries = self.redis.xrange(self.keys.model_events(), count=count)
+        out = []
+        for entry_id, fields in entries:
+            event = json.loads(fields[b"event"])
+            event["id"] = entry_id.decode()
+            out.append(event)
+        return out
+
+    def _stack(self) -> list[str]:
+        """The promotion stack replayed from the events: promote pushes, rollback pops."""
+        stack = [BASE_VERSION]
+        for event in self.events():
+            if event.get("type") == "promote":
+                stack.append(event["version"])
+            elif event.get("type") == "rollback" and len(stack) > 1:
+                stack.pop()
+        return stack
+
+    def _switch(self, version: str, kind: str, reason: str) -> dict[str, Any]:
+        import redis as redis_lib
+
+        current_key = self.keys.model_current()
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(current_key)
+                    raw = pipe.get(current_key)
+                    previous = raw.decode() if raw else BASE_VERSION
+                    event = {
+                        "type": kind,
+                        "version": version,
+                        "previous": previous,
+                        "reason": reason,
+                        "at": time.time(),
+                        "model_version": f"{self.backbone_version}/{version}",
+                    }
+                    pipe.multi()
+                    pipe.set(current_key, version)
+                    pipe.xadd(self.keys.model_events(), {"event": json.dumps(event)},
+                              maxlen=self.events_maxlen, approximate=True)
+                    if version != BASE_VERSION:
+                        record = self.record(version)
+                        record.status = Status.PROMOTED
+                        pipe.hset(self.keys.models(), version, record.to_json())
+                    pipe.execute()
+                    break
+                except redis_lib.WatchError:
+                    continue
+        log.info("model %s: %s -> %s (%s)", kind, event["previous"], version, reason)
+        return event
+
+    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
+        """Put ``version`` in service (after verifying its file) and publish the event."""
+        if version != BASE_VERSION:
+            self.verify(version)
+            self.load(version)  # a file that does not load must never reach the workers
+        return self._switch(version, "promote", reason)
+
+    def rollback(self, reason: str = "manual") -> dict[str, Any]:
+        """Return to the version that was in service before the current one's promotion."""
+        stack = self._stack()
+        if len(stack) < 2:
+            raise ModelError(f"nothing to roll back to: {self.current()} has been in service since the start")
+        target = stack[-2]
+        if target != BASE_VERSION:
+            self.verify(target)
+        event = self._switch(target, "rollback", reason)
+        if stack[-1] != BASE_VERSION:
+            self.update(stack[-1], status=Status.RETIRED)
+        return event
+
+
+def load_projector(version: str, *, settings: "Settings", redis: "redis_lib.Redis") -> "Projector":
+    """The projector of a model version, for workers: "base" or a checksum-verified head.
+
+    Raises ModelError for an unknown version, a missing or tampered file.
+    """
+    return ModelRegistry.from_settings(settings, redis).load(version)
