@@ -104,6 +104,13 @@ class TrainingConfig(_Section):
     images_per_identity: int = Field(4, ge=2, le=64, description="K in a P x K balanced batch")
     max_lfw_drop: float = Field(0.002, ge=0, le=1, description="largest generic (LFW) accuracy loss a promoted head may cause")
     seed: int = Field(0, description="random seed of training runs")
+    loss: str = Field("contrastive", pattern=r"^(contrastive|triplet|amsoftmax)$", description="head metric loss: contrastive, triplet (semi-hard) or amsoftmax")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="head training learning rate (Adam)")
+    anchor_weight: float = Field(1.0, ge=0, le=1000, description="penalty on the head moving embeddings away from the base ones (keeps generic accuracy)")
+    holdout_fraction: float = Field(0.34, gt=0, lt=1, description="share of each person's gallery templates held out to judge a candidate head")
+    min_gain: float = Field(0.0, ge=0, le=1, description="gallery TAR@1%FAR a candidate must gain over the head in service to be promoted")
+    reference_dir: Path | None = Field(None, description="generic reference set: an LFW folder (<person>/<images> + pairs.txt); unset = <data_dir>/reference/lfw")
+    lock_ttl_s: int = Field(3600, ge=10, le=86_400, description="seconds the training lock lives if a trainer dies holding it")
 
 
 class Settings(BaseSettings):
