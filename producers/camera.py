@@ -37,11 +37,13 @@ from typing import Any, Protocol
 
 import redis as redis_lib
 
-from faec_rec.config import ProducerConfig
+from faec_rec.config import EventsConfig, ProducerConfig
 from faec_rec.errors import SourceError
 from faec_rec.keys import Keys, safe_id
 from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_RECOGNISE
+from faec_rec.workers.events import publish_many
+from faec_rec.workers.tracker import TrackStore
 
 log = logging.getLogger(__name__)
 
@@ -396,12 +398,19 @@ def run_cameras(
     stop: threading.Event | None = None,
     realtime: bool = True,
     initial_backoff_s: float = 0.5,
+    events: EventsConfig | None = None,
+    sweep_every_s: float = 1.0,
 ) -> dict[str, CameraCounters]:
     """Run every camera in its own thread until each is bounded out or ``stop`` is set.
 
     ``max_frames``: frames read per camera; ``duration_s``: wall-clock bound of the
     whole run; both None runs until ``stop`` (or Ctrl-C). Returns each camera's
     counters by id. A failing camera never stops the others.
+
+    ``events`` (the deployment's ``settings.events``) turns on the track sweep:
+    every ``sweep_every_s`` the tracks of these cameras that nobody has seen for
+    the track timeout, and that have no frame waiting for a worker, are closed
+    with "left" events, so a camera that goes silent still closes its tracks.
     """
     ids = [c.camera_id for c in cameras]
     if len(set(ids)) != len(ids):
@@ -421,6 +430,7 @@ def run_cameras(
             producer.log.exception("camera thread crashed")
 
     threads = [threading.Thread(target=guarded, args=(p,), name=f"camera-{p.spec.camera_id}", daemon=True) for p in producers]
+    sweeper = _Sweeper(redis, keys, events, ids, sweep_every_s) if events is not None else None
     for th in threads:
         th.start()
     try:
@@ -429,12 +439,40 @@ def run_cameras(
                 stop.set()
             for th in threads:
                 th.join(timeout=0.1)
+            if sweeper is not None:
+                sweeper.maybe_sweep()
     except KeyboardInterrupt:
         log.info("stopping cameras")
         stop.set()
         for th in threads:
             th.join(timeout=10)
     return {p.spec.camera_id: p.counters for p in producers}
+
+
+class _Sweeper:
+    """Closes stale tracks of a run's cameras now and then (see :func:`run_cameras`)."""
+
+    def __init__(self, redis: Any, keys: Keys, events: EventsConfig, cameras: list[str], every_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.maxlen = events.stream_maxlen
+        self.cameras = cameras
+        self.every_s = every_s
+        self.store = TrackStore.from_settings(redis, keys, events)
+        self.next_at = time.monotonic() + every_s
+
+    def maybe_sweep(self) -> None:
+        if time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.every_s
+        try:
+            left = self.store.sweep_idle(cameras=self.cameras)
+            publish_many(self.redis, self.keys, left, self.maxlen)
+        except REDIS_ERRORS as exc:
+            log.debug("track sweep skipped: %s", exc)
+            return
+        if left:
+            log.info("closed %d stale tracks", len(left))
 
 
 def camera_stats(redis: Any, keys: Keys, camera_id: str) -> dict[str, str]:

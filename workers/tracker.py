@@ -438,6 +438,30 @@ class TrackStore:
             events.extend(self.sweep(camera, now))
         return events
 
+    def sweep_idle(
+        self, now: float | None = None, grace_s: float = 1.0, cameras: Sequence[str] | None = None
+    ) -> list[Event]:
+        """Close stale tracks of cameras with no frame waiting for a worker.
+
+        For a periodic caller (a beat task, the camera producer). ``cameras``
+        defaults to every camera in ``keys.cameras()``. A camera whose in-flight
+        list is not empty is left to the workers: its queued frames may still
+        continue its tracks. ``grace_s`` covers a frame already claimed by a worker
+        but not yet tracked: tracks are swept at ``now - grace_s``.
+        """
+        at = (time.time() if now is None else now) - grace_s
+        if cameras is None:
+            cameras = sorted(
+                (raw.decode() if isinstance(raw, bytes) else str(raw))
+                for raw in self.redis.smembers(self.keys.cameras())
+            )
+        events: list[Event] = []
+        for camera in cameras:
+            if self.redis.llen(self.keys.in_flight(camera)):
+                continue
+            events.extend(self.sweep(camera, at))
+        return events
+
     def load(self, camera: str) -> Tracker:
         """The camera's current tracker (a copy; changing it changes nothing in Redis)."""
         tracker = Tracker(**self._tracker_args)

@@ -204,6 +204,26 @@ def test_dead_cameras_are_retried_and_reported_without_stopping_a_live_one(clip,
     assert {p["camera"] for p in sender.payloads()} == {"live"}
 
 
+def test_producer_sweep_closes_the_tracks_of_a_silent_camera(redis_client, keys, tmp_path) -> None:
+    from faec_rec.config import EventsConfig
+    from faec_rec.workers.events import parse_entries
+    from faec_rec.workers.tracker import Observation, TrackStore
+
+    events_config = EventsConfig(track_timeout_s=0.5)
+    store = TrackStore.from_settings(redis_client, keys, events_config)
+    # the camera's last processed frame saw one person, a moment ago
+    face = Observation(box=(10, 10, 90, 90), person_id=None, person=None, score=0.1, decision="unknown")
+    store.update("gone", 7, time.time(), [face])
+    # ... and now the camera does not answer any more
+    out = run_cameras([CameraSpec("gone", str(tmp_path / "missing.mp4"))], redis_client, keys, RecordingSender(),
+                      ProducerConfig(), TTL_S, duration_s=3.0, events=events_config, sweep_every_s=0.2,
+                      initial_backoff_s=0.2)
+    assert out["gone"].pushed == 0
+    events = [e for _, e in parse_entries(redis_client.xrange(keys.events("gone")))]
+    assert [(e.type, e.track_id, e.frame) for e in events] == [("left", 1, 7)]
+    assert store.load("gone").tracks == []
+
+
 def test_unsent_tasks_withdraw_their_frames(clip, redis_client, keys) -> None:
     sender = RecordingSender(fail_after=4)
     config = ProducerConfig(fps=5.0, max_in_flight=1000)

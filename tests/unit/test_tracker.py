@@ -193,6 +193,21 @@ def test_track_store_persists_state_and_returns_events(redis_client, keys) -> No
     assert store.load("cam1").tracks == []
 
 
+def test_sweep_idle_leaves_cameras_with_queued_frames_to_the_workers(redis_client, keys) -> None:
+    store = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0)
+    for camera in ("quiet", "busy"):
+        store.update(camera, 0, T0, [obs(100)])
+    redis_client.sadd(keys.cameras(), "quiet", "busy")
+    redis_client.lpush(keys.in_flight("busy"), keys.frame("busy", 1))
+    # within timeout + grace nothing leaves
+    assert store.sweep_idle(now=T0 + 1.5, grace_s=1.0) == []
+    left = store.sweep_idle(now=T0 + 2.5, grace_s=1.0)
+    assert [(e.camera, e.type, e.track_id) for e in left] == [("quiet", "left", 1)]
+    assert len(store.load("busy").tracks) == 1
+    redis_client.delete(keys.in_flight("busy"))
+    assert [e.camera for e in store.sweep_idle(now=T0 + 2.5, grace_s=1.0)] == ["busy"]
+
+
 def test_track_store_two_concurrent_updaters_keep_consistent_state(redis_url, keys, redis_client) -> None:
     """Two 'workers' (own connections, own threads) take the next frame of one camera
     from a shared queue, as Celery workers do, while two people walk; without the
