@@ -23,7 +23,7 @@ from faec_rec.config import Settings
 
 # Example values for keys whose default is unset or machine-dependent (commented out).
 EXAMPLES: dict[str, Any] = {
-    "redis_url": "rediss://:CHANGE-ME@redis.example.org:6380/0",
+    "redis_url": "rediss://:CHANGE-ME@redis.example.org:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/faec-rec/ca.pem",
     "data_dir": "/var/lib/faec-rec",
     "gallery.threshold": 0.45,
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from faec_rec.errors import ConfigError
@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     """Everything configurable, with its default."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FAEC_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="FAEC_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        # a rejected redis_url holds a password: never echo input values in errors
+        hide_input_in_errors=True,
     )
 
     redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = start a private Redis under data_dir")
@@ -131,6 +133,21 @@ class Settings(BaseSettings):
     producers: ProducerConfig = ProducerConfig()
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        # Checked here, not at first connection: Celery's result backend refuses a
+        # rediss:// URL without ssl_cert_reqs with a message that does not name the setting.
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        if scheme == "rediss" and "ssl_cert_reqs=" not in value:
+            raise ValueError("a rediss:// URL needs ?ssl_cert_reqs=required "
+                             "(and &ssl_ca_certs=/path/to/ca.pem for a private certificate authority)")
+        return value
 
     @classmethod
     def settings_customise_sources(

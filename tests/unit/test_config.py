@@ -239,3 +239,56 @@ def test_key_prefix_refuses_a_trailing_newline() -> None:
         Keys("faec\n")
     with pytest.raises(ConfigError, match="invalid configuration: prefix"):
         load_settings(prefix="faec\n")
+
+
+# ---- Redis URLs: TLS form checked at start-up, passwords never echoed -------------------------
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("http://:pw@redis:6379/0", "must start with redis://"),
+    ("redis.example.org:6379", "must start with redis://"),
+    ("rediss://:pw@redis:6380/0", "ssl_cert_reqs=required"),
+])
+def test_bad_redis_urls_fail_naming_the_field_without_the_password(url: str, fragment: str) -> None:
+    import traceback
+
+    with pytest.raises(ConfigError, match="invalid configuration: redis_url") as info:
+        load_settings(redis_url=url)
+    assert fragment in str(info.value)
+    assert ":pw@" not in "".join(traceback.format_exception(info.value))  # chained pydantic error included
+
+
+def test_documented_tls_url_is_accepted_by_redis_and_celery() -> None:
+    """The README's rediss:// form works with redis-py and with Celery's broker and backend."""
+    import redis
+
+    from faec_rec.workers.app import make_app
+
+    url = "rediss://:pw@redis.example.org:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/faec-rec/ca.pem"
+    settings = load_settings(redis_url=url)
+    client = redis.Redis.from_url(settings.redis_url)
+    assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == "/etc/faec-rec/ca.pem"
+    app = make_app(settings)
+    assert app.backend.connparams["ssl_ca_certs"] == "/etc/faec-rec/ca.pem"  # builds, does not connect
+    with app.connection_for_write() as conn:
+        assert conn.transport_cls == "rediss" and conn.ssl
+
+
+def test_logs_never_carry_url_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from faec_rec.logs import redact, setup_logging
+
+    assert redact("to redis://:s3cret@h:6379/0 and rediss://u:p%40ss@h/1") == "to redis://:***@h:6379/0 and rediss://u:***@h/1"
+    assert redact("http://host/a@b and plain text") == "http://host/a@b and plain text"
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for json_lines in (False, True):
+            setup_logging("INFO", json_lines=json_lines)
+            logging.getLogger("faec_rec.test").info("connecting to %s", "redis://:s3cret@h:6379/0",
+                                                    extra={"url": "redis://:s3cret@h"})
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and err.count(":***@") == 3
