@@ -181,6 +181,8 @@ class Replica:
         self._features[slot] = 0.0  # a forgotten face leaves memory now, not at compaction
         self._vectors[slot] = 0.0
         self._person_slots.get(self._person[slot], set()).discard(slot)
+        self._person[slot] = ""  # nothing of a removed template stays, not even its ids
+        self._tid[slot] = ""
         if slot in self._pending:
             self._pending.discard(slot)
         else:
@@ -335,7 +337,7 @@ class Replica:
             "features": self._features[:n],
             "vectors": self._vectors[:n],
             "alive": alive,
-            "tids": encode_strings([t if a else "" for t, a in zip(self._tid, alive.tolist())]),
+            "tids": encode_strings(list(self._tid)),
             "persons": encode_strings(list(self._person)),
             "names": np.frombuffer(json.dumps(self.names).encode(), dtype=np.uint8),
         }
@@ -356,8 +358,11 @@ class Replica:
         self._vectors = np.array(arrays["vectors"], np.float32)
         self._alive = alive.copy()
         self._n = n
-        self._tid = decode_strings(arrays["tids"]) if n else []
-        self._person = decode_strings(arrays["persons"]) if n else []
+        try:
+            self._tid = decode_strings(arrays["tids"], n)
+            self._person = decode_strings(arrays["persons"], n)
+        except ValueError as exc:
+            raise GalleryError(f"snapshot is inconsistent: {exc}") from exc
         self.names = json.loads(arrays["names"].tobytes().decode())
         self._person_slots = {p: set() for p in self.names}
         for slot in np.flatnonzero(alive).tolist():

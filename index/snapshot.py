@@ -39,9 +39,14 @@ def encode_strings(values: list[str]) -> np.ndarray:
     return np.frombuffer("\n".join(values).encode(), dtype=np.uint8)
 
 
-def decode_strings(blob: np.ndarray) -> list[str]:
-    text = blob.tobytes().decode()
-    return text.split("\n") if text else []
+def decode_strings(blob: np.ndarray, count: int) -> list[str]:
+    """Inverse of :func:`encode_strings` for a list of ``count`` strings."""
+    if count == 0:
+        return []
+    values = blob.tobytes().decode().split("\n")
+    if len(values) != count:
+        raise ValueError(f"expected {count} strings, found {len(values)}")
+    return values
 
 
 def _fsync_dir(directory: Path) -> None:

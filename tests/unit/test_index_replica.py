@@ -184,3 +184,13 @@ def test_switch_to_hnsw_past_the_threshold_and_back(rng: np.random.Generator) ->
     assert replica.size == 15 and replica.index_kind == "flat"
     matches = replica.identify(centres[25:], "base", 0.6)
     assert [m.person_id for m in matches] == [f"p{i}" for i in range(25, 30)]
+
+
+def test_snapshot_of_a_gallery_whose_only_template_was_removed() -> None:
+    replica = Replica(GalleryConfig(), BaseProjector())
+    replica.apply([("1-0", add("A", "A", ["t"]))], {"t": ("A", unit(np.ones(128)))})
+    replica.apply([("2-0", GalleryEvent(EventOp.REMOVE, person="A", templates=("t",)))], {})
+    meta, arrays = replica.to_arrays()
+    meta["position"] = replica.position
+    again = Replica.from_arrays(meta, arrays, GalleryConfig(), BaseProjector())
+    assert again.size == 0 and again.names == {"A": "A"}
