@@ -1,0 +1,185 @@
+"""Face detection: the ``Detector`` seam and the BlazeFace multi-scale detector behind it.
+
+Landmark convention of every :class:`~faec_rec.faces.types.Face` this module
+returns (rows of ``landmarks``, image pixels), the common 5-point layout:
+
+0. eye centre on the image's left (the subject's right eye)
+1. eye centre on the image's right
+2. nose tip
+3. mouth corner on the image's left
+4. mouth corner on the image's right
+
+BlazeFace measures the mouth *centre*, not its corners: rows 3 and 4 are
+placed at the mouth centre -/+ half a mouth width along the eye axis, the width
+being :data:`MOUTH_WIDTH_PER_EYE_DISTANCE` inter-eye distances (fitted on LFW,
+see ``benchmarks/fit_alignment.py``). The alignment template is fitted on the
+same points, so the estimate costs nothing there.
+
+How the detector covers every face size with a model of fixed input
+(192x192, reliable for faces of ~12-100 input pixels: 100 % of 150 LFW faces
+pasted at 12-64 px, 98 % at 96 px, 93 % at 128 px, 58 % at 6 px):
+
+1. Images larger than ``detect_max_side`` are downscaled first.
+2. A pyramid of square windows: level 0 has side ``192 * min_face / 14`` so the
+   smallest wanted face is 14 input pixels; each next level is 4x larger; the
+   last level is the whole image, letterboxed. Windows of one level overlap by
+   more than the largest face the next level cannot see.
+3. Candidates of every window are mapped back to image pixels and merged by
+   weighted non-maximum suppression.
+
+With ``min_face_px=40`` a 640x480 frame takes 5 windows, 1280x720 takes 9.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from faec_rec.config import FacesConfig
+from faec_rec.errors import ConfigError, ImageError
+from faec_rec.faces import blazeface
+from faec_rec.faces.types import Face
+
+log = logging.getLogger(__name__)
+
+# Mouth width / inter-eye distance, fitted with dlib's 68-point model on LFW
+# (benchmarks/fit_alignment.py); used to place BlazeFace's mouth corners.
+MOUTH_WIDTH_PER_EYE_DISTANCE = 0.8
+
+# Smallest face side, in model input pixels, the full-range model finds reliably
+# (100 % of 150 LFW faces at 12 px, 92 % at 8 px).
+_MIN_INPUT_FACE = 14.0
+# Each pyramid level's windows are this many times larger than the previous level's.
+_LEVEL_RATIO = 4.0
+# Overlap of neighbouring windows, in units of the largest face the next level misses.
+_OVERLAP_MARGIN = 1.5
+# BlazeFace boxes of small faces are tighter than dlib's (median 1.02x, 5th
+# percentile 0.85x on group photos, ~0.8x at 36 px): search and report faces down
+# to this fraction of min_face_px so none that dlib would call min_face_px is lost.
+_BOX_SLACK = 0.8
+_NMS_IOU = 0.3
+# Candidates below this score are not even merged (the caller's threshold applies after).
+_CANDIDATE_SCORE = 0.3
+
+
+class Detector(Protocol):
+    """Finds faces: (h, w, 3) uint8 RGB in, faces sorted by score (best first) out."""
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Every face at least ``min_face_px`` on its side; an empty list when there is none."""
+        ...
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise :class:`ImageError` unless ``image`` is (h, w, 3) uint8 with h, w >= 1."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = f"shape {image.shape}, dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ImageError("<array>", f"expected an (h, w, 3) uint8 RGB image, got {got}; decode files with load_image")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError("<array>", f"empty image of shape {image.shape}")
+
+
+def pyramid_windows(width: int, height: int, min_face: float) -> list[tuple[float, float, float]]:
+    """Square windows ``(x0, y0, side)`` (image pixels) covering faces of ``min_face`` px and up.
+
+    Level 0 windows make a ``min_face`` face :data:`_MIN_INPUT_FACE` model pixels;
+    each next level is :data:`_LEVEL_RATIO` times larger; the last window is the
+    whole image letterboxed (centred square of the larger side). Windows of a
+    level overlap by more than the largest face the next level cannot see, so
+    every face lies whole inside some window of a level that can see it.
+    """
+    big = float(max(width, height))
+    size = blazeface.FULL_RANGE.input_size
+    windows: list[tuple[float, float, float]] = []
+    side = size * min_face / _MIN_INPUT_FACE
+    while side < big:
+        next_side = min(side * _LEVEL_RATIO, big)
+        overlap = min(_OVERLAP_MARGIN * _MIN_INPUT_FACE / size * next_side, 0.5 * side)
+        for y0 in _starts(height, side, overlap):
+            for x0 in _starts(width, side, overlap):
+                windows.append((x0, y0, side))
+        side *= _LEVEL_RATIO
+    windows.append(((width - big) / 2.0, (height - big) / 2.0, big))
+    return windows
+
+
+def _starts(length: int, side: float, overlap: float) -> list[float]:
+    """Evenly spread window starts along one axis, neighbours overlapping by at least ``overlap``."""
+    if side >= length:
+        return [(length - side) / 2.0]
+    count = math.ceil((length - side) / (side - overlap)) + 1
+    return [float(v) for v in np.linspace(0.0, length - side, count)]
+
+
+def mouth_corners(landmarks6: np.ndarray) -> np.ndarray:
+    """Estimated mouth corners (m, 2, 2) from BlazeFace keypoints (m, 6, 2): mouth centre -/+ half width."""
+    eye_axis = landmarks6[:, 1] - landmarks6[:, 0]
+    half = 0.5 * MOUTH_WIDTH_PER_EYE_DISTANCE * eye_axis
+    mouth = landmarks6[:, 3]
+    return np.stack([mouth - half, mouth + half], axis=1)
+
+
+class BlazeFaceDetector:
+    """MediaPipe's full-range BlazeFace over a pyramid of windows (see the module docstring).
+
+    ``min_face_px``: smallest face side reported (image pixels); ``max_side``:
+    images are downscaled to this larger side before detection;
+    ``score_threshold``: minimum confidence.
+    """
+
+    def __init__(self, min_face_px: int = 40, max_side: int = 1280, score_threshold: float = 0.6, num_threads: int = 1) -> None:
+        self.min_face_px = min_face_px
+        self.max_side = max_side
+        self.score_threshold = score_threshold
+        self.model = blazeface.BlazeFaceModel(blazeface.FULL_RANGE, num_threads=num_threads)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in (h, w, 3) uint8 RGB ``image``, best first; boxes and landmarks in its pixels."""
+        check_image(image)
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        work = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        sy, sx = h / work.shape[0], w / work.shape[1]
+        min_side = self.min_face_px * _BOX_SLACK
+        boxes, scores, points = self._detect_windows(work, min_side / max(sx, sy))
+        boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
+        points = points * np.array([sx, sy], np.float32)
+        faces = []
+        for box, score, pts in zip(boxes, scores, points):
+            side = min(box[2] - box[0], box[3] - box[1])
+            if score < self.score_threshold or side < min_side:
+                continue
+            landmarks = np.concatenate([pts[:3], mouth_corners(pts[None])[0]]).astype(np.float32)
+            faces.append(Face(box=box.astype(np.float32), score=float(score), landmarks=landmarks))
+        return faces
+
+    def _detect_windows(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        size = self.model.spec.input_size
+        all_b, all_s, all_k = [], [], []
+        for x0, y0, side in pyramid_windows(image.shape[1], image.shape[0], min_face):
+            square, to_image = blazeface.letterbox(image, x0, y0, side, size)
+            b, s, k = self.model.run(square, _CANDIDATE_SCORE)
+            if not len(s):
+                continue
+            lin, off = to_image[:, :2] * size, to_image[:, 2]
+            all_b.append(np.concatenate([b[:, :2] @ lin.T + off, b[:, 2:] @ lin.T + off], axis=1))
+            all_k.append(k @ lin.T + off)
+            all_s.append(s)
+        if not all_s:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
+        return blazeface.weighted_nms(np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_k), _NMS_IOU)
+
+
+_DETECTORS = ("blazeface",)
+
+
+def make_detector(config: FacesConfig | None = None) -> Detector:
+    """The detector named by ``config.detector``, set up from ``config``."""
+    config = config or FacesConfig()
+    if config.detector == "blazeface":
+        return BlazeFaceDetector(config.min_face_px, config.detect_max_side, config.score_threshold)
+    raise ConfigError(f"unknown faces.detector {config.detector!r}; valid values: {', '.join(_DETECTORS)}")
+
