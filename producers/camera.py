@@ -70,6 +70,15 @@ return dropped
 """
 
 
+class _CameraLog(logging.LoggerAdapter):
+    """Prefixes messages with the camera id (plain logs) and adds ``camera`` as a field (JSON logs)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"camera {extra.get('camera')}: {msg}", kwargs
+
+
 class TaskSender(Protocol):
     """Anything that sends a task by name; a Celery app qualifies."""
 
@@ -211,7 +220,7 @@ class CameraProducer:
 
     def __post_init__(self) -> None:
         self.fps = self.spec.fps or self.config.fps
-        self.log = logging.LoggerAdapter(log, {"camera": self.spec.camera_id})
+        self.log = _CameraLog(log, {"camera": self.spec.camera_id})
         self.pusher = FramePusher(self.redis, self.keys, self.spec.camera_id, self.frame_ttl_s, self.config.max_in_flight)
         self._camera_backoff = Backoff(self.initial_backoff_s, self.config.reconnect_max_s)
         self._redis_backoff = Backoff(self.initial_backoff_s, self.config.reconnect_max_s)
@@ -272,7 +281,7 @@ class CameraProducer:
             delay = self._camera_backoff.next()
             if deadline is not None:
                 delay = min(delay, max(0.0, deadline - time.monotonic()))
-            self.log.warning("retrying in %.1f s", delay)
+            self.log.warning("reopening in %.1f s", delay)
             if stop.wait(delay) or (deadline is not None and time.monotonic() >= deadline):
                 return False
             self.counters.reconnects += 1
@@ -342,7 +351,7 @@ class CameraProducer:
     def _source_failed(self, exc: Exception) -> None:
         self.counters.errors += 1
         self.counters.last_error = str(exc)
-        self.log.warning("camera failed: %s", exc)
+        self.log.warning("source failed: %s", exc)
         self._set_status(CameraStatus.RECONNECTING, last_error=str(exc))
         self._safe_add(errors=1)
 

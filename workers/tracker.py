@@ -10,8 +10,9 @@ away is the same person, not a stranger. A track unseen for ``timeout_s`` second
 of capture time "left".
 
 Frames of one camera are processed by several worker processes, so they may arrive
-slightly out of order: an older frame still adds identity evidence but never moves a
-track's box or clock backwards, and a frame older than the newest by more than
+out of order: a late frame is matched against where each track was at that frame
+(each track remembers its recent boxes), adds identity evidence, but never moves a
+track's box or clock backwards; a frame older than the newest by more than
 ``timeout_s`` is ignored (its tracks may already have left).
 
 :class:`TrackStore` keeps each camera's tracker state as JSON in Redis
@@ -25,7 +26,8 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import redis as redis_lib
@@ -134,6 +136,11 @@ class TrackEvent:
         )
 
 
+def _history_entry(frame: int, t: float, box: Sequence[float]) -> list[float]:
+    # Rounded: the state is JSON read and written on every frame of the camera.
+    return [frame, round(t, 3), *(round(float(v), 1) for v in box)]
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Intersection over union of every box in ``a`` (n, 4) with every box in ``b`` (m, 4).
 
@@ -179,7 +186,7 @@ class Tracker:
         switch_frames: int = 2,
         identity_gate: float = 1.0,
         max_tracks: int = 256,
-        history: int = 256,
+        history: int = 48,
     ) -> None:
         if not 0 < iou_threshold < 1:
             raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
@@ -282,7 +289,7 @@ class Tracker:
             score=float(obs.score),
             decision=obs.decision,
             model_version=obs.model_version,
-            history=[[frame, t, *(float(v) for v in obs.box)]],
+            history=[_history_entry(frame, t, obs.box)],
         )
         self.next_id += 1
         self.tracks.append(track)
@@ -296,7 +303,7 @@ class Tracker:
             track.box = [float(v) for v in obs.box]
             track.last_frame = frame
             track.last_seen = max(track.last_seen, t)
-            track.history.append([frame, t, *track.box])
+            track.history.append(_history_entry(frame, t, track.box))
             horizon = track.last_seen - self.timeout_s
             track.history = [h for h in track.history[-self.history :] if h[1] >= horizon]
         if obs.model_version is not None:
@@ -396,6 +403,7 @@ class TrackStore:
     iou_threshold: float = 0.3
     timeout_s: float = 2.0
     switch_frames: int = 2
+    history: int = 48
     max_wait_s: float = 10.0
     _tracker_args: dict[str, Any] = field(init=False, repr=False)
 
@@ -404,6 +412,7 @@ class TrackStore:
             "iou_threshold": self.iou_threshold,
             "timeout_s": self.timeout_s,
             "switch_frames": self.switch_frames,
+            "history": self.history,
         }
         Tracker(**self._tracker_args)  # validate the parameters now, not on first frame
 

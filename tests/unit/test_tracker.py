@@ -221,8 +221,9 @@ def test_track_store_two_concurrent_updaters_keep_consistent_state(redis_url, ke
 
     def worker() -> None:
         client = redis.Redis.from_url(redis_url)
-        # a timeout past the whole clip: however one worker lags, no frame is stale
-        store = TrackStore(client, keys, iou_threshold=0.3, timeout_s=30.0)
+        # timeout and box history past the whole clip: however far one worker
+        # lags behind the other, its frame is neither stale nor unmatched
+        store = TrackStore(client, keys, iou_threshold=0.3, timeout_s=30.0, history=n_frames)
         try:
             while True:
                 try:
