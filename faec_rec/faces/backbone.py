@@ -196,6 +196,36 @@ def build_model(net: DlibNetwork, *, fold_affine: bool = True, name: str = BACKB
     return keras.Model(inputs, x, name=name.replace("/", "_"))
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def with_precision(model: Any, precision: str) -> Any:
+    """The same network computing in ``precision`` ("float32" returns ``model`` itself).
+
+    "bfloat16" runs every layer after the first convolution under Keras' mixed_bfloat16
+    policy (float32 weights, bfloat16 arithmetic); the mean subtraction and the 7x7 input
+    convolution stay float32 (input pixels keep full precision) and so does the final fc, so
+    the output is (batch, 128) float32. Raises :class:`ModelError` for an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        return model
+    import keras
+
+    register_custom_layers()
+    config = model.get_config()
+    keep_float32 = {"mean_subtract", "conv_1", "fc"}
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            continue
+        name = layer["config"].get("name")
+        layer["config"]["dtype"] = "float32" if name in keep_float32 else "mixed_bfloat16"
+    clone = keras.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def default_cache_dir() -> Path:
     """``Settings().data_dir / "models"``."""
     from faec_rec.config import Settings

@@ -202,3 +202,22 @@ def test_l2_normalise() -> None:
         l2_normalise(np.array([[np.nan, 1.0]]))
     with pytest.raises(VectorError, match=r"\(n, d\)"):
         l2_normalise(np.zeros(3))
+
+
+def test_embedder_float_chips_are_rounded(cache_dir: Path, chips: np.ndarray) -> None:
+    e = Embedder(cache_dir=cache_dir, flip_average=False)
+    as_float = chips.astype(np.float32) + 0.2  # rounds back to the same pixels
+    np.testing.assert_array_equal(e.features(as_float), e.features(chips))
+
+
+def test_bfloat16_precision_close_to_float32(cache_dir: Path, chips: np.ndarray) -> None:
+    exact = Embedder(cache_dir=cache_dir, flip_average=False)
+    fast = Embedder(FacesConfig(precision="bfloat16"), cache_dir=cache_dir, flip_average=False)
+    a, b = exact.embed(chips), fast.embed(chips)
+    assert b.dtype == np.float32
+    assert not np.array_equal(a, b)  # it really computes in lower precision
+    assert np.abs((a @ a.T) - (b @ b.T)).max() < 0.01
+    kinds = {layer.dtype_policy.name for layer in fast.model.layers}
+    assert "mixed_bfloat16" in kinds
+    with pytest.raises(VectorError, match="precision"):
+        Embedder(cache_dir=cache_dir, precision="int8")
