@@ -155,8 +155,6 @@ class VideoSource:
             fps = cap.get(cv2.CAP_PROP_FPS)
             # A file that does not state its rate is taken as 25 fps.
             self._file_fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
-            if self._index == 0:
-                self._wall0 = time.monotonic()
         log.info("opened %s", self.spec)
 
     def close(self) -> None:
@@ -207,6 +205,9 @@ class VideoSource:
                     cap = self._cap = cv2.VideoCapture(str(self.spec.target))
                     if not cap.grab():
                         raise SourceError(f"{self.spec}: cannot restart the file")
+            if self._index == 0:
+                # The replay's clock starts with its first frame, not at open().
+                self._wall0 = time.monotonic()
             self._index += 1
             if not self.sampler.due(ts):
                 continue

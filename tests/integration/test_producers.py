@@ -135,8 +135,11 @@ def test_realtime_replay_never_runs_ahead_of_the_clock(clip, redis_client, keys)
     payloads = sender.payloads()
     # paced to the file's own timeline: at most 10 frames per second (+1 for t=0)
     assert 1 <= len(payloads) <= 11
-    gaps = np.diff([p["captured_at"] for p in payloads])
-    assert (gaps > 0.05).all()
+    # frame k is never taken before its moment on the file's timeline (k / 10 s,
+    # within one source frame); a slow machine may only make it later
+    captured = np.array([p["captured_at"] for p in payloads])
+    ahead = (np.arange(len(captured)) / 10.0 - 1 / CLIP_FPS) - (captured - captured[0])
+    assert (ahead <= 1 / CLIP_FPS).all(), ahead
 
 
 def test_looping_file_keeps_the_rate_across_the_restart(clip, redis_client, keys) -> None:
