@@ -242,7 +242,7 @@ class CameraProducer:
                     break
                 if not self._ensure_open(source, stop, deadline):
                     break
-                got = self._read(source)
+                got = self._read(source, stop)
                 if got is None:
                     if source.finished:
                         self._set_status(CameraStatus.FINISHED)
@@ -288,12 +288,17 @@ class CameraProducer:
             self._safe_add(reconnects=1)
         return True
 
-    def _read(self, source: VideoSource) -> tuple[Any, float] | None:
+    def _read(self, source: VideoSource, stop: threading.Event) -> tuple[Any, float] | None:
         try:
             got = source.read()
         except SourceError as exc:
             self._source_failed(exc)
             source.close()
+            # Back off before reopening too: a camera that opens but sends nothing
+            # must not be hammered.
+            delay = self._camera_backoff.next()
+            self.log.warning("reopening in %.1f s", delay)
+            stop.wait(delay)
             return None
         if got is not None:
             self._camera_backoff.reset()

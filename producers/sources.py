@@ -217,7 +217,10 @@ class VideoSource:
                     return None
             ok, image = cap.retrieve()
             if not ok or image is None:
-                raise SourceError(f"{self.spec}: frame {self._index - 1} could not be decoded")
+                # One damaged frame in a file is skipped; the next slot takes a later frame.
+                log.warning("%s: frame %d could not be decoded; skipped", self.spec, self._index - 1)
+                self.sampler.next_ts = ts
+                continue
             return image
         return None
 
