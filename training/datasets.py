@@ -371,7 +371,9 @@ def extract_features(
     from faec_rec.faces.image import load_image
 
     backbone = getattr(engine, "backbone_version", "dlib-resnet-v1")
-    flip = getattr(getattr(engine, "config", None), "flip_average", True)
+    flip = getattr(engine, "flip_average", None)
+    if flip is None:
+        flip = getattr(getattr(engine, "config", None), "flip_average", True)
     cache = FeatureCache(cache_dir, f"{backbone}-{mode}-{several}-flip{int(bool(flip))}") if cache_dir else None
     report = DropReport()
     feats: list[np.ndarray] = []

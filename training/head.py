@@ -253,7 +253,7 @@ def train_head(
 ) -> HeadTrainResult:
     """Train a comparison head on stored backbone features.
 
-    features: (n, 128) raw backbone features; labels: (n,) identity ids (any
+    features: (n, d) raw features (d = 128 for the backbone); labels: (n,) identity ids (any
     ints). ``model`` continues training an existing head (default: a fresh
     identity-initialised one). ``progress(epoch, epochs, loss)`` is called
     after each epoch. Raises TrainingError when the data cannot give balanced
@@ -263,7 +263,7 @@ def train_head(
     import tensorflow as tf
 
     config = config or HeadTrainConfig()
-    feats = check_features(features)
+    feats = check_features(features, int(np.shape(features)[-1]) if np.ndim(features) == 2 else FEATURE_DIM)
     if not np.isfinite(feats).all():
         raise VectorError("training features contain NaN or inf")
     labels = _dense_labels(labels)
@@ -346,7 +346,7 @@ def batch_loss(
 
     config = config or HeadTrainConfig()
     labels = _dense_labels(labels)
-    feats = check_features(features)
+    feats = check_features(features, int(np.shape(features)[-1]) if np.ndim(features) == 2 else FEATURE_DIM)
     builder = BalancedBatches(labels, config.identities_per_batch, config.images_per_identity, config.seed + 10_000)
     values = []
     for n in range(batches):
