@@ -2,6 +2,7 @@
 
     python deploy/config_docs.py toml > deploy/faec-rec.example.toml
     python deploy/config_docs.py markdown          # the README's "Configuration" table
+    python deploy/config_docs.py readme deploy/README.md   # refresh the table in place
 
 Every key appears with its default and meaning; keys whose default is unset (or depends
 on the machine) appear commented out with an example value.
@@ -132,9 +133,25 @@ def markdown_text() -> str:
     return "\n".join(rows) + "\n"
 
 
+START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+
+
+def with_table(text: str) -> str:
+    """``text`` with the table between the config-table markers replaced by the current one."""
+    head, found, rest = text.partition(START)
+    _, found_end, tail = rest.partition(END)
+    if not found or not found_end:
+        raise ValueError(f"no {START} ... {END} markers")
+    return f"{head}{START}\n{markdown_text()}{END}{tail}"
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["readme"] and len(argv) == 2:
+        path = Path(argv[1])
+        path.write_text(with_table(path.read_text()))
+        return 0
     if len(argv) != 1 or argv[0] not in {"toml", "markdown"}:
-        sys.stderr.write("usage: python deploy/config_docs.py toml|markdown\n")
+        sys.stderr.write("usage: python deploy/config_docs.py toml|markdown|readme FILE\n")
         return 2
     sys.stdout.write(toml_text() if argv[0] == "toml" else markdown_text())
     return 0

@@ -94,6 +94,12 @@ def test_commented_examples_are_valid_when_uncommented(tmp_path: Path) -> None:
     assert settings.gallery.threshold is not None
 
 
+def test_deploy_readme_table_is_current() -> None:
+    docs = _config_docs()
+    text = (REPO / "deploy" / "README.md").read_text()
+    assert docs.with_table(text) == text, "run `python deploy/config_docs.py readme deploy/README.md`"
+
+
 def test_markdown_table_has_one_row_per_setting() -> None:
     docs = _config_docs()
     rows = [line for line in docs.markdown_text().splitlines() if line.startswith("| `")]
