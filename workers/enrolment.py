@@ -204,7 +204,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     for i, ref in enumerate(request.images):
         try:
             data = _read(runtime, ref)
-            image = _decode(data, ref.name)
+            image = _decode(data, ref.name, runtime.settings)
         except ImageError as exc:
             reports.append(ImageReport(ref.name, False, Reason.BAD_IMAGE.value, exc.reason))
             continue
@@ -263,10 +263,10 @@ def _gallery_enrol(gallery: Any, request: EnrolRequest, report: EnrolReport, can
     )
 
 
-def _decode(data: bytes, name: str) -> Any:
-    from faec_rec.faces.image import load_image
+def _decode(data: bytes, name: str, settings: Any) -> Any:
+    from faec_rec.workers.pipeline import decode
 
-    return load_image(data, name=name)
+    return decode(data, name, settings)
 
 
 def _mark_templates(runtime: Runtime, report: EnrolReport, candidates: list[_Candidate], result: Any) -> None:

@@ -177,11 +177,18 @@ def _identify(runtime: Runtime, features: np.ndarray) -> list[Any]:
     raise AssertionError("unreachable")
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
-    """JPEG/PNG bytes -> (h, w, 3) uint8 RGB; raises :class:`ImageError`."""
+def decode(data: bytes, name: str, settings: Any = None) -> np.ndarray:
+    """JPEG/PNG bytes -> (h, w, 3) uint8 RGB; raises :class:`ImageError`.
+
+    ``settings`` (a :class:`~faec_rec.config.Settings`) supplies the size
+    limits checked before decoding.
+    """
     from faec_rec.faces.image import load_image
 
-    return load_image(data, name=name)
+    if settings is None:
+        return load_image(data, name=name)
+    return load_image(data, name=name, max_pixels=settings.faces.max_image_pixels,
+                      max_bytes=settings.faces.max_image_bytes)
 
 
 # ---- camera frames ----------------------------------------------------------
@@ -237,7 +244,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
 
     runtime.refresh()
     try:
-        image = decode(data, name=payload.key)
+        image = decode(data, payload.key, runtime.settings)
     except ImageError as exc:
         ev.publish(r, keys, ev.error_event(
             payload.camera, "bad_image", exc.reason, frame=payload.frame,
@@ -345,7 +352,7 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     runtime.refresh()
     record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
     try:
-        image = decode(_read_source(runtime, payload), name=payload.name)
+        image = decode(_read_source(runtime, payload), payload.name, runtime.settings)
         record["faces"] = [f.to_json() for f in recognise_faces(runtime, image)]
     except ImageError as exc:
         record["error"] = exc.reason

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faec_rec import metrics
@@ -76,7 +77,7 @@ class Runtime:
                 if self._engine is None:
                     from faec_rec.faces.engine import FaceEngine
 
-                    engine = FaceEngine(self.settings.faces)
+                    engine = FaceEngine(self.settings.faces, cache_dir=Path(self.settings.data_dir) / "models")
                     self._engine = engine
         return self._engine
 
