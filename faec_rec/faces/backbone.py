@@ -18,13 +18,16 @@ cache is written atomically and verified before it is loaded.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -40,8 +43,6 @@ DLIB_RESNET_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead087
 INPUT_SIZE = 150
 DESCRIPTOR_DIM = 128
 
-_keras_layers_registered = False
-
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
@@ -52,16 +53,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _zero_fill_add_class() -> type:
-    """Define (once) and return the registered ZeroFillAdd layer; keras is imported lazily."""
-    global _keras_layers_registered, ZeroFillAdd
-    if _keras_layers_registered:
-        return ZeroFillAdd
+@functools.cache
+def _layer_classes() -> dict[str, type]:
+    """Define and register the Keras-backed layers once; keras is imported only here, so
+    importing this module stays cheap (no TensorFlow) until a model is built or loaded."""
     import keras
     from keras import ops
 
     @keras.saving.register_keras_serializable(package="faec_rec")
-    class ZeroFillAdd(keras.layers.Layer):  # type: ignore[no-redef]
+    class ZeroFillAdd(keras.layers.Layer):
         """dlib's ``add_prev``: ``a + b`` after zero-filling the smaller operand.
 
         Inputs: two (batch, h, w, c) maps; output: (batch, max h, max w, max c). Missing
@@ -81,23 +81,23 @@ def _zero_fill_add_class() -> type:
 
             def fill(t: Any) -> Any:
                 pads = [[0, 0]] + [[0, want - int(have)] for have, want in zip(t.shape[1:], target)]
-                if any(p[1] for p in pads):
-                    return ops.pad(t, pads)
-                return t
+                return ops.pad(t, pads) if any(p[1] for p in pads) else t
 
             return fill(a) + fill(b)
 
-    globals()["ZeroFillAdd"] = ZeroFillAdd
-    _keras_layers_registered = True
-    return ZeroFillAdd
+    return {"ZeroFillAdd": ZeroFillAdd}
 
 
-ZeroFillAdd: Any = None  # the class, defined on first use by _zero_fill_add_class()
+def __getattr__(name: str) -> Any:
+    # PEP 562: ``backbone.ZeroFillAdd`` defines the Keras layer on first access.
+    if name == "ZeroFillAdd":
+        return _layer_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_custom_layers() -> None:
     """Register the backbone's custom layers with Keras (needed before ``load_model``)."""
-    _zero_fill_add_class()
+    _layer_classes()
 
 
 def _conv_padding(conv: Conv) -> str | None:
@@ -121,7 +121,7 @@ def build_model(net: DlibNetwork, *, fold_affine: bool = True, name: str = BACKB
     import keras
     from keras import layers
 
-    add_cls = _zero_fill_add_class()
+    add_cls = _layer_classes()["ZeroFillAdd"]
     rows, cols = net.size
     inputs = keras.Input(shape=(rows, cols, 3), dtype="float32", name="rgb")
     mean = [float(v) for v in net.mean_rgb]
@@ -274,10 +274,12 @@ def _load_cached(target: Path, source_sha256: str) -> Any | None:
         return None
     register_custom_layers()
     try:
-        return keras.saving.load_model(target, safe_mode=True, compile=False)
+        model = keras.saving.load_model(target, safe_mode=True, compile=False)
     except Exception as exc:  # a corrupt archive raises many types; rebuild instead
         log.warning("model cache %s failed to load (%s); rebuilding", target, exc)
         return None
+    log.info("loaded backbone %s from %s", BACKBONE_VERSION, target)
+    return model
 
 
 def load_backbone(
@@ -305,14 +307,38 @@ def load_backbone(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache_path_for(digest, cache_dir)
     model = _load_cached(target, digest)
-    if model is not None:
-        log.info("loaded backbone %s from %s", BACKBONE_VERSION, target)
-        return model
+    if model is None:
+        with _conversion_lock(target):
+            # another worker process may have written the cache while this one waited
+            model = _load_cached(target, digest)
+            if model is None:
+                model = _convert(source, target, digest)
+    return model
+
+
+def _convert(source: Path, target: Path, digest: str) -> Any:
     log.info("converting %s to Keras (once; cached at %s)", source, target)
-    net = dlib_format.read_file(source)
-    model = build_model(net)
+    model = build_model(dlib_format.read_file(source))
     try:
         _write_atomically(model, target, digest)
     except OSError as exc:
         log.warning("could not cache the backbone at %s (%s); using it uncached", target, exc)
     return model
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    """Exclusive lock so that processes starting together convert once (best effort: none
+    where the cache folder cannot be written)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(target.with_suffix(".lock"), "a+b")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -221,3 +221,25 @@ def test_bfloat16_precision_close_to_float32(cache_dir: Path, chips: np.ndarray)
     assert "mixed_bfloat16" in kinds
     with pytest.raises(VectorError, match="precision"):
         Embedder(cache_dir=cache_dir, precision="int8")
+
+
+@pytest.mark.slow
+def test_processes_starting_together_convert_once(tmp_path: Path) -> None:
+    """Two processes with an empty cache: one converts, the other waits and loads its cache."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s');"
+        "from pathlib import Path; from faec_rec.faces import backbone;"
+        f"backbone.load_backbone(Path({str(tmp_path)!r}))"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum("converting" in out for out in logs) == 1
+    assert sum("loaded backbone" in out for out in logs) == 1
+    target = tmp_path / "dlib-resnet-v1-55533b28a958.keras"
+    meta = json.loads(target.with_suffix(".json").read_text())
+    assert meta["keras_sha256"] == backbone.sha256_file(target)
