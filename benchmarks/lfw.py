@@ -115,9 +115,13 @@ def describe_images(data: Path, names: list[str], batch: int = 64) -> dict[str, 
 
 def cache_key() -> str:
     """Changes whenever detection or alignment settings change."""
-    from faec_rec.config import FacesConfig
-    from faec_rec.faces import align, detect
+    import importlib
 
+    from faec_rec.config import FacesConfig
+
+    # the package re-exports functions named align/detect over the module names
+    align = importlib.import_module("faec_rec.faces.align")
+    detect = importlib.import_module("faec_rec.faces.detect")
     parts = [
         FacesConfig().model_dump_json(),
         align.TEMPLATE_150.tobytes().hex(),

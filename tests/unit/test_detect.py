@@ -1,0 +1,115 @@
+"""BlazeFace decoding maths and the window pyramid, on synthetic data (no model run)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faec_rec.faces import blazeface
+from faec_rec.faces.detect import MOUTH_WIDTH_PER_EYE_DISTANCE, mouth_corners, pyramid_windows
+
+
+def test_anchor_layouts_match_the_models() -> None:
+    short = blazeface.ssd_anchors(blazeface.SHORT_RANGE)
+    full = blazeface.ssd_anchors(blazeface.FULL_RANGE)
+    assert short.shape == (896, 2) and full.shape == (2304, 2)
+    # short range: 16x16 cells x 2 anchors, then 8x8 cells x 6; row-major, x fastest
+    np.testing.assert_allclose(short[0], [0.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(short[2], [1.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(short[512], [0.5 / 8, 0.5 / 8])
+    np.testing.assert_allclose(full[48], [0.5 / 48, 1.5 / 48])
+    assert (full > 0).all() and (full < 1).all()
+
+
+def test_decode_places_box_and_keypoints_relative_to_the_anchor() -> None:
+    anchors = blazeface.ssd_anchors(blazeface.FULL_RANGE)
+    raw = np.zeros((len(anchors), 16), np.float32)
+    logits = np.full(len(anchors), -10.0, np.float32)
+    k = 1000
+    raw[k, :4] = [9.6, -19.2, 38.4, 57.6]  # centre offset (+0.05, -0.1), size (0.2, 0.3) of 192
+    raw[k, 4:6] = [-19.2, 0.0]  # first keypoint 0.1 left of the anchor
+    logits[k] = 3.0
+    boxes, scores, points = blazeface.decode(raw, logits, anchors, 192, min_score=0.5)
+    assert boxes.shape == (1, 4) and points.shape == (1, 6, 2)
+    cx, cy = anchors[k] + [0.05, -0.1]
+    np.testing.assert_allclose(boxes[0], [cx - 0.1, cy - 0.15, cx + 0.1, cy + 0.15], atol=1e-6)
+    np.testing.assert_allclose(points[0, 0], anchors[k] + [-0.1, 0.0], atol=1e-6)
+    np.testing.assert_allclose(points[0, 1], anchors[k], atol=1e-6)
+    assert scores[0] == pytest.approx(1 / (1 + np.exp(-3.0)), rel=1e-6)
+
+
+def test_decode_clips_huge_logits_and_drops_empty_boxes() -> None:
+    anchors = blazeface.ssd_anchors(blazeface.SHORT_RANGE)
+    raw = np.zeros((len(anchors), 16), np.float32)
+    raw[:, 2:4] = 10.0
+    raw[5, 2] = -1.0  # negative width: not a box
+    logits = np.full(len(anchors), -1e9, np.float32)
+    logits[[3, 5]] = 1e9
+    with np.errstate(over="raise"):
+        boxes, scores, _ = blazeface.decode(raw, logits, anchors, 128, min_score=0.5)
+    assert len(boxes) == 1 and scores[0] == pytest.approx(1.0)
+
+
+def test_weighted_nms_merges_overlaps_and_keeps_separate_faces() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.6, 0.7], np.float32)
+    points = np.zeros((3, 6, 2), np.float32)
+    points[1] += 1.0
+    b, s, k = blazeface.weighted_nms(boxes, scores, points, iou_threshold=0.3)
+    assert len(b) == 2
+    np.testing.assert_allclose(s, [0.9, 0.7])  # best first, the best's score
+    np.testing.assert_allclose(b[0], [0.6 / 1.5, 0, 10 + 0.6 / 1.5, 10], atol=1e-6)  # score-weighted mean
+    np.testing.assert_allclose(k[0], np.full((6, 2), 0.6 / 1.5), atol=1e-6)
+    np.testing.assert_allclose(b[1], boxes[2])
+    empty = blazeface.weighted_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32))
+    assert [len(a) for a in empty] == [0, 0, 0]
+
+
+def test_letterbox_maps_canvas_pixels_back_to_image_pixels(rng: np.random.Generator) -> None:
+    image = np.zeros((300, 500, 3), np.uint8)
+    image[100:110, 400:410] = 255  # a white square
+    for x0, y0, side in [(0.0, -100.0, 500.0), (250.0, 50.0, 200.0), (333.3, 12.7, 150.0)]:
+        canvas, to_image = blazeface.letterbox(image, x0, y0, side, 192)
+        assert canvas.shape == (192, 192, 3)
+        ys, xs = np.nonzero(canvas[:, :, 0] > 128)
+        centre = np.array([xs.mean(), ys.mean(), 1.0])
+        np.testing.assert_allclose(to_image @ centre, [404.5, 104.5], atol=side / 192 + 0.5)
+
+
+def test_letterbox_pads_outside_the_image_with_black() -> None:
+    image = np.full((100, 200, 3), 200, np.uint8)
+    canvas, _ = blazeface.letterbox(image, -0.0, -50.0, 200.0, 128)
+    assert canvas[:20].max() == 0 and canvas[-20:].max() == 0 and canvas[64].min() == 200
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1280, 720), (1000, 3000), (250, 250), (1, 1), (37, 900)])
+@pytest.mark.parametrize("min_face", [20.0, 32.0, 80.0])
+def test_pyramid_covers_every_face_size_whole(size: tuple[int, int], min_face: float) -> None:
+    w, h = size
+    windows = pyramid_windows(w, h, min_face)
+    assert windows[-1][2] == max(w, h)  # the whole image is always searched
+    rng = np.random.default_rng(0)
+    # every face from min_face up to the image size lies whole inside a window where it
+    # measures at least 14 model pixels (when the image is big enough to hold it)
+    for _ in range(300):
+        side = rng.uniform(min_face, max(min_face, min(w, h)))
+        if side > min(w, h):
+            continue
+        x, y = rng.uniform(0, w - side), rng.uniform(0, h - side)
+        ok = [
+            wx <= x + 1e-6 and wy <= y + 1e-6 and x + side <= wx + ws + 1e-6 and y + side <= wy + ws + 1e-6 and side * 192 / ws >= 14 - 1e-6
+            for wx, wy, ws in windows
+        ]
+        assert any(ok), (size, min_face, side, x, y)
+
+
+def test_pyramid_is_small_for_a_vga_frame() -> None:
+    assert len(pyramid_windows(640, 480, 32.0)) <= 5
+    assert len(pyramid_windows(250, 250, 32.0)) == 1
+
+
+def test_mouth_corners_straddle_the_mouth_along_the_eye_axis() -> None:
+    pts = np.zeros((1, 6, 2), np.float32)
+    pts[0, :4] = [[40, 50], [80, 50], [60, 70], [60, 90]]
+    corners = mouth_corners(pts)[0]
+    half = 0.5 * MOUTH_WIDTH_PER_EYE_DISTANCE * 40
+    np.testing.assert_allclose(corners, [[60 - half, 90], [60 + half, 90]], atol=1e-5)
