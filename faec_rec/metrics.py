@@ -244,7 +244,6 @@ def enable_multiprocess(directory: str | os.PathLike[str], clean: bool = True) -
     ``clean`` empties the directory of earlier runs' files (counters would otherwise
     resume from a dead worker's values).
     """
-    global _metrics
     path = Path(directory)
     if _metrics is not None and multiprocess_dir() != path:
         raise ConfigError(
@@ -309,6 +308,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def sweep_dead_processes() -> list[int]:
+    """Forget every process that left files in the multiprocess directory and is gone
+    without a goodbye (SIGKILL, OOM kill); returns their pids. Run before each scrape and probe."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return []
+    pids = set()
+    for path in [*directory.glob("gauge_live*_*.db"), *directory.glob(_READY_FILE.format(pid="*"))]:
+        tail = path.stem.rsplit("_", 1)[-1]
+        if tail.isdigit():
+            pids.add(int(tail))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not _pid_alive(pid))
+    for pid in dead:
+        process_exited(pid)
+    return dead
+
+
 def _process_states() -> dict[int, dict[str, Any]]:
     """Readiness state of this process and, in multiprocess mode, of every live process."""
     with _ready_lock:
@@ -320,11 +336,8 @@ def _process_states() -> dict[int, dict[str, Any]]:
                 pid = int(path.stem.split("_", 1)[1])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid():
-                continue
-            if not _pid_alive(pid):
-                process_exited(pid)  # killed without a goodbye (SIGKILL, OOM)
-                continue
+            if pid == os.getpid() or not _pid_alive(pid):
+                continue  # a dead one is forgotten by sweep_dead_processes()
             try:
                 states[pid] = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -342,6 +355,7 @@ def readiness(checks: Sequence[str], redis_ping: Callable[[], None] | None = Non
             report["redis"] = {"ok": True, "detail": ""}
         except Exception as exc:  # any failure means "not ready"; the detail says which
             report["redis"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    sweep_dead_processes()
     states = _process_states()
     for check in checks:
         ok_pids = [pid for pid, st in states.items() if st.get(check, {}).get("ok")]
@@ -563,6 +577,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+            sweep_dead_processes()  # a killed child's live gauges must not linger
             self._send(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             body = {"alive": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.owner.started, 1)}

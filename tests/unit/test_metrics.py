@@ -262,11 +262,12 @@ _PREFORK_SCRIPT = textwrap.dedent("""
     out["metrics"] = [l for l in body.splitlines() if l.startswith(("faec_frames_processed_total", "faec_model_version_info"))]
     os.kill(b, signal.SIGKILL)         # killed without a goodbye
     os.waitpid(b, 0)
+    status, body = get(base + "/metrics")   # a scrape alone forgets the dead child's gauges
+    out["metrics_after_kill"] = [l for l in body.splitlines() if l.startswith(("faec_frames_processed_total", "faec_model_version_info"))]
     status, body = get(base + "/readyz")
     out["readyz_killed"] = status
     out["killed_detail"] = json.loads(body)["checks"]["model"]
-    status, body = get(base + "/metrics")
-    out["metrics_after_kill"] = [l for l in body.splitlines() if l.startswith(("faec_frames_processed_total", "faec_model_version_info"))]
+    out["files_left"] = sorted(p for p in os.listdir(sys.argv[1]) if str(b) in p)
     srv.stop()
     print(json.dumps(out))
 """)
@@ -289,6 +290,9 @@ def test_prefork_children_are_merged_and_dead_children_are_not_ready(tmp_path: P
     assert out["killed_detail"]["ok"] is False
     assert 'faec_frames_processed_total{camera="cam"} 5.0' in out["metrics_after_kill"]
     assert not any(line.startswith("faec_model_version_info") for line in out["metrics_after_kill"])
+    # its counters stay (they keep counting), its live gauges and readiness file are gone
+    assert any(name.startswith("counter_") for name in out["files_left"])
+    assert not any(name.startswith(("gauge_live", "ready_")) for name in out["files_left"]), out["files_left"]
 
 
 _HOOKS_SCRIPT = textwrap.dedent("""
