@@ -23,6 +23,7 @@ import sys
 import time
 import unicodedata
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -155,6 +156,10 @@ def _setup_logging(verbose: int) -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     setup_logging("DEBUG" if verbose > 1 else "INFO" if verbose == 1 else "WARNING")
+    if not verbose:
+        # The in-process worker's per-image warnings repeat what the command prints itself.
+        logging.getLogger("faec_rec.workers").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
 
 
 def _progress(total: int | None, desc: str, unit: str = "image") -> Any:
@@ -483,7 +488,7 @@ def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeou
     r, keys, app = backend.redis, backend.keys, backend.app
     job = uuid.uuid4().hex
     job_key, stream = keys.job(job), keys.job_results(job)
-    names = [str(p.resolve()) for p in images]
+    names = [os.path.abspath(p) for p in images]  # absolute, symlinks kept: the user's own names
     r.hset(job_key, mapping={"total": len(names), "done": 0, "errors": 0, "source": "cli"})
     r.expire(job_key, backend.settings.workers.result_ttl_s)
     pending = names[::-1]  # popped from the end: sent in order
@@ -651,7 +656,7 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
         outcome.error = "no readable image"
         return outcome
     try:
-        report = client.enrol(name, [str(p.resolve()) for p in present], wait=True, timeout=timeout_s)
+        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s)
     except TaskTimeout as exc:
         raise BackendUnavailable(
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
@@ -675,8 +680,8 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
 def _print_outcome(outcome: EnrolOutcome, root: Path | None = None) -> None:
     def short(p: str) -> str:
         try:
-            return str(Path(p).relative_to(root)) if root else str(Path(p).relative_to(Path.cwd()))
-        except ValueError:
+            return os.path.relpath(p, os.path.abspath(root or Path.cwd()))
+        except ValueError:  # another drive
             return p
 
     for image in outcome.accepted:
@@ -992,7 +997,7 @@ def _print_demo_check(plan: DemoPlan, report_path: Path) -> None:
     right = 0
     click.echo("check against what a person would say:")
     for path, expect in plan.identify:
-        image = by_path.get(str(path.resolve()), {"faces": [], "error": "missing"})
+        image = by_path.get(os.path.abspath(path), {"faces": [], "error": "missing"})
         ok = not image.get("error") and judge(expect, image["faces"])
         right += ok
         wanted = ", ".join(e or "a stranger" for e in expect) or "no face"
