@@ -94,6 +94,7 @@ class EventsConfig(_Section):
     track_iou: float = Field(0.3, gt=0, lt=1, description="box overlap that continues a track between frames")
     track_timeout_s: float = Field(2.0, gt=0, le=600, description="a track unseen this long is 'left'")
     track_switch_frames: int = Field(2, ge=1, le=100, description="matched frames in a row naming another person before a track's identity changes")
+    track_min_hits: int = Field(2, ge=1, le=100, description="frames a face must be tracked in before its 'arrived' event (1 = at once)")
 
 
 class TrainingConfig(_Section):

@@ -2,12 +2,14 @@
 
 The core, :class:`Tracker`, is pure: frames of observations (box + identity decision)
 in, track events out. It links an observation to a live track by box overlap (IoU),
-preferring the track whose known identity agrees; an observation that links to none
-starts a new track ("arrived"). A track's identity decision changes ("updated") when
-``switch_frames`` matched observations in a row (ignoring "unknown" ones) name another
-known person; a known track never falls back to "unknown", because a face turned
-away is the same person, not a stranger. A track unseen for ``timeout_s`` seconds
-of capture time "left".
+or nearness for a same-sized face, preferring the track whose known identity agrees;
+an observation that links to none starts a new track, which "arrived" once seen in
+``min_hits`` frames (a one-frame false detection stays silent). A track's identity
+decision changes ("updated") when ``switch_frames`` matched observations in a row
+(ignoring "unknown" ones) name another known person; a known track never falls back
+to "unknown", because a face turned away is the same person, not a stranger. A track
+unseen for ``timeout_s`` seconds of capture time "left" (only tracks that arrived
+ever leave).
 
 Frames of one camera are processed by several worker processes, so they may arrive
 out of order: a late frame is matched against where each track was at that frame
@@ -78,6 +80,7 @@ class Track:
     decision: str
     model_version: str | None = None
     hits: int = 1
+    confirmed: bool = False
     pending_id: str | None = None
     pending_count: int = 0
     # [frame, t, x1, y1, x2, y2] over the last timeout_s, oldest first: late frames
@@ -174,7 +177,12 @@ class Tracker:
     seconds after which an unseen track has left; switch_frames: matched observations
     in a row needed to change a track's identity; identity_gate: an observation of the
     track's own known person also continues it when IoU is too low (fast motion,
-    dropped frames) if the centres are within this many box sides; max_tracks: live
+    dropped frames) if the centres are within this many box sides; motion_gate: any
+    observation continues a track whose box has about its size (within a factor 1.5)
+    and whose centre is within this many box sides (a head moving fast between
+    sampled frames overlaps too little); min_hits: frames a track must be seen in
+    before it "arrived" (1 = at once; 2 keeps one-frame false detections silent);
+    max_tracks: live
     tracks kept, the least recently seen leave first beyond it; history: most boxes
     remembered per track (those of the last ``timeout_s``) to match late frames.
     """
@@ -185,6 +193,8 @@ class Tracker:
         timeout_s: float = 2.0,
         switch_frames: int = 2,
         identity_gate: float = 1.0,
+        motion_gate: float = 0.75,
+        min_hits: int = 2,
         max_tracks: int = 256,
         history: int = 48,
     ) -> None:
@@ -194,12 +204,16 @@ class Tracker:
             raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
         if switch_frames < 1:
             raise ValueError(f"switch_frames must be >= 1, got {switch_frames}")
+        if min_hits < 1:
+            raise ValueError(f"min_hits must be >= 1, got {min_hits}")
         if max_tracks < 1:
             raise ValueError(f"max_tracks must be >= 1, got {max_tracks}")
         self.iou_threshold = iou_threshold
         self.timeout_s = timeout_s
         self.switch_frames = switch_frames
         self.identity_gate = identity_gate
+        self.motion_gate = motion_gate
+        self.min_hits = min_hits
         self.max_tracks = max_tracks
         self.history = history
         self.tracks: list[Track] = []
@@ -228,7 +242,10 @@ class Tracker:
                 events.append(event)
         for oi, obs in enumerate(observations):
             if oi not in matched_obs:
-                events.append(self._start(frame, t, obs))
+                event = self._start(frame, t, obs)
+                if event is not None:
+                    events.append(event)
+        events.sort(key=lambda e: e.track_id)
         if in_order:
             self.newest_frame = frame
         self.newest_t = max(self.newest_t, t)
@@ -247,8 +264,10 @@ class Tracker:
     def _match(self, frame: int, observations: Sequence[Observation]) -> list[tuple[int, int]]:
         """Greedy one-to-one (track index, observation index) pairs.
 
-        Candidates overlap enough, or are the same known person close by; agreeing
-        identity ranks first, then overlap, so two people crossing keep their tracks.
+        Candidates overlap enough, or are a same-sized face close by, or the same
+        known person a little further. Agreeing identity ranks first, so two people
+        crossing keep their tracks; then real overlap, by IoU; then the weaker links,
+        the most recently seen track first, then the nearest.
         """
         if not self.tracks or not observations:
             return []
@@ -256,19 +275,30 @@ class Tracker:
         oboxes = np.array([ob.box for ob in observations], dtype=np.float64)
         iou = iou_matrix(tboxes, oboxes)
         dist = _centre_distance(tboxes, oboxes)
-        candidates: list[tuple[int, float, int, int]] = []
+        tside = np.maximum(tboxes[:, 2] - tboxes[:, 0], tboxes[:, 3] - tboxes[:, 1]).clip(1.0, None)
+        oside = np.maximum(oboxes[:, 2] - oboxes[:, 0], oboxes[:, 3] - oboxes[:, 1]).clip(1.0, None)
+        ratio = oside[None, :] / tside[:, None]
+        same_size = (ratio >= 1 / 1.5) & (ratio <= 1.5)
+        candidates: list[tuple[tuple[float, ...], int, int]] = []
         for ti, track in enumerate(self.tracks):
             for oi, obs in enumerate(observations):
                 tid, oid = track.identity, obs.identity
                 agree = 0 if tid is None or oid is None else (1 if tid == oid else -1)
-                close_same = agree == 1 and dist[ti, oi] <= self.identity_gate
-                if iou[ti, oi] >= self.iou_threshold or close_same:
-                    candidates.append((agree, float(iou[ti, oi]), ti, oi))
-        candidates.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))
+                d = float(dist[ti, oi])
+                linked = (
+                    iou[ti, oi] >= self.iou_threshold
+                    or (same_size[ti, oi] and d <= self.motion_gate)
+                    or (agree == 1 and d <= self.identity_gate)
+                )
+                if linked:
+                    strong = iou[ti, oi] >= self.iou_threshold
+                    order = -float(iou[ti, oi]) if strong else float(abs(frame - track.last_frame))
+                    candidates.append(((-agree, 0 if strong else 1, order, d, ti, oi), ti, oi))
+        candidates.sort(key=lambda c: c[0])
         used_t: set[int] = set()
         used_o: set[int] = set()
         pairs: list[tuple[int, int]] = []
-        for _agree, _iou, ti, oi in candidates:
+        for _rank, ti, oi in candidates:
             if ti in used_t or oi in used_o:
                 continue
             used_t.add(ti)
@@ -276,7 +306,7 @@ class Tracker:
             pairs.append((ti, oi))
         return pairs
 
-    def _start(self, frame: int, t: float, obs: Observation) -> TrackEvent:
+    def _start(self, frame: int, t: float, obs: Observation) -> TrackEvent | None:
         track = Track(
             track_id=self.next_id,
             box=[float(v) for v in obs.box],
@@ -293,10 +323,19 @@ class Tracker:
         )
         self.next_id += 1
         self.tracks.append(track)
+        return self._confirm(track, frame, t)
+
+    def _confirm(self, track: Track, frame: int, t: float) -> TrackEvent | None:
+        """"arrived" once a track has been seen in ``min_hits`` frames: a face
+        detected in a single frame (often a false detection) stays silent."""
+        if track.confirmed or track.hits < self.min_hits:
+            return None
+        track.confirmed = True
         return self._event(EventType.ARRIVED, track, frame, t)
 
     def _continue(self, track: Track, frame: int, t: float, obs: Observation) -> TrackEvent | None:
-        """Fold one matched observation into ``track``; an "updated" event if its identity changed."""
+        """Fold one matched observation into ``track``: "arrived" if this confirms
+        it, "updated" if its identity changed, else None."""
         track.hits += 1
         if frame >= track.last_frame:
             # Only a newer frame moves the box and the clock (out-of-order tolerance).
@@ -308,28 +347,38 @@ class Tracker:
             track.history = [h for h in track.history[-self.history :] if h[1] >= horizon]
         if obs.model_version is not None:
             track.model_version = obs.model_version
+        changed = self._weigh_identity(track, obs)
+        arrived = self._confirm(track, frame, t)
+        if arrived is not None:
+            return arrived  # it carries the identity as it now stands
+        if changed and track.confirmed:
+            return self._event(EventType.UPDATED, track, frame, t)
+        return None
+
+    def _weigh_identity(self, track: Track, obs: Observation) -> bool:
+        """Add one observation's identity evidence to ``track``; True if its identity changed."""
         oid = obs.identity
         if oid is None:
             # "unknown" is no evidence for or against anyone: a face turned away
             # stays the known person, and does not break a pending switch.
             if track.identity is None:
                 track.score = float(obs.score)
-            return None
+            return False
         if oid == track.identity:
             track.pending_id, track.pending_count = None, 0
             track.score = max(track.score, float(obs.score))
-            return None
+            return False
         if track.pending_id == oid:
             track.pending_count += 1
         else:
             track.pending_id, track.pending_count = oid, 1
         if track.pending_count < self.switch_frames:
-            return None
+            return False
         track.person_id, track.person = oid, obs.person
         track.decision = Decision.KNOWN.value
         track.score = float(obs.score)
         track.pending_id, track.pending_count = None, 0
-        return self._event(EventType.UPDATED, track, frame, t)
+        return True
 
     def _expire(self, now: float) -> list[TrackEvent]:
         gone = [tr for tr in self.tracks if now - tr.last_seen > self.timeout_s]
@@ -342,6 +391,7 @@ class Tracker:
         return self._remove(by_age[: len(self.tracks) - self.max_tracks])
 
     def _remove(self, gone: list[Track]) -> list[TrackEvent]:
+        """Drop ``gone``; "left" for those that had arrived (unconfirmed ones vanish silently)."""
         if not gone:
             return []
         ids = {tr.track_id for tr in gone}
@@ -352,6 +402,7 @@ class Tracker:
                 detail=f"seen in {tr.hits} frames over {tr.last_seen - tr.first_seen:.1f} s",
             )
             for tr in sorted(gone, key=lambda tr: tr.track_id)
+            if tr.confirmed
         ]
 
     @staticmethod
@@ -403,6 +454,7 @@ class TrackStore:
     iou_threshold: float = 0.3
     timeout_s: float = 2.0
     switch_frames: int = 2
+    min_hits: int = 2
     history: int = 48
     max_wait_s: float = 10.0
     _tracker_args: dict[str, Any] = field(init=False, repr=False)
@@ -412,18 +464,20 @@ class TrackStore:
             "iou_threshold": self.iou_threshold,
             "timeout_s": self.timeout_s,
             "switch_frames": self.switch_frames,
+            "min_hits": self.min_hits,
             "history": self.history,
         }
         Tracker(**self._tracker_args)  # validate the parameters now, not on first frame
 
     @classmethod
     def from_settings(cls, redis: Any, keys: Keys, events_config: Any) -> TrackStore:
-        """Build from ``settings.events`` (track_iou, track_timeout_s, track_switch_frames)."""
+        """Build from ``settings.events`` (track_iou, track_timeout_s, track_switch_frames, track_min_hits)."""
         return cls(
             redis, keys,
             iou_threshold=events_config.track_iou,
             timeout_s=events_config.track_timeout_s,
-            switch_frames=getattr(events_config, "track_switch_frames", 2),
+            switch_frames=events_config.track_switch_frames,
+            min_hits=events_config.track_min_hits,
         )
 
     def update(self, camera: str, frame: int, captured_at: float, observations: Sequence[Observation]) -> list[Event]:

@@ -212,7 +212,7 @@ def test_producer_sweep_closes_the_tracks_of_a_silent_camera(redis_client, keys,
     from faec_rec.workers.events import parse_entries
     from faec_rec.workers.tracker import Observation, TrackStore
 
-    events_config = EventsConfig(track_timeout_s=0.5)
+    events_config = EventsConfig(track_timeout_s=0.5, track_min_hits=1)
     store = TrackStore.from_settings(redis_client, keys, events_config)
     # the camera's last processed frame saw one person, a moment ago
     face = Observation(box=(10, 10, 90, 90), person_id=None, person=None, score=0.1, decision="unknown")

@@ -112,7 +112,7 @@ def test_streams_are_capped_approximately(redis_client, keys) -> None:
 
 
 def test_tracker_events_become_schema_events() -> None:
-    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0)
+    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0, min_hits=1)
     o = Observation(box=(0, 0, 50, 50), person_id=None, person=None, score=0.2, decision="unknown", model_version="v2")
     (arrived,) = tracker.update(0, 100.0, [o])
     ev = arrived.to_event("cam9", processed_at=100.5)

@@ -55,7 +55,8 @@ def test_person_walking_across_gives_one_arrival_and_one_left() -> None:
     frames = [[obs(10 + 8 * i)] for i in range(30)]
     events = walk(tracker, frames)
     assert types(events) == [("arrived", 1)]
-    assert events[0].frame == 0 and events[0].decision == "unknown"
+    # by default a track arrives when seen a second time (min_hits=2)
+    assert events[0].frame == 1 and events[0].decision == "unknown"
     # the scene then stays empty: the track leaves once the timeout has passed
     events = walk(tracker, [[] for _ in range(15)], start=30)
     assert types(events) == [("left", 1)]
@@ -64,6 +65,24 @@ def test_person_walking_across_gives_one_arrival_and_one_left() -> None:
     assert left.t == pytest.approx(T0 + 2.9)
     assert left.box == [10 + 8 * 29, 100.0, 10 + 8 * 29 + 80, 180.0]
     assert tracker.tracks == []
+
+
+def test_a_face_seen_in_one_frame_only_never_arrives_nor_leaves() -> None:
+    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0, min_hits=2)
+    # a one-frame false detection at frame 3 among a real walker
+    frames = [[obs(100 + 4 * i)] + ([obs(500, 300)] if i == 3 else []) for i in range(8)]
+    events = walk(tracker, frames)
+    events += walk(tracker, [[] for _ in range(15)], start=8)
+    assert types(events) == [("arrived", 1), ("left", 1)]
+    assert tracker.next_id == 3  # the blip had a track, silently dropped
+
+
+def test_arrival_carries_the_identity_settled_before_it() -> None:
+    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0, min_hits=3, switch_frames=2)
+    events = walk(tracker, [[obs(100, person=p)] for p in (None, "judy", "judy", "judy")])
+    # confirmed at frame 2, when "judy" had already been seen twice: no separate update
+    assert types(events) == [("arrived", 1)]
+    assert events[0].frame == 2 and events[0].person_id == "judy" and events[0].decision == "known"
 
 
 def test_two_people_give_two_tracks_that_keep_their_identity_while_crossing() -> None:
@@ -136,18 +155,29 @@ def test_a_late_frame_is_matched_where_the_track_was_at_its_time() -> None:
 
 
 def test_fast_known_person_is_kept_by_identity_when_boxes_do_not_overlap() -> None:
-    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0)
-    # 60 px jumps with 80 px boxes: IoU 0.14 < 0.3, but it is the same known person close by
-    events = walk(tracker, [[obs(60 * i, person="frank")] for i in range(6)])
+    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0, identity_gate=1.0, motion_gate=0.75)
+    # 76 px jumps with 80 px boxes: IoU 0.03 and 0.95 box sides apart, but the same
+    # known person close by
+    events = walk(tracker, [[obs(76 * i, person="frank")] for i in range(6)])
     assert types(events) == [("arrived", 1)]
-    # a stranger making the same jumps is not held together by identity
-    tracker2 = Tracker(iou_threshold=0.3, timeout_s=1.0)
-    events2 = walk(tracker2, [[obs(60 * i)] for i in range(3)])
+    # a stranger making the same jumps is not held together: nothing says it is one person
+    tracker2 = Tracker(iou_threshold=0.3, timeout_s=1.0, identity_gate=1.0, motion_gate=0.75, min_hits=1)
+    events2 = walk(tracker2, [[obs(76 * i)] for i in range(3)])
     assert [e.type for e in events2] == ["arrived"] * 3
 
 
+def test_a_head_moving_fast_between_sampled_frames_keeps_its_track() -> None:
+    tracker = Tracker(iou_threshold=0.3, timeout_s=1.0, motion_gate=0.75, min_hits=1)
+    # 50 px jumps of an 80 px face: IoU 0.23 (< 0.3) but 0.63 sides apart, same size
+    events = walk(tracker, [[obs(100, 100 + 50 * (i % 2))] for i in range(6)])
+    assert types(events) == [("arrived", 1)]
+    # a face twice the size at the same distance is someone else (nearer the camera)
+    events = tracker.update(6, T0 + 0.6, [obs(100, 150, size=160)])
+    assert [e.type for e in events] == ["arrived"]
+
+
 def test_sweep_closes_tracks_of_a_silent_camera() -> None:
-    tracker = Tracker(iou_threshold=0.3, timeout_s=2.0)
+    tracker = Tracker(iou_threshold=0.3, timeout_s=2.0, min_hits=1)
     walk(tracker, [[obs(100), obs(400)]])
     assert tracker.sweep(T0 + 1.0) == []
     left = tracker.sweep(T0 + 2.5)
@@ -177,7 +207,7 @@ def test_bad_parameters_are_refused() -> None:
 # ---- TrackStore on a real Redis ---------------------------------------------
 
 def test_track_store_persists_state_and_returns_events(redis_client, keys) -> None:
-    store = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0)
+    store = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0, min_hits=1)
     got = store.update("cam1", 0, T0, [obs(100, person="hana")])
     assert [(e.type, e.camera, e.track_id, e.person_id) for e in got] == [("arrived", "cam1", 1, "hana")]
     assert got[0].model_version == "v1" and got[0].processed_at is not None
@@ -185,7 +215,7 @@ def test_track_store_persists_state_and_returns_events(redis_client, keys) -> No
     # another camera has its own tracks and ids
     assert [e.track_id for e in store.update("cam2", 0, T0, [obs(300)])] == [1]
     # a second store object (another worker process) sees the same state
-    other = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0)
+    other = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0, min_hits=1)
     assert other.load("cam1").tracks[0].hits == 2
     redis_client.sadd(keys.cameras(), "cam1", "cam2")
     left = other.sweep_all(now=T0 + 5)
@@ -194,7 +224,7 @@ def test_track_store_persists_state_and_returns_events(redis_client, keys) -> No
 
 
 def test_sweep_idle_leaves_cameras_with_queued_frames_to_the_workers(redis_client, keys) -> None:
-    store = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0)
+    store = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0, min_hits=1)
     for camera in ("quiet", "busy"):
         store.update(camera, 0, T0, [obs(100)])
     redis_client.sadd(keys.cameras(), "quiet", "busy")
