@@ -47,6 +47,24 @@ def load_projector(version: str, settings: Settings, redis: "redis_lib.Redis") -
     return registry.load_projector(version, settings=settings, redis=redis)
 
 
+def limit_tf_threads(threads: int) -> None:
+    """Cap TensorFlow's intra- and inter-op threads of this process (0: leave the default).
+
+    Must run before TensorFlow executes its first op; later it is a no-op
+    (logged). With one worker process per core, one thread each avoids
+    processes fighting over cores (and idle threads spinning).
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow already initialised in this process; thread limit %d not applied", threads)
+
+
 class Runtime:
     """The resources one worker process uses for one deployment.
 
@@ -76,6 +94,8 @@ class Runtime:
             with self._lock:
                 if self._engine is None:
                     from faec_rec.faces.engine import FaceEngine
+
+                    limit_tf_threads(self.settings.workers.tf_threads)
 
                     engine = FaceEngine(self.settings.faces, cache_dir=Path(self.settings.data_dir) / "models")
                     self._engine = engine
