@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import redis
 
@@ -130,6 +131,10 @@ class Gallery:
     @backend
     def _load(self) -> Replica:
         started = time.perf_counter()
+        if self.config.faiss_threads:
+            # Process-wide: on a shared 2-core box two spinning OpenMP threads
+            # made one flat query 100x slower than a single thread does.
+            faiss.omp_set_num_threads(self.config.faiss_threads)
         found = load_newest(self.snapshot_dir)
         if found is not None:
             path, meta, arrays = found
@@ -149,9 +154,19 @@ class Gallery:
         # The stream position is read first: events after it are replayed, and
         # replay is idempotent, so changes racing with the read are not lost.
         replica.position = EventLog.last_id_from(self.events.last_id())
-        for person_id, name, tids in self.store.iter_people_templates():
-            feats = self.store.fetch_features(tids)
-            replica.add_person(person_id, name, [(t, feats[t][1]) for t in tids if t in feats and feats[t][0] == person_id])
+        batch: list[tuple[str, str, list[str]]] = []
+
+        def flush() -> None:
+            feats = self.store.fetch_features([t for _, _, tids in batch for t in tids])
+            for person_id, name, tids in batch:
+                replica.add_person(person_id, name, [(t, feats[t]) for t in tids if t in feats])
+            batch.clear()
+
+        for row in self.store.iter_people_templates():
+            batch.append(row)
+            if len(batch) >= READ_CHUNK:
+                flush()
+        flush()
         replica.apply([], {})
         return replica
 
@@ -280,6 +295,19 @@ class Gallery:
         result = self.store.add_templates(person_id, new, version=self.version)
         self.sync()
         return result
+
+    def import_people(
+        self, people: Sequence[tuple[str, np.ndarray, Sequence[str], Sequence[str]]], *, chunk: int = 1000
+    ) -> list[EnrolResult]:
+        """Enrol many new people at once: ``(name, (n, 128) float32 features, sources, content hashes)`` each.
+
+        For migrations: one Redis transaction per ``chunk`` people instead of
+        one per person; refuses names already enrolled (:class:`GalleryError`).
+        """
+        checked = [(name, NewTemplates.check(f, src, hashes, None, None)) for name, f, src, hashes in people]
+        results = self.store.import_people(checked, version=self.version, chunk=chunk)
+        self.sync()
+        return results
 
     def remove_template(self, template_id: str) -> str:
         """Delete one template, its crop and its vector; returns the person id."""

@@ -90,10 +90,10 @@ class Replica:
     def apply(
         self,
         events: Iterable[tuple[str, GalleryEvent]],
-        features: dict[str, tuple[str, np.ndarray]],
+        features: dict[str, np.ndarray],
         loader: ProjectorLoader | None = None,
     ) -> int:
-        """Apply events in order; ``features`` holds the added templates still stored.
+        """Apply events in order; ``features`` maps added template ids still stored to ``(128,) float32``.
 
         An added template missing from ``features`` was deleted since and is
         skipped (a later event removes it anyway). Every step is idempotent, so
@@ -110,7 +110,7 @@ class Replica:
         self._flush()
         return count
 
-    def _apply_one(self, event: GalleryEvent, features: dict[str, tuple[str, np.ndarray]], loader: ProjectorLoader | None) -> None:
+    def _apply_one(self, event: GalleryEvent, features: dict[str, np.ndarray], loader: ProjectorLoader | None) -> None:
         op = event.op
         if op is EventOp.ADD and event.person:
             if event.name is not None:
@@ -118,8 +118,8 @@ class Replica:
             self._person_slots.setdefault(event.person, set())
             for tid in event.templates:
                 got = features.get(tid)
-                if tid not in self._slot_of and got is not None and got[0] == event.person:
-                    self._add_slot(event.person, tid, got[1])
+                if got is not None and tid not in self._slot_of:
+                    self._add_slot(event.person, tid, got)
         elif op is EventOp.REMOVE:
             for tid in event.templates:
                 self._kill(tid)

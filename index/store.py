@@ -42,6 +42,22 @@ from faec_rec.index.projection import DIM, check_vectors
 log = logging.getLogger(__name__)
 
 MAX_NAME_LEN = 200
+# KEYS: template hashes; ARGV[1]: bytes per feature vector. Returns the features
+# concatenated (zeros where absent) and the 1-based positions of absent ones.
+_FETCH_FEATURES = """
+local width = tonumber(ARGV[1])
+local parts, missing = {}, {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HGET', key, 'features')
+  if v and #v == width then
+    parts[i] = v
+  else
+    parts[i] = string.rep('\\0', width)
+    missing[#missing + 1] = i
+  end
+end
+return {table.concat(parts), table.concat(missing, ',')}
+"""
 _WATCH_RETRIES = 50
 T = TypeVar("T")
 
@@ -155,6 +171,7 @@ class Store:
         self.data_dir = Path(data_dir)
         self.backbone_version = backbone_version
         self.events = EventLog(client, keys)
+        self._fetch_script: Any = None
 
     # ---- transactions ------------------------------------------------------
     def _transact(self, watch: Sequence[str], body: Callable[[redis.client.Pipeline], T], undo: Callable[[], None] | None = None) -> T:
@@ -260,23 +277,9 @@ class Store:
             now = time.time()
             pipe.multi()
             if not exists:
-                pipe.hset(k.person(pid), mapping={"name": display, "metadata": json.dumps(metadata or {}), "created": now})
-                pipe.sadd(k.people(), pid)
-                pipe.hset(k.person_names(), fold, pid)
+                self._queue_person(pipe, pid, display, metadata, now)
             for i in keep:
-                pipe.hset(k.template(tids[i]), mapping={
-                    "person": pid,
-                    "features": new.features[i].tobytes(),
-                    "backbone": self.backbone_version,
-                    "version": version,
-                    "quality": new.qualities[i],
-                    "source": new.sources[i],
-                    "hash": new.content_hashes[i],
-                    "crop": crop_paths.get(i, ""),
-                    "created": now,
-                })
-                pipe.sadd(k.person_templates(pid), tids[i])
-                pipe.hset(k.template_hashes(), fields[i], tids[i])
+                self._queue_template(pipe, pid, tids[i], new, i, version, crop_paths.get(i, ""), now)
             if keep or not exists:
                 self.events.append(pipe, GalleryEvent(EventOp.ADD, person=pid, name=name_now, templates=tuple(tids[i] for i in keep)))
             return EnrolResult(pid, name_now, tuple(tids[i] for i in keep), tuple(duplicates), created=not exists)
@@ -286,6 +289,69 @@ class Store:
             log.info("enrolled %d template(s) for %s (%s), %d duplicate(s) skipped",
                      len(result.added), result.person_id, result.name, len(result.duplicates))
         return result
+
+    def _queue_person(self, pipe: redis.client.Pipeline, pid: str, display: str, metadata: dict | None, now: float) -> None:
+        k = self.keys
+        pipe.hset(k.person(pid), mapping={"name": display, "metadata": json.dumps(metadata or {}), "created": now})
+        pipe.sadd(k.people(), pid)
+        pipe.hset(k.person_names(), fold_name(display), pid)
+
+    def _queue_template(
+        self, pipe: redis.client.Pipeline, pid: str, tid: str, new: NewTemplates, i: int, version: str, crop: str, now: float
+    ) -> None:
+        k = self.keys
+        pipe.hset(k.template(tid), mapping={
+            "person": pid,
+            "features": new.features[i].tobytes(),
+            "backbone": self.backbone_version,
+            "version": version,
+            "quality": new.qualities[i],
+            "source": new.sources[i],
+            "hash": new.content_hashes[i],
+            "crop": crop,
+            "created": now,
+        })
+        pipe.sadd(k.person_templates(pid), tid)
+        pipe.hset(k.template_hashes(), f"{pid}:{new.content_hashes[i]}", tid)
+
+    @backend
+    def import_people(self, people: Sequence[tuple[str, NewTemplates]], *, version: str, chunk: int = 1000) -> list[EnrolResult]:
+        """Enrol many *new* people fast (migrations, benchmarks): one transaction per ``chunk`` people.
+
+        Each person still gets one "add" event. Raises :class:`GalleryError`
+        naming the first name already enrolled (or repeated), and writes nothing
+        of that chunk; earlier chunks stay written. No crops.
+        """
+        k = self.keys
+        results: list[EnrolResult] = []
+        for start in range(0, len(people), chunk):
+            part = [(clean_name(name), new) for name, new in people[start:start + chunk]]
+            folds = [fold_name(name) for name, _ in part]
+            if len(set(folds)) != len(folds):
+                raise GalleryError("import_people: a name appears twice in one import; merge those faces")
+
+            def body(pipe: redis.client.Pipeline) -> list[EnrolResult]:
+                taken = [f for f, owner in zip(folds, pipe.hmget(k.person_names(), folds)) if owner is not None]
+                if taken:
+                    raise GalleryError(f"import_people: {taken[0]!r} is already enrolled; use enrol to add faces")
+                now = time.time()
+                pipe.multi()
+                out = []
+                for name, new in part:
+                    pid = uuid.uuid4().hex
+                    self._queue_person(pipe, pid, name, None, now)
+                    first = {h: i for i, h in reversed(list(enumerate(new.content_hashes)))}
+                    keep = sorted(first.values())
+                    tids = [uuid.uuid4().hex for _ in keep]
+                    for i, tid in zip(keep, tids):
+                        self._queue_template(pipe, pid, tid, new, i, version, "", now)
+                    self.events.append(pipe, GalleryEvent(EventOp.ADD, person=pid, name=name, templates=tuple(tids)))
+                    dupes = tuple(h for i, h in enumerate(new.content_hashes) if i not in set(keep))
+                    out.append(EnrolResult(pid, name, tuple(tids), dupes, created=True))
+                return out
+
+            results.extend(self._transact([k.person_names()], body))
+        return results
 
     def _write_crop(self, pid: str, tid: str, data: bytes, written: list[Path]) -> str:
         """Write one crop atomically; returns its path relative to ``data_dir``."""
@@ -443,17 +509,25 @@ class Store:
         return out
 
     @backend
-    def fetch_features(self, template_ids: Sequence[str], chunk: int = 2000) -> dict[str, tuple[str, np.ndarray]]:
-        """``{template id: (person id, (128,) float32 features)}`` for the templates still stored."""
-        out: dict[str, tuple[str, np.ndarray]] = {}
+    def fetch_features(self, template_ids: Sequence[str], chunk: int = 5000) -> dict[str, np.ndarray]:
+        """``{template id: (128,) float32}`` for the templates still stored (the replay hot path).
+
+        One server-side script call per ``chunk`` templates returns their
+        features as one concatenated blob, so the client parses one reply, not
+        one per template.
+        """
+        out: dict[str, np.ndarray] = {}
+        if self._fetch_script is None:
+            self._fetch_script = self.client.register_script(_FETCH_FEATURES)
+        width = DIM * 4
         for start in range(0, len(template_ids), chunk):
-            part = template_ids[start:start + chunk]
-            pipe = self.client.pipeline(transaction=False)
-            for tid in part:
-                pipe.hmget(self.keys.template(tid), ["person", "features"])
-            for tid, (person, blob) in zip(part, pipe.execute()):
-                if person is not None and blob is not None and len(blob) == DIM * 4:
-                    out[tid] = (_text(person), np.frombuffer(blob, dtype=np.float32))
+            part = list(template_ids[start:start + chunk])
+            blob, missing = self._fetch_script(keys=[self.keys.template(t) for t in part], args=[width])
+            rows = np.frombuffer(blob, dtype=np.float32).reshape(len(part), DIM)
+            absent = {int(i) - 1 for i in _text(missing).split(",") if i}
+            for i, tid in enumerate(part):
+                if i not in absent:
+                    out[tid] = rows[i]
         return out
 
     @backend

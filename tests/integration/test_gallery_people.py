@@ -107,7 +107,7 @@ def test_forget_leaves_nothing_behind(gallery: Gallery, redis_client, keys, rng,
         elif kind == b"stream":
             entries = redis_client.xrange(key)
             blob = b" ".join(v for _, f in entries for v in f.values())
-            assert any(b"forget" in f[b"op"] for _, f in entries)
+            assert any(b'"op":"forget"' in f[b"e"] for _, f in entries)
             blob = blob.replace(b'"person":"' + gone.person_id.encode() + b'"', b"")  # the forget event itself
         else:
             blob = redis_client.get(key) or b""
@@ -183,3 +183,16 @@ def test_connection_lost_at_commit_writes_nothing(gallery: Gallery, redis_client
     crops = tmp_path / "data" / "crops"
     assert not crops.exists() or not any(p.is_file() for p in crops.rglob("*"))
     assert enrol(gallery, rng, "Half", centres[0], n=2).created  # and it works once Redis is back
+
+
+def test_import_people_in_bulk(gallery: Gallery, redis_client, keys, rng, centres) -> None:
+    rows = [(f"Imported {i}", faces(rng, centres[i], 2), ["a", "b"], [f"i{i}a", f"i{i}a"]) for i in range(4)]
+    results = gallery.import_people(rows, chunk=3)
+    assert [len(r.added) for r in results] == [1, 1, 1, 1]  # the repeated hash is skipped
+    assert results[0].duplicates == ("i0a",)
+    assert redis_client.xlen(keys.gallery_events()) == 4  # one event per person
+    match = gallery.identify_features(faces(rng, centres[2], 1))[0]
+    assert match.name == "Imported 2" and match.known
+    with pytest.raises(GalleryError, match="already enrolled"):
+        gallery.import_people([("imported 1", faces(rng, centres[5], 1), ["c"], ["c"])])
+    assert gallery.size == 4

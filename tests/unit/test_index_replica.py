@@ -40,7 +40,7 @@ def populated(rng: np.random.Generator, config: GalleryConfig, people: int = 20,
     for p in range(people):
         tids = [f"t{p}-{j}" for j in range(per)]
         for t in tids:
-            feats[t] = (f"p{p}", (centres[p] + 0.3 * rng.normal(size=128) / np.sqrt(128)).astype(np.float32) * 2.5)
+            feats[t] = (centres[p] + 0.3 * rng.normal(size=128) / np.sqrt(128)).astype(np.float32) * 2.5
         events.append((f"{p + 1}-0", add(f"p{p}", f"Person {p}", tids)))
     replica.apply(events, feats)
     return replica, centres, events
@@ -78,7 +78,7 @@ def test_per_person_threshold_rejects_a_look_alike_the_global_one_accepts() -> N
     stranger = unit(0.7 * e[0] + np.sqrt(1 - 0.49) * e[2])  # cos 0.70 to A, 0.56 to B
     genuine = unit(0.95 * e[0] + np.sqrt(1 - 0.95**2) * e[3])  # cos 0.95 to A, 0.76 to B
     others = [unit(e[10 + i] + e[40 + i]) for i in range(5)]
-    feats = {"ta": ("A", a), "tb": ("B", b), **{f"to{i}": (f"O{i}", v) for i, v in enumerate(others)}}
+    feats = {"ta": a, "tb": b, **{f"to{i}": v for i, v in enumerate(others)}}
     events = [("1-0", add("A", "A", ["ta"])), ("2-0", add("B", "B", ["tb"]))]
     events += [(f"{3 + i}-0", add(f"O{i}", f"O{i}", [f"to{i}"])) for i in range(5)]
     queries = np.vstack([stranger, genuine])
@@ -100,7 +100,7 @@ def test_per_person_threshold_rejects_a_look_alike_the_global_one_accepts() -> N
 
 def test_margin_makes_close_calls_unknown() -> None:
     e = np.eye(128, dtype=np.float32)
-    feats = {"t1": ("A", e[0]), "t2": ("B", unit(0.9 * e[0] + np.sqrt(0.19) * e[1]))}
+    feats = {"t1": e[0], "t2": unit(0.9 * e[0] + np.sqrt(0.19) * e[1])}
     events = [("1-0", add("A", "A", ["t1"])), ("2-0", add("B", "B", ["t2"]))]
     query = unit(0.97 * e[0] + np.sqrt(1 - 0.97**2) * e[2])[None, :]
     no_margin = Replica(GalleryConfig(per_person_thresholds=False), BaseProjector())
@@ -113,8 +113,8 @@ def test_margin_makes_close_calls_unknown() -> None:
 
 def test_runner_up_found_when_one_person_fills_the_candidates(rng: np.random.Generator) -> None:
     e = np.eye(128, dtype=np.float32)
-    many = {f"a{i}": ("A", unit(e[0] + 0.01 * rng.normal(size=128))) for i in range(40)}
-    feats = {**many, "b": ("B", unit(e[0] + e[1]))}
+    many = {f"a{i}": unit(e[0] + 0.01 * rng.normal(size=128)) for i in range(40)}
+    feats = {**many, "b": unit(e[0] + e[1])}
     replica = Replica(GalleryConfig(search_k=8), BaseProjector())
     replica.apply([("1-0", add("A", "A", list(many))), ("2-0", add("B", "B", ["b"]))], feats)
     match = replica.identify(e[:1], "base", 0.5)[0]
@@ -188,7 +188,7 @@ def test_switch_to_hnsw_past_the_threshold_and_back(rng: np.random.Generator) ->
 
 def test_snapshot_of_a_gallery_whose_only_template_was_removed() -> None:
     replica = Replica(GalleryConfig(), BaseProjector())
-    replica.apply([("1-0", add("A", "A", ["t"]))], {"t": ("A", unit(np.ones(128)))})
+    replica.apply([("1-0", add("A", "A", ["t"]))], {"t": unit(np.ones(128))})
     replica.apply([("2-0", GalleryEvent(EventOp.REMOVE, person="A", templates=("t",)))], {})
     meta, arrays = replica.to_arrays()
     meta["position"] = replica.position
