@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from faec_rec.config import Settings, load_settings
 from faec_rec.keys import Keys
@@ -134,14 +134,29 @@ def app_settings(app: Celery) -> Settings:
     return getter()
 
 
+# The app of the worker running in this process, remembered in the main process
+# before the pool forks (``worker_init``), so that each child warms up the
+# deployment it will serve, whichever way the app was built.
+_worker_app: Celery | None = None
+
+
+@worker_init.connect(weak=False)
+def _remember_worker_app(sender: Any = None, **_: object) -> None:
+    global _worker_app
+    _worker_app = getattr(sender, "app", None)
+
+
 @worker_process_init.connect(weak=False)
 def _warm_up(**_: object) -> None:
     # Load the model and the gallery replica in each fresh worker process
     # before the first task arrives, so the first frame is not slow.
     from faec_rec.workers import runtime
 
+    target = _worker_app if _worker_app is not None else app
+    if getattr(target, "faec_settings", None) is None:
+        return
     try:
-        runtime.warm_up(app_settings(app))
+        runtime.warm_up(app_settings(target))
     except Exception:  # a failed warm-up is retried lazily by the first task
         log.exception("warm-up failed; resources will load on the first task")
 
