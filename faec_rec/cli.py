@@ -680,9 +680,10 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
 def _print_outcome(outcome: EnrolOutcome, root: Path | None = None) -> None:
     def short(p: str) -> str:
         try:
-            return os.path.relpath(p, os.path.abspath(root or Path.cwd()))
+            rel = os.path.relpath(p, os.path.abspath(root or Path.cwd()))
         except ValueError:  # another drive
             return p
+        return p if rel.startswith("..") else rel
 
     for image in outcome.accepted:
         click.echo(f"  accepted  {short(image)}")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from html import unescape as html_unescape
 from pathlib import Path
 
 import pytest
@@ -80,10 +82,19 @@ def check_identify_report(report: dict, html: str, mixed: Path) -> None:
     assert images["dog.jpg"]["faces"] == [] and images["dog.jpg"]["error"] is None
     assert images["corrupt.jpg"]["error"]
     assert report["summary"]["errors"] == 1
-    # the page names the right people and marks strangers
-    for name in ENROL:
-        assert name in html
-    assert html.count('data-status="stranger"') == len(STRANGERS)
+    # the page names the right people on the right cards and marks strangers
+    cards = {}
+    for chunk in html.split('<div class="card ')[1:]:
+        m = re.match(r'[^"]*" data-status="([^"]+)" data-path="([^"]+)"', chunk)
+        assert m, chunk[:200]
+        cards[Path(html_unescape(m.group(2))).name] = (m.group(1), chunk)
+    assert set(cards) == set(images)
+    for name, folder in ENROL.items():
+        assert f'<span class="k">{name}</span>' in cards[f"heldout_{folder}.jpg"][1]
+    for folder in STRANGERS:
+        status, card = cards[f"stranger_{folder}.jpg"]
+        assert status == "stranger" and '<span class="u">unknown</span>' in card and 'class="k"' not in card
+    assert cards["dog.jpg"][0] == "no-face" and cards["corrupt.jpg"][0] == "error"
     assert html.count("data:image/jpeg;base64,") == len(images) - 1  # all but the corrupt one
 
 
@@ -180,12 +191,29 @@ def test_no_worker_consuming_is_exit_3(deployment: dict[str, str], photos: dict[
     assert "no worker is consuming" in out.stderr and "faec-rec worker" in out.stderr
 
 
+def wait_for_worker(env: dict[str, str], worker: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
+    """Until the worker started by ``faec-rec worker`` consumes both queues (it loads the model first)."""
+    from faec_rec.config import load_settings
+    from faec_rec.embedded import consumers
+    from faec_rec.workers.app import make_app
+
+    app = make_app(load_settings(redis_url=env["FAEC_REDIS_URL"], prefix=env["FAEC_PREFIX"]))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        if consumers(app, "enrol", 1.0) and consumers(app, "frames", 1.0):
+            return
+        time.sleep(1)
+    pytest.fail("the worker did not start consuming in time:\n" + log_path.read_text()[-3000:])
+
+
 def test_deployment_enrol_identify(deployment: dict[str, str], photos: dict[str, Path]) -> None:
     log_path = photos["base"] / "worker.log"
     with open(log_path, "w") as log:
         worker = subprocess.Popen([*_cli(), "worker", "-Q", "frames,enrol", "-c", "1", "-P", "solo", "-l", "WARNING"],
                                   env=deployment, stdout=log, stderr=subprocess.STDOUT, cwd=deployment["HOME"])
     try:
+        wait_for_worker(deployment, worker, log_path)
         enrol = run(deployment, "enrol", "--folder", str(photos["enrol"]))
         assert enrol.returncode in (0, 1), enrol.stderr + log_path.read_text()[-3000:]
         assert "embedded mode" not in enrol.stderr
