@@ -25,9 +25,11 @@ Prints ONE line of JSON:
 way of running the backbone that was tried while tuning: ``predict`` (``model.predict``,
 the untuned start), ``eager`` (``model(x)``), ``graph_unfolded`` (compiled function, affine as
 separate layers), ``graph`` (compiled function, affine folded into the convs: the default),
-``graph_xla`` (the same with ``jit_compile``), ``graph_bf16`` (bfloat16 precision); keys
-``<variant>_ms_per_face_b1`` and ``_b32``, minimum over interleaved rounds so that other
-load on the machine disturbs the comparison least.
+``graph_xla`` (the same with ``jit_compile``), ``graph_bf16`` (bfloat16 precision), and
+what the engine runs, ``Embedder.features`` with the mirror average (two passes per face):
+``embedder_flip`` and ``embedder_flip_bf16``. Keys ``<variant>_ms_per_face_b1`` / ``_b32``
+(wall time) and ``<variant>_cpu_ms_per_face_b1`` / ``_b32`` (CPU time of all threads, less
+disturbed by other load), each the minimum over interleaved rounds.
 
 Decoding is not timed. Timings are medians of repeated runs; on a shared machine they vary
 (``machine.load_avg_1m`` says how busy it was at the start).
@@ -266,6 +268,12 @@ def bench_embed_variants(rounds: int = 5) -> dict[str, Any]:
         fn = tf.function(lambda x: model(x, training=False), input_signature=spec, **kw)
         return lambda x: fn(x).numpy()
 
+    from faec_rec.faces.embed import Embedder
+
+    def embedder(**kw: Any) -> Callable[[np.ndarray], Any]:
+        e = Embedder(**kw)
+        return lambda x: e.features(x.astype(np.uint8))
+
     variants: dict[str, Callable[[np.ndarray], Any]] = {
         "predict": lambda x: folded.predict(x, batch_size=32, verbose=0),
         "eager": lambda x: folded(x, training=False).numpy(),
@@ -273,6 +281,9 @@ def bench_embed_variants(rounds: int = 5) -> dict[str, Any]:
         "graph": graph(folded),
         "graph_xla": graph(folded, jit_compile=True),
         "graph_bf16": graph(bf16),
+        # what the engine runs: Embedder.features, with the mirror average (two passes)
+        "embedder_flip": embedder(flip_average=True),
+        "embedder_flip_bf16": embedder(flip_average=True, precision="bfloat16"),
     }
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, size=(32, 150, 150, 3)).astype(np.float32)
@@ -284,12 +295,16 @@ def bench_embed_variants(rounds: int = 5) -> dict[str, Any]:
     for _ in range(rounds):
         for name, fn in variants.items():
             for size, x, reps in (("b1", one, 4), ("b32", batch, 1)):
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 for _ in range(reps):
                     fn(x)
-                ms = (time.perf_counter() - start) * 1000 / reps / len(x)
-                key = f"{name}_ms_per_face_{size}"
-                best[key] = min(best.get(key, float("inf")), ms)
+                per_face = 1000 / reps / len(x)
+                for key, value in (
+                    (f"{name}_ms_per_face_{size}", (time.perf_counter() - start) * per_face),
+                    # CPU time of all threads: less disturbed by other load than wall time
+                    (f"{name}_cpu_ms_per_face_{size}", (time.process_time() - cpu_start) * per_face),
+                ):
+                    best[key] = min(best.get(key, float("inf")), value)
     return best
 
 
