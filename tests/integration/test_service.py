@@ -219,9 +219,12 @@ def test_video_through_the_camera_producer_gives_tracked_events(
     events = _events(r, keys, camera)
     arrived = [e for e in events if e["type"] == "arrived"]
     assert faces >= counters.pushed // 2, f"faces found in too few frames: {faces} in {counters.pushed}"
-    # One arrival per person-track, not one per frame: a 1-2 person clip gives few tracks.
-    assert 1 <= len(arrived) <= 6, [(e["frame"], e["track_id"], e["box"]) for e in arrived]
+    # One arrival per person-track, not one per frame: tracks last many frames.
+    assert arrived, "no track was announced"
+    assert 3 * len(arrived) <= faces, (faces, [(e["frame"], e["track_id"], e["box"]) for e in arrived])
     assert len({e["track_id"] for e in arrived}) == len(arrived)
+    updates = [e for e in events if e["type"] == "updated"]
+    assert {e["track_id"] for e in updates} <= {e["track_id"] for e in arrived}
     assert not [e for e in events if e["type"] == "error"]
 
 
