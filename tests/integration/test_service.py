@@ -189,6 +189,10 @@ def test_corrupt_and_expired_frames_give_error_events_and_the_rest_goes_on(
     assert r.llen(keys.in_flight(camera)) == 0
     combined = [json.loads(v[b"event"]) for _, v in r.xrange(keys.events())]
     assert {1, 2, arrived[0]["frame"]} == {e["frame"] for e in combined if e["camera"] == camera}
+    # The client reads the same events, each with its stream id to resume from.
+    seen = list(client.events(camera=camera))
+    assert [e["type"] for e in seen] == [e["type"] for e in events]
+    assert list(client.events(camera=camera, last_id=seen[0]["id"])) == seen[1:]
 
     # A frame the producer dropped (key deleted, not in flight) is skipped quietly.
     dropped = {"camera": camera, "frame": 5, "key": keys.frame(camera, 5), "captured_at": time.time()}
