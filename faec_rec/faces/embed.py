@@ -129,9 +129,9 @@ class Embedder:
         """Raw backbone descriptors.
 
         crops: (n, 150, 150, 3) uint8 RGB face chips (dlib geometry, see ``align``); float
-        chips are rounded to uint8 first.
-        Returns (n, 128) float32 on dlib's scale (norm ~0.4-0.6), averaged with the mirror
-        chip when ``flip_average``; run in batches of ``batch_size``.
+        chips are rounded to uint8 first. Returns (n, 128) float32 on dlib's scale (norms
+        around 1.3-1.6 for real faces), averaged with the mirror chip when
+        ``flip_average``; run in batches of ``batch_size``.
         """
         arr = _check_crops(crops)
         if arr.shape[0] == 0:
