@@ -889,14 +889,17 @@ DEMO_IDENTIFY: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 
 
 def find_demo_faces() -> Path | None:
-    """The shared face data: ``$FAEC_DEMO_FACES``, else ``../shared/data/faces``
+    """The shared face data: ``$FAEC_DEMO_FACES`` when set (a folder without the
+    photos, e.g. "none", means: use the fallback), else ``../shared/data/faces``
     next to the source tree or the current folder."""
-    candidates = [os.environ.get("FAEC_DEMO_FACES"),
-                  Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces",
-                  Path.cwd().parent / "shared" / "data" / "faces"]
+    chosen = os.environ.get("FAEC_DEMO_FACES")
+    candidates = [Path(chosen)] if chosen else [
+        Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces",
+        Path.cwd().parent / "shared" / "data" / "faces",
+    ]
     for candidate in candidates:
-        if candidate and (Path(candidate) / _FR).is_dir():
-            return Path(candidate)
+        if (candidate / _FR).is_dir():
+            return candidate
     return None
 
 
@@ -983,9 +986,9 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
         client = _client(backend)
         for person in client.people():  # a fresh demo every run
             client.forget(_person_id(person))
-        click.echo(f"enrolling {len(plan.enrol)} people:")
+        click.echo(f"enrolling {len(plan.enrol)} {'person' if len(plan.enrol) == 1 else 'people'}:")
         _enrol_all(state_demo, plan.enrol, timeout_s, backend=backend)
-        click.echo(f"identifying {len(plan.identify)} photos (held-out photos of them, strangers, no face):")
+        click.echo(f"identifying {len(plan.identify)} other photos (of them, of strangers, without a face):")
         code = _identify_and_report(state_demo, [p for p, _ in plan.identify], [], Path("demo"),
                                     out_dir / "report.json", out_dir / "report.html", timeout_s, backend=backend)
     _print_demo_check(plan, out_dir / "report.json")

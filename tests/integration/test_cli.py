@@ -234,3 +234,24 @@ def test_deployment_enrol_identify(deployment: dict[str, str], photos: dict[str,
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+def test_embedded_camera_prints_events(faces_dir: Path, home: Path) -> None:
+    video = faces_dir / "videos" / "face_recognition__short_hamilton_clip.mp4"
+    env = _env(home)
+    out = run(env, "camera", f"clip={video}", "--fps", "4", "--max-frames", "12")
+    assert out.returncode == 0, out.stderr
+    assert "clip: 12 frames pushed, 0 dropped" in out.stdout
+    assert " clip track " in out.stdout and " arrived " in out.stdout, out.stdout
+    # the events stay in the stream for `faec-rec events`
+    events = run(env, "events", "--camera", "clip", "--json", "-n", "100")
+    assert events.returncode == 0, events.stderr
+    kinds = [json.loads(line)["type"] for line in events.stdout.splitlines()]
+    assert "arrived" in kinds
+
+
+def test_dead_camera_does_not_hang(home: Path) -> None:
+    env = _env(home)
+    out = run(env, "camera", "gone=/nonexistent/video.mp4", "--duration", "3", timeout=240)
+    assert out.returncode == 1, out.stderr
+    assert "gone: 0 frames pushed" in out.stdout
