@@ -36,7 +36,7 @@ class _Section(BaseModel):
 class FacesConfig(_Section):
     """Detection, alignment and embedding."""
 
-    detector: str = Field("blazeface", description="face detector: 'blazeface' or 'mtcnn'")
+    detector: str = Field("blazeface", description="face detector: 'blazeface' (MediaPipe full-range over a window pyramid; mtcnn was measured at ~167 ms per 600 px photo and not adopted)")
     min_face_px: int = Field(40, ge=8, le=1000, description="smallest face side, pixels, to report")
     detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection; boxes are mapped back")
     score_threshold: float = Field(0.5, gt=0, lt=1, description="detector confidence below which a face is ignored (0.5: no face on no_face/, 2 of 231 dlib-HOG faces missed on group_photos/; 0.6 missed 9)")
