@@ -79,6 +79,59 @@ def test_zero_fill_add_serialises_in_safe_mode(tmp_path: Path) -> None:
     assert all(type(layer).__name__ != "Lambda" for layer in again.layers)
 
 
+# ----------------------------------------------------------------- an independent reference
+
+
+def _reference_forward(net: dlib_format.DlibNetwork, chip: np.ndarray) -> np.ndarray:
+    """dlib's semantics written out in float64 numpy, one (h, w, 3) chip -> (128,)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def windows(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+        out_h = (x.shape[0] - size[0]) // stride[0] + 1
+        out_w = (x.shape[1] - size[1]) // stride[1] + 1
+        win = sliding_window_view(x, size, axis=(0, 1))  # (h', w', c, kh, kw)
+        return win[: out_h * stride[0] : stride[0], : out_w * stride[1] : stride[1]]
+
+    x = (chip.astype(np.float64) - net.mean_rgb.astype(np.float64)) / 256.0
+    tags: dict[int, np.ndarray] = {}
+    for layer in net.layers:
+        if isinstance(layer, dlib_format.Conv):
+            py, px = layer.padding
+            padded = np.pad(x, ((py, py), (px, px), (0, 0)))
+            win = windows(padded, layer.kernel, layer.stride)
+            x = np.tensordot(win, layer.filters.astype(np.float64), axes=([2, 3, 4], [1, 2, 3])) + layer.bias
+        elif isinstance(layer, dlib_format.Affine):
+            x = x * layer.gamma + layer.beta
+        elif isinstance(layer, dlib_format.Relu):
+            x = np.maximum(x, 0)
+        elif isinstance(layer, dlib_format.MaxPool):
+            x = windows(x, layer.size, layer.stride).max(axis=(3, 4))
+        elif isinstance(layer, dlib_format.AvgPool):
+            x = x.mean(axis=(0, 1)) if layer.is_global else windows(x, layer.size, layer.stride).mean(axis=(3, 4))
+        elif isinstance(layer, dlib_format.Tag):
+            tags[layer.tag_id] = x
+        elif isinstance(layer, dlib_format.Skip):
+            x = tags[layer.tag_id]
+        elif isinstance(layer, dlib_format.AddPrev):
+            other = tags[layer.tag_id]
+            shape = np.maximum(x.shape, other.shape)
+            total = np.zeros(shape)
+            total[: x.shape[0], : x.shape[1], : x.shape[2]] += x
+            total[: other.shape[0], : other.shape[1], : other.shape[2]] += other
+            x = total
+        elif isinstance(layer, dlib_format.Fc):
+            x = x.reshape(-1) @ layer.weights
+    return x
+
+
+def test_model_matches_numpy_reference_of_dlib_semantics(model, chips: np.ndarray) -> None:
+    net = dlib_format.read_file()
+    expected = np.stack([_reference_forward(net, chip) for chip in chips[:2]])
+    ours = model(chips[:2].astype(np.float32), training=False).numpy()
+    assert expected.shape == (2, 128)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
 # ----------------------------------------------------------------- the model and its cache
 
 
