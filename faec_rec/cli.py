@@ -175,10 +175,11 @@ def _backend(state: State, *, worker_queues: Sequence[str] = ()) -> Iterator[Any
     from faec_rec.embedded import open_backend
 
     settings = state.settings()
-    if not settings.redis_url:
-        click.echo(f"embedded mode: private Redis with data in {Path(settings.data_dir) / 'redis'}"
-                   + (", in-process worker" if worker_queues else ""), err=True)
     with open_backend(settings, worker_queues=worker_queues) as backend:
+        if backend.embedded:
+            click.echo(f"embedded mode: private Redis with data in {Path(settings.data_dir) / 'redis'}"
+                       + (", in-process worker" if backend.worker_here else
+                          ", worker of `faec-rec worker`" if worker_queues else ""), err=True)
         yield backend
 
 

@@ -234,6 +234,7 @@ class Backend:
     settings: Settings
     redis: "redis_lib.Redis"
     embedded: bool
+    worker_here: bool = False  # an in-process worker runs for this backend
     _app: "Celery | None" = field(default=None, repr=False)
 
     @property
@@ -276,7 +277,8 @@ def open_backend(
     With ``settings.redis_url``: connect to it (no worker started: tasks go to
     the deployment's workers). Without: lease the private Redis under
     ``settings.data_dir / "redis"`` and, if ``worker_queues`` is not empty, run
-    an in-process worker on them. Everything started here is stopped on exit.
+    an in-process worker on them (unless another faec-rec process runs that
+    Redis and a worker there already consumes them). Everything started here is stopped on exit.
     Raises :class:`BackendUnavailable` when Redis cannot be reached or started.
     """
     if settings.redis_url:
@@ -293,8 +295,12 @@ def open_backend(
         client = connect(lease.url)
         backend = Backend(settings=live, redis=client, embedded=True)
         try:
-            if worker_queues:
+            # A `faec-rec worker` that owns the private Redis already consumes: use it
+            # instead of loading a second model here.
+            shared = not lease.owner and all(consumers(backend.app, q, 1.0) for q in worker_queues)
+            if worker_queues and not shared:
                 with inprocess_worker(backend.app, worker_queues, worker_loglevel):
+                    backend.worker_here = True
                     yield backend
             else:
                 yield backend
