@@ -22,7 +22,7 @@ import html
 import json
 import logging
 import os
-import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
@@ -159,13 +159,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and rename, so a reader
     never sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # open(..., "xb") rather than mkstemp: the report gets the umask's usual
+    # permissions, not mkstemp's owner-only 0600.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import stat
 
 import cv2
 import numpy as np
@@ -139,3 +141,6 @@ def test_writers_produce_files(tmp_path) -> None:
     page = rp.write_html(report, tmp_path / "r.html", loader=lambda p: _image())
     assert page.read_text().startswith("<!DOCTYPE html>")
     assert not list(tmp_path.glob("**/*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(page.stat().st_mode) == 0o666 & ~umask  # shareable like any file, not 0600
