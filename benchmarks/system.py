@@ -89,12 +89,23 @@ def stage_split(frames: list[np.ndarray], settings: Any) -> dict[str, float]:
     from faec_rec.workers.pipeline import decode
     from faec_rec.workers.runtime import Runtime
 
+    from faec_rec.workers.pipeline import FramePayload, recognise_frame
+
     runtime = Runtime(settings)
     runtime.warm()
-    engine, gallery = runtime.engine, runtime.gallery
-    times: dict[str, list[float]] = {"decode": [], "detect": [], "align_embed": [], "identify": [], "faces": []}
-    for frame in frames:
+    engine, gallery, r, keys = runtime.engine, runtime.gallery, runtime.redis, runtime.keys
+    times: dict[str, list[float]] = {"decode": [], "detect": [], "align_embed": [], "identify": [], "faces": [],
+                                     "whole_task": []}
+    for n, frame in enumerate(frames):
         data = encode_jpeg(frame, 85)
+        # The whole frame protocol (claim, read, recognise, track, publish, count).
+        key = keys.frame("stages", n)
+        r.set(key, data, ex=60)
+        r.lpush(keys.in_flight("stages"), key)
+        payload = FramePayload("stages", n, key, time.time())
+        t = time.perf_counter()
+        recognise_frame(runtime, payload)
+        times["whole_task"].append((time.perf_counter() - t) * 1000)
         t0 = time.perf_counter()
         image = decode(data, "frame")
         t1 = time.perf_counter()
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=os.environ.get("FAEC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     parser.add_argument("--faces", type=Path, default=FACES)
     parser.add_argument("--stages", action="store_true", help="also time each pipeline stage in-process")
+    parser.add_argument("--drain", type=int, default=100,
+                        help="frames pushed as a backlog before streaming, to time the workers alone (0: skip)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -165,7 +178,20 @@ def main(argv: list[str] | None = None) -> int:
             if done >= warm.pushed:
                 break
             time.sleep(0.2)
+        if args.drain:
+            # Capacity without producers competing for the CPU: push a backlog, time the drain.
+            t_drain = time.monotonic()
+            backlog = run_cameras([CameraSpec("drain", str(videos[0]), fps=args.fps, loop=True)], r, keys, client.app,
+                                  ProducerConfig(max_in_flight=args.drain + 10), frame_ttl_s=600,
+                                  max_frames=args.drain, realtime=False)["drain"]
+            while time.monotonic() < t_drain + 600:
+                if int(r.hget(keys.camera_stats("drain"), "processed") or 0) >= backlog.pushed:
+                    break
+                time.sleep(0.05)
+            result["drain_frames"] = backlog.pushed
+            result["drain_per_s"] = round(backlog.pushed / (time.monotonic() - t_drain), 2)
         rss_start = worker.rss_mb()
+        load_start = os.getloadavg()[0]
 
         cameras = [f"cam{i}" for i in range(args.cameras)]
         specs = [CameraSpec(c, str(videos[i % len(videos)]), fps=args.fps, loop=True) for i, c in enumerate(cameras)]
@@ -198,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             "worker_rss_mb_start": round(rss_start, 1),
             "worker_rss_mb_end": round(worker.rss_mb(), 1),
             "events": r.xlen(keys.events()),
+            # The box is shared: say how busy it was (1-minute load average).
+            "load_avg_start": round(load_start, 1),
+            "load_avg_end": round(os.getloadavg()[0], 1),
+            "cpus": os.cpu_count(),
         })
         if args.stages:
             cap = cv2.VideoCapture(str(videos[0]))
