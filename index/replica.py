@@ -211,6 +211,15 @@ class Replica:
 
     def _rebuild(self, kind: str | None = None) -> None:
         """Compact slots to the live templates (order kept) and rebuild the index."""
+        if self._n != self.size:
+            self._compact()
+        kind = kind or index_kind(self._n, self.config)
+        self._index = build_index(self._vectors[: self._n], np.arange(self._n, dtype=np.int64), self.config, kind=kind)
+        self._thresholds.clear()
+        log.info("replica index rebuilt: %s, %d templates", kind, self._n)
+
+    def _compact(self) -> None:
+        """Drop dead slots, keeping the order of the live ones."""
         live = np.flatnonzero(self._alive[: self._n])
         self._features = np.ascontiguousarray(self._features[live])
         self._vectors = np.ascontiguousarray(self._vectors[live])
@@ -223,10 +232,6 @@ class Replica:
         for i, p in enumerate(self._person):
             slots_of.setdefault(p, set()).add(i)
         self._person_slots = slots_of
-        kind = kind or index_kind(self._n, self.config)
-        self._index = build_index(self._vectors[: self._n], np.arange(self._n, dtype=np.int64), self.config, kind=kind)
-        self._thresholds.clear()
-        log.info("replica index rebuilt: %s, %d templates", kind, self._n)
 
     def switch(self, projector: Projector) -> None:
         """Re-project every stored feature with ``projector`` and serve its version from now on."""
