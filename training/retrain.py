@@ -150,10 +150,10 @@ def read_gallery(redis: "redis_lib.Redis", keys: Keys, data_dir: Path) -> tuple[
     store = Store(redis, keys, data_dir)
     person_of: list[str] = []
     rows: list[np.ndarray] = []
-    for _pid, _name, tids in store.iter_people_templates():
-        for _tid, (person, vec) in store.fetch_features(tids).items():
-            person_of.append(person)
-            rows.append(vec)
+    for pid, _name, tids in store.iter_people_templates():
+        for vec in store.fetch_features(tids).values():
+            person_of.append(pid)
+            rows.append(np.asarray(vec, dtype=np.float32))
     if not rows:
         return np.zeros((0, 128), np.float32), []
     return np.stack(rows).astype(np.float32), person_of
