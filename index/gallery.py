@@ -36,10 +36,10 @@ from faec_rec.keys import Keys
 
 from faec_rec.index.calibration import default_threshold
 from faec_rec.index.decision import Match
-from faec_rec.index.events import EventLog, EventOp
+from faec_rec.index.events import EventLog, EventOp, id_before
 from faec_rec.index.projection import BASE_VERSION, BaseProjector, Projector, check_unit_vectors, check_vectors
 from faec_rec.index.replica import Replica
-from faec_rec.index.snapshot import list_snapshots, load_newest, write_snapshot
+from faec_rec.index.snapshot import list_snapshots, load_newest, snapshot_position, write_snapshot
 from faec_rec.index.store import EnrolResult, NewTemplates, Person, Store, backend
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ class Gallery:
         else:
             replica = self._bootstrap_from_redis()
             how = "Redis records"
+        if found is not None and self._behind_trim(replica):
+            log.warning("snapshot %s is older than the trimmed gallery stream; reading the Redis records", how)
+            replica = self._bootstrap_from_redis()
+            how = "Redis records"
         self._replica = replica
         applied = self._catch_up(replica)
         log.info("gallery replica loaded from %s + %d event(s): %d templates, version %s, %s index, %.2f s",
@@ -169,6 +173,15 @@ class Gallery:
         flush()
         replica.apply([], {})
         return replica
+
+    def _trimmed(self) -> str | None:
+        """Id of the newest event deleted by stream trimming (None: never trimmed)."""
+        raw = self.redis.hget(self.keys.gallery_snapshot(), "trimmed")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def _behind_trim(self, replica: Replica) -> bool:
+        trimmed = self._trimmed()
+        return trimmed is not None and id_before(replica.position, trimmed)
 
     def _catch_up(self, replica: Replica) -> int:
         applied = 0
@@ -197,6 +210,8 @@ class Gallery:
         ``source="records"`` reads the Redis records, then the events after them.
         """
         if source == "stream":
+            if self._trimmed() is not None:
+                raise GalleryError("the gallery stream was trimmed after a snapshot: use source='records'")
             replica = Replica(self.config, self.projector)
         elif source == "records":
             replica = self._bootstrap_from_redis(self.projector)
@@ -220,6 +235,11 @@ class Gallery:
             if self._replica is None:
                 self.replica
                 return 0
+            if self._behind_trim(self._replica):
+                # Events this replica has not seen were trimmed away: start again from the records.
+                log.warning("gallery replica at %s is behind the trimmed stream; rebuilding from Redis records",
+                            self._replica.position)
+                self._replica = self._bootstrap_from_redis(self._replica.projector)
             applied = self._catch_up(self._replica)
             if self._since_snapshot >= self.config.snapshot_every:
                 self._maybe_snapshot()
@@ -244,7 +264,28 @@ class Gallery:
             "path": str(path), "position": replica.position, "version": replica.version, "templates": replica.size,
         })
         self._since_snapshot = 0
+        kept = list_snapshots(self.snapshot_dir)
+        if kept and self.config.trim_stream:
+            self._trim_stream(snapshot_position(kept[-1]))
         return path
+
+    def _trim_stream(self, keep_from: str) -> None:
+        """Delete events before ``keep_from`` (the oldest snapshot kept still replays from there).
+
+        The id of the newest deleted event is recorded in the snapshot hash
+        (``trimmed``) in the same transaction; a replica whose position is
+        before it rebuilds from the Redis records instead of missing events.
+        """
+        key = self.keys.gallery_events()
+        below = self.redis.xrevrange(key, max=f"({keep_from}", count=1)
+        if not below:
+            return
+        last = below[0][0].decode() if isinstance(below[0][0], bytes) else below[0][0]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xtrim(key, minid=keep_from, approximate=False)
+        pipe.hset(self.keys.gallery_snapshot(), "trimmed", last)
+        deleted, _ = pipe.execute()
+        log.info("gallery stream trimmed before %s (%d events)", keep_from, deleted)
 
     @backend
     def snapshot(self) -> Path:

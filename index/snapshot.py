@@ -34,6 +34,14 @@ def snapshot_name(position: str) -> str:
     return f"snapshot-{ms:013d}-{seq:06d}.npz"
 
 
+def snapshot_position(path: Path) -> str:
+    """The stream id a snapshot file includes, from its name."""
+    m = _NAME.match(path.name)
+    if not m:
+        raise ValueError(f"{path.name} is not a snapshot file name")
+    return f"{int(m.group(1))}-{int(m.group(2))}"
+
+
 def encode_strings(values: list[str]) -> np.ndarray:
     """A list of strings (no newlines) as one uint8 array, for ``.npz`` without pickles."""
     return np.frombuffer("\n".join(values).encode(), dtype=np.uint8)

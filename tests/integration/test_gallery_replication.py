@@ -9,7 +9,8 @@ import pytest
 from faec_rec.config import GalleryConfig
 from faec_rec.errors import VersionMismatchError
 from faec_rec.index import Gallery
-from faec_rec.index.snapshot import list_snapshots, load_newest
+from faec_rec.index.events import id_before
+from faec_rec.index.snapshot import list_snapshots, load_newest, snapshot_position
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,8 @@ def test_two_replicas_converge_after_interleaved_changes(redis_client, keys, tmp
 
 
 def test_snapshot_plus_replay_equals_full_replay(redis_client, keys, tmp_path: Path, centres) -> None:
-    writer = Gallery(redis_client, keys, CONFIG, tmp_path / "w")
+    config = CONFIG.model_copy(update={"trim_stream": False})  # keep the whole stream to replay it
+    writer = Gallery(redis_client, keys, config, tmp_path / "w")
     rng = np.random.default_rng(12)
     churn([writer], centres[:20], rng, people=12)
     snap = writer.snapshot()
@@ -98,7 +100,7 @@ def test_snapshot_plus_replay_equals_full_replay(redis_client, keys, tmp_path: P
     _, meta, _ = load_newest(writer.snapshot_dir)
     last = writer.replica.position
     assert meta["position"] != last  # the newest snapshot is behind the stream: replay needed
-    from_snapshot = Gallery(redis_client, keys, CONFIG, tmp_path / "w")
+    from_snapshot = Gallery(redis_client, keys, config, tmp_path / "w")
     full = writer.fresh_replica("stream")
     records = writer.fresh_replica("records")
     assert from_snapshot.replica.position == full.position == last
@@ -176,3 +178,27 @@ def test_version_switch_reprojects_and_every_replica_follows(redis_client, keys,
     # Only one version event, however many replicas switched.
     events = [f for _, f in redis_client.xrange(keys.gallery_events()) if b'"op":"version"' in f[b"e"]]
     assert len(events) == 1
+
+
+def test_trimmed_stream_sends_stale_replicas_to_the_records(redis_client, keys, tmp_path: Path, centres) -> None:
+    rng = np.random.default_rng(16)
+    writer = Gallery(redis_client, keys, CONFIG, tmp_path / "w")
+    stale = Gallery(redis_client, keys, CONFIG, tmp_path / "s")
+    churn([writer], centres[:10], rng, people=9)
+    stale.sync()
+    for round_ in range(3):  # three snapshots: the stream is trimmed to the older of the two kept
+        writer.enrol(f"R{round_}", faces(rng, centres[20 + round_], 2), sources=["r"] * 2,
+                     content_hashes=[f"r{round_}a", f"r{round_}b"])
+        writer.snapshot()
+    assert redis_client.hget(keys.gallery_snapshot(), "trimmed") is not None
+    oldest_kept = snapshot_position(list_snapshots(writer.snapshot_dir)[-1])
+    first = redis_client.xrange(keys.gallery_events(), count=1)[0][0].decode()
+    assert not id_before(first, oldest_kept)  # the older kept snapshot can still replay
+    assert redis_client.xlen(keys.gallery_events()) < 9 + 3
+    with pytest.raises(Exception, match="trimmed"):
+        writer.fresh_replica("stream")
+    stale.sync()  # its position was trimmed away: rebuilt from the records, then caught up
+    assert stale.replica.digest() == writer.replica.digest()
+    fresh = Gallery(redis_client, keys, CONFIG, tmp_path / "w")  # loads the newest snapshot
+    q = queries(centres)
+    assert answers(stale, q) == answers(writer, q) == answers(fresh, q)
