@@ -299,6 +299,11 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
         state._settings = None
         settings = state.settings()
         click.echo(f"embedded mode: private Redis at {lease.url} (data in {lease.directory})", err=True)
+        if lease.owner:
+            from faec_rec.embedded import purge_stale_tasks
+            from faec_rec.workers.app import make_app
+
+            purge_stale_tasks(make_app(settings))
     else:
         from faec_rec.embedded import connect
 

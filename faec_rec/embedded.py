@@ -215,6 +215,30 @@ def inprocess_worker(app: "Celery", queues: Sequence[str], loglevel: str = "WARN
         state.should_terminate = None
 
 
+def purge_stale_tasks(app: "Celery") -> int:
+    """Drop every queued and unacknowledged task of ``app``'s queues; returns how many.
+
+    Only for the private Redis, by the process that just became its owner: no
+    other command runs on it then, so whatever waits there is left over from a
+    run that was interrupted (Ctrl-C, a crash) and belongs to nobody. Without
+    this, the next command would first work through those leftovers.
+    """
+    from faec_rec.workers.app import QUEUES
+
+    dropped = 0
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in QUEUES:
+            dropped += int(channel.queue_purge(queue) or 0)
+        # acks_late: tasks taken but never acknowledged come back after the
+        # visibility timeout unless their bookkeeping goes too
+        dropped += int(channel.client.hlen(channel.unacked_key) or 0)
+        channel.client.delete(channel.unacked_key, channel.unacked_index_key)
+    if dropped:
+        log.info("dropped %d tasks left over from an interrupted run", dropped)
+    return dropped
+
+
 def consumers(app: "Celery", queue: str, timeout_s: float = 2.0) -> list[str]:
     """Names of the workers that consume ``queue`` now (empty if none answers)."""
     try:
@@ -295,6 +319,8 @@ def open_backend(
         client = connect(lease.url)
         backend = Backend(settings=live, redis=client, embedded=True)
         try:
+            if lease.owner:
+                purge_stale_tasks(backend.app)
             # A `faec-rec worker` that owns the private Redis already consumes: use it
             # instead of loading a second model here.
             shared = not lease.owner and all(consumers(backend.app, q, 1.0) for q in worker_queues)
