@@ -245,6 +245,14 @@ class Gallery:
                 self._maybe_snapshot()
             return applied
 
+    def _sync_if_loaded(self) -> None:
+        """After a write: bring this process's replica up to date, if it has one.
+
+        A process that only edits people (the CLI) never loads the replica.
+        """
+        if self._replica is not None:
+            self.sync()
+
     # ---- snapshots ---------------------------------------------------------
     def _maybe_snapshot(self) -> None:
         token = f"{id(self)}:{time.time()}"
@@ -318,7 +326,7 @@ class Gallery:
         """
         new = NewTemplates.check(features, sources, content_hashes, qualities, crops)
         result = self.store.enrol(name, new, person_id=person_id, metadata=metadata, version=self.version)
-        self.sync()
+        self._sync_if_loaded()
         return result
 
     def add_templates(
@@ -334,7 +342,7 @@ class Gallery:
         """Add faces to an existing person (see :meth:`enrol`); :class:`UnknownPersonError` when absent."""
         new = NewTemplates.check(features, sources, content_hashes, qualities, crops)
         result = self.store.add_templates(person_id, new, version=self.version)
-        self.sync()
+        self._sync_if_loaded()
         return result
 
     def import_people(
@@ -347,19 +355,19 @@ class Gallery:
         """
         checked = [(name, NewTemplates.check(f, src, hashes, None, None)) for name, f, src, hashes in people]
         results = self.store.import_people(checked, version=self.version, chunk=chunk)
-        self.sync()
+        self._sync_if_loaded()
         return results
 
     def remove_template(self, template_id: str) -> str:
         """Delete one template, its crop and its vector; returns the person id."""
         person = self.store.remove_template(template_id)
-        self.sync()
+        self._sync_if_loaded()
         return person
 
     def rename(self, person_id: str, new_name: str) -> None:
         """Rename a person; :class:`GalleryError` when another person has that name."""
         self.store.rename(self.store.resolve(person_id), new_name)
-        self.sync()
+        self._sync_if_loaded()
 
     def forget(self, person_id: str) -> int:
         """Delete a person (id or name) with every template, crop and vector; returns templates deleted.
@@ -370,7 +378,8 @@ class Gallery:
         """
         pid = self.store.resolve(person_id)
         _, count = self.store.forget(pid)
-        self.sync()
+        if self._replica is not None or list_snapshots(self.snapshot_dir):
+            self.sync()  # applies the forget and rewrites this machine's snapshots without them
         return count
 
     def person(self, id_or_name: str) -> Person:

@@ -196,3 +196,16 @@ def test_import_people_in_bulk(gallery: Gallery, redis_client, keys, rng, centre
     with pytest.raises(GalleryError, match="already enrolled"):
         gallery.import_people([("imported 1", faces(rng, centres[5], 1), ["c"], ["c"])])
     assert gallery.size == 4
+
+
+def test_editing_people_does_not_load_the_replica(redis_client, keys, tmp_path: Path, rng, centres) -> None:
+    """A CLI process that renames or forgets people never pays for the index."""
+    worker = Gallery(redis_client, keys, GalleryConfig(threshold=0.6), tmp_path / "worker")
+    pid = enrol(worker, rng, "Dora", centres[0], n=2).person_id
+    cli = Gallery(redis_client, keys, GalleryConfig(threshold=0.6), tmp_path / "cli")
+    cli.rename(pid, "Dorothy")
+    assert cli.person(pid).name == "Dorothy"
+    assert cli.forget("dorothy") == 2
+    assert cli._replica is None
+    worker.sync()
+    assert worker.size == 0

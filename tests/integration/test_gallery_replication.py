@@ -132,11 +132,12 @@ def test_snapshot_written_automatically_every_n_events(redis_client, keys, tmp_p
     rng = np.random.default_rng(14)
     for i in range(4):
         g.enrol(f"P{i}", faces(rng, centres[i], 1), sources=["s"], content_hashes=[f"h{i}"])
-    g.sync()
-    assert list_snapshots(g.snapshot_dir) == []
-    for i in range(4, 7):
+    g.sync()  # loads the replica from the records: no event applied yet
+    for i in range(4, 8):
         g.enrol(f"P{i}", faces(rng, centres[i], 1), sources=["s"], content_hashes=[f"h{i}"])
-    assert len(list_snapshots(g.snapshot_dir)) == 1
+    assert list_snapshots(g.snapshot_dir) == []  # 4 events applied
+    g.enrol("P8", faces(rng, centres[8], 1), sources=["s"], content_hashes=["h8"])
+    assert len(list_snapshots(g.snapshot_dir)) == 1  # the 5th
     assert redis_client.hget(keys.gallery_snapshot(), "version") == b"base"
     assert not redis_client.exists(keys.gallery_lock())
 
