@@ -255,3 +255,31 @@ def test_dead_camera_does_not_hang(home: Path) -> None:
     out = run(env, "camera", "gone=/nonexistent/video.mp4", "--duration", "3", timeout=240)
     assert out.returncode == 1, out.stderr
     assert "gone: 0 frames pushed" in out.stdout
+
+
+# ---- the private Redis itself (no model needed) ------------------------------------------
+
+def test_private_redis_is_shared_persistent_and_starts_clean(tmp_path: Path) -> None:
+    from faec_rec.config import load_settings
+    from faec_rec.embedded import PrivateRedisLease, open_backend
+    from faec_rec.workers.app import QUEUE_FRAMES, TASK_IDENTIFY
+
+    settings = load_settings(data_dir=tmp_path, redis_url=None)
+    with open_backend(settings) as first:
+        assert first.embedded
+        first.redis.set(first.keys.upload("kept"), b"x")
+        # a second command at the same time joins the same server instead of starting another
+        joined = PrivateRedisLease(tmp_path / "redis").acquire()
+        try:
+            assert not joined.owner and joined.url == first.settings.redis_url
+        finally:
+            joined.release()
+        # tasks queued by a run that is then interrupted
+        for i in range(3):
+            first.app.send_task(TASK_IDENTIFY, args=[{"job": "j", "path": f"/x{i}.jpg", "key": None, "name": "x"}],
+                                queue=QUEUE_FRAMES)
+    assert not (tmp_path / "redis" / "port").exists()
+    with open_backend(settings) as again:
+        assert again.redis.get(again.keys.upload("kept")) == b"x"  # data persisted (append-only file)
+        with again.app.connection_for_write() as conn:
+            assert conn.default_channel.client.llen(QUEUE_FRAMES) == 0  # leftovers dropped
