@@ -53,7 +53,11 @@ class ScratchConfig:
     pair_weight: float = 1.0
     pair_margin: float = 0.9
     head_epochs: int = 30
-    head_loss: str = "contrastive"
+    # Measured on a frozen classify CNN (validation / test pair accuracy):
+    # contrastive 0.895/0.859, triplet 0.925/0.875, triplet + anchor 1.0
+    # 0.930/0.885, AM-softmax 0.932/0.885. The triplet keeps the head's family.
+    head_loss: str = "triplet"
+    head_anchor: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,7 +148,8 @@ def train_scratch(
         started = time.perf_counter()
         feats = stage_one.embed(train.images)
         head_cfg = HeadTrainConfig(
-            loss=config.head_loss, epochs=config.head_epochs, seed=config.seed, anchor_weight=0.0, learning_rate=1e-3
+            loss=config.head_loss, epochs=config.head_epochs, seed=config.seed, anchor_weight=config.head_anchor,
+            learning_rate=1e-3,
         )
         hp = (lambda e, n, loss: progress("sequential-head", e, n, loss)) if progress else None
         head = train_head(feats, train.labels, head_cfg, progress=hp)
