@@ -203,3 +203,18 @@ def test_trimmed_stream_sends_stale_replicas_to_the_records(redis_client, keys, 
     fresh = Gallery(redis_client, keys, CONFIG, tmp_path / "w")  # loads the newest snapshot
     q = queries(centres)
     assert answers(stale, q) == answers(writer, q) == answers(fresh, q)
+
+
+def test_hnsw_replica_answers_like_the_exact_one(redis_client, keys, tmp_path: Path, centres) -> None:
+    exact = Gallery(redis_client, keys, CONFIG, tmp_path / "e")
+    approx = Gallery(redis_client, keys, CONFIG.model_copy(update={"hnsw_above": 30}), tmp_path / "a")
+    churn([exact, approx], centres, np.random.default_rng(17))
+    exact.sync()
+    approx.sync()
+    assert exact.replica.index_kind == "flat" and approx.replica.index_kind == "hnsw"
+    q = queries(centres)
+    a, e = answers(approx, q), answers(exact, q)
+    # Candidates are re-scored exactly, so where HNSW finds the same people the answers are identical.
+    same = sum(x == y for x, y in zip(a, e))
+    assert same / len(q) >= 0.99
+    assert [m["decision"] for m in a] == [m["decision"] for m in e]

@@ -79,3 +79,16 @@ def test_celery_config_is_json_only_acks_late_and_prefixed() -> None:
     assert conf.task_routes[TASK_IDENTIFY]["queue"] == conf.task_routes[TASK_RECOGNISE]["queue"] == "frames"
     assert conf.task_routes[TASK_TRAIN]["queue"] == "train"
     assert {TASK_ENROL, TASK_IDENTIFY, TASK_RECOGNISE, TASK_TRAIN} <= set(app.tasks)
+
+
+def test_enrol_report_round_trip_and_views() -> None:
+    from faec_rec.workers.enrolment import EnrolReport, ImageReport
+
+    report = EnrolReport("r1", "done", person_id="p1", name="Ada", images=[
+        ImageReport("a.jpg", True, "ok", template_id="t1", sharpness=40.0, yaw=0.1),
+        ImageReport("b.jpg", False, "blurry", "sharpness 5 < 15"),
+        ImageReport("c.jpg", True, "duplicate", "already enrolled for this person; kept once", template_id="t1"),
+    ])
+    assert [i.name for i in report.accepted] == ["a.jpg", "c.jpg"]
+    assert [i.reason for i in report.refused] == ["blurry"]
+    assert EnrolReport.from_json(report.to_json()) == report
