@@ -26,7 +26,7 @@ import numpy as np
 from faec_rec.config import GalleryConfig
 from faec_rec.errors import GalleryError, VersionMismatchError
 
-from faec_rec.index.decision import Decision, Match, RunnerUp, decide, person_threshold, unknown_match
+from faec_rec.index.decision import Match, RunnerUp, decide, person_threshold, unknown_match
 from faec_rec.index.events import START, EventOp, GalleryEvent
 from faec_rec.index.projection import DIM, Projector
 from faec_rec.index.snapshot import decode_strings, encode_strings
