@@ -11,6 +11,11 @@ The whole API in four verbs on numpy arrays::
 The module-level functions share one default :class:`FaceEngine` (default
 configuration), created on first use; nothing heavy loads at import time.
 Build a ``FaceEngine(config)`` for other settings.
+
+Note: ``faces.align``, ``faces.detect`` and ``faces.embed`` are these functions, not
+the modules of the same names; import from the modules with
+``from faec_rec.faces.detect import BlazeFaceDetector`` (``import
+faec_rec.faces.detect as m`` would give the function).
 """
 from __future__ import annotations
 
@@ -19,6 +24,13 @@ from typing import Sequence
 
 import numpy as np
 
+# Python sets a package attribute for each submodule when it is first imported, which
+# would replace the functions below named like the modules (align, detect, embed) the
+# first time one of them loaded late. Import all three now (cheap: no TF/Keras at
+# import time), before the functions are defined.
+import faec_rec.faces.align  # noqa: F401
+import faec_rec.faces.detect  # noqa: F401
+import faec_rec.faces.embed  # noqa: F401
 from faec_rec.faces.engine import AnalysedFace, FaceEngine
 from faec_rec.faces.image import encode_jpeg, load_image
 from faec_rec.faces.types import Face

@@ -125,8 +125,9 @@ def mouth_corners(landmarks6: np.ndarray) -> np.ndarray:
 class BlazeFaceDetector:
     """MediaPipe's full-range BlazeFace over a pyramid of windows (see the module docstring).
 
-    ``min_face_px``: smallest face side reported (image pixels); ``max_side``:
-    images are downscaled to this larger side before detection;
+    ``min_face_px``: smallest face side reported, in pixels of the image as
+    detected (after the downscale); ``max_side``: images are downscaled to this
+    larger side before detection;
     ``score_threshold``: minimum confidence.
     """
 
@@ -143,15 +144,15 @@ class BlazeFaceDetector:
         scale = min(1.0, self.max_side / max(h, w))
         work = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         sy, sx = h / work.shape[0], w / work.shape[1]
+        # min_face_px is measured in the image as detected: downscaling a big photo trades
+        # its smallest faces for a bounded number of windows (9 at 1280x720).
         min_side = self.min_face_px * _BOX_SLACK
-        boxes, scores, points = self._detect_windows(work, min_side / max(sx, sy))
-        boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
-        points = points * np.array([sx, sy], np.float32)
+        boxes, scores, points = self._detect_windows(work, min_side)
+        keep = (scores >= self.score_threshold) & (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_side)
+        boxes = boxes[keep] * np.array([sx, sy, sx, sy], np.float32)
+        points = points[keep] * np.array([sx, sy], np.float32)
         faces = []
-        for box, score, pts in zip(boxes, scores, points):
-            side = min(box[2] - box[0], box[3] - box[1])
-            if score < self.score_threshold or side < min_side:
-                continue
+        for box, score, pts in zip(boxes, scores[keep], points):
             landmarks = np.concatenate([pts[:3], mouth_corners(pts[None])[0]]).astype(np.float32)
             faces.append(Face(box=box.astype(np.float32), score=float(score), landmarks=landmarks))
         return faces

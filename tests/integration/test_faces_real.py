@@ -108,8 +108,9 @@ def test_dlib_hog_faces_are_not_lost_on_group_photos(engine: FaceEngine, faces_d
         h, w = image.shape[:2]
         scale = min(1.0, engine.config.detect_max_side / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else image
-        reference = [np.array([r.left(), r.top(), r.right(), r.bottom()]) / scale for r in hog(small, 1)]
-        reference = [b for b in reference if b[2] - b[0] >= min_face]
+        # min_face_px counts in the image as detected (after the downscale to detect_max_side)
+        reference = [np.array([r.left(), r.top(), r.right(), r.bottom()]) for r in hog(small, 1)]
+        reference = [b / scale for b in reference if b[2] - b[0] >= min_face]
         ours = np.array([f.box for f in engine.detect(image)], dtype=np.float64).reshape(-1, 4)
         for box in reference:
             total += 1

@@ -140,6 +140,13 @@ def test_importing_the_api_loads_no_model_framework() -> None:
 def test_module_level_verbs_share_one_default_engine() -> None:
     import faec_rec.faces as faces
 
+    import importlib
+
     assert faces.default_engine() is faces.default_engine()
-    for name in ("Face", "FaceEngine", "load_image", "detect", "align", "embed"):
-        assert callable(getattr(faces, name)) or isinstance(getattr(faces, name), type)
+    # loading the submodules named like the verbs must not replace the verbs
+    for name in ("align", "detect", "embed", "engine", "image", "blazeface"):
+        importlib.import_module(f"faec_rec.faces.{name}")
+    for name in ("detect", "align", "embed"):
+        verb = getattr(faces, name)
+        assert callable(verb) and verb.__module__ == "faec_rec.faces", name
+    assert isinstance(faces.Face, type) and isinstance(faces.FaceEngine, type) and callable(faces.load_image)
