@@ -177,6 +177,7 @@ def far_points(scores: np.ndarray, same: np.ndarray) -> dict[str, dict[str, floa
         allowed = int(np.floor(target * n_neg))
         # accept = score >= t; put t just above the (allowed+1)-th highest impostor score
         t = float(np.nextafter(np.float32(neg[allowed]), np.float32(np.inf))) if allowed < len(neg) else float(neg[-1])
+        t = float(np.ceil(t * 1e4) / 1e4)  # stored with 4 decimals: round up, never admit one more impostor
         far = float((scores[~same] >= t).mean())
         tar = float((scores[same] >= t).mean())
         out[f"{target:g}"] = {"threshold": round(t, 4), "far": round(far, 5), "tar": round(tar, 4)}
