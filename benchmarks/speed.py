@@ -10,7 +10,10 @@ Prints ONE line of JSON:
   and resized to 640x480 for the small size;
 - ``embed_ms_per_face_b1``, ``embed_ms_per_face_b32``: median backbone time per face with the
   default configuration (descriptor averaged with the mirror chip: two network passes per
-  face), and ``embed_ms_per_face_b1_noflip``, ``embed_ms_per_face_b32_noflip`` for one pass;
+  face), ``embed_ms_per_face_b1_noflip``, ``embed_ms_per_face_b32_noflip`` for one pass,
+  ``*_bf16`` with ``precision="bfloat16"`` (and mirror averaging), and
+  ``embed_cpu_ms_per_face_b32*``: CPU time of all threads per face, which other load on
+  the machine disturbs less than wall time;
 - ``faces_per_s_end_to_end``: detect + align + embed on the group photos (decoded beforehand,
   downscaled to 1280 px like producer frames), faces found / seconds; ``faces_end_to_end``;
 - ``peak_rss_mb``: peak resident memory of this process after all of the above;
@@ -170,10 +173,18 @@ def bench_ours(frames_small: list[np.ndarray], frames_big: list[np.ndarray], pho
         raise SystemExit("no face found in the group photos: cannot time embedding")
     batch = np.stack([chips[i % len(chips)] for i in range(32)])
     singles = [batch[i : i + 1] for i in range(16)]
-    for suffix, flip in (("", True), ("_noflip", False)):
-        embedder = Embedder(flip_average=flip)
+    for suffix, kwargs in (("", {}), ("_noflip", {"flip_average": False}), ("_bf16", {"precision": "bfloat16"})):
+        embedder = Embedder(**kwargs)
         out[f"embed_ms_per_face_b1{suffix}"] = median_ms(embedder.features, singles, rounds=2)
-        out[f"embed_ms_per_face_b32{suffix}"] = median_ms(embedder.features, [batch], rounds=6) / 32
+        embedder.features(batch)  # warm-up at this batch size
+        walls, cpu_start = [], time.process_time()
+        for _ in range(6):
+            start = time.perf_counter()
+            embedder.features(batch)
+            walls.append(time.perf_counter() - start)
+        out[f"embed_ms_per_face_b32{suffix}"] = float(np.median(walls)) * 1000 / 32
+        # CPU time of all threads: less disturbed by other load than wall time
+        out[f"embed_cpu_ms_per_face_b32{suffix}"] = (time.process_time() - cpu_start) * 1000 / (6 * 32)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
