@@ -869,101 +869,6 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
 
 # ---- demo ------------------------------------------------------------------------------------
 
-_FR = "samples/face_recognition_examples"
-DEMO_ENROL: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Barack Obama", (f"{_FR}/obama/obama.jpg", f"{_FR}/obama/obama1.jpg", f"{_FR}/obama/obama2.jpg")),
-    ("Joe Biden", (f"{_FR}/biden/biden.jpg",)),
-    ("Kit Harington", (f"{_FR}/kit_harington/john1.jpeg", f"{_FR}/kit_harington/john2.jpeg")),
-    ("Rose Leslie", (f"{_FR}/rose_leslie/img1.jpg",)),
-    ("Alex Lacamoire", (f"{_FR}/alex_lacamoire/alex_lacamoire1.jpg", f"{_FR}/alex_lacamoire/alex-lacamoire.png")),
-)
-# Held-out photos and what a person would answer: names, None for a stranger, () for no face.
-DEMO_IDENTIFY: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (f"{_FR}/obama/obama3.jpg", ("Barack Obama",)),
-    (f"{_FR}/obama/obama_small.jpg", ("Barack Obama",)),
-    (f"{_FR}/biden/biden2.jpg", ("Joe Biden",)),
-    (f"{_FR}/kit_harington/johnsnow_test1.jpg", ("Kit Harington",)),
-    (f"{_FR}/rose_leslie/img2.jpg", ("Rose Leslie",)),
-    (f"{_FR}/alex_lacamoire/img1.jpg", ("Alex Lacamoire",)),
-    ("group_photos/face_recognition__obama_and_biden.jpg", ("Barack Obama", "Joe Biden")),
-    ("group_photos/face_recognition__kit_with_rose.jpg", ("Kit Harington", "Rose Leslie")),
-    ("samples/openface_examples/amy_adams/adams.jpg", (None,)),
-    ("samples/openface_examples/steve_carell/carell.jpg", (None,)),
-    ("samples/openface_examples/john_lennon/lennon-1.jpg", (None,)),
-    ("no_face/darknet__dog.jpg", ()),
-)
-
-
-def find_demo_faces() -> Path | None:
-    """The shared face data: ``$FAEC_DEMO_FACES`` when set (a folder without the
-    photos, e.g. "none", means: use the fallback), else ``../shared/data/faces``
-    next to the source tree or the current folder."""
-    chosen = os.environ.get("FAEC_DEMO_FACES")
-    candidates = [Path(chosen)] if chosen else [
-        Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces",
-        Path.cwd().parent / "shared" / "data" / "faces",
-    ]
-    for candidate in candidates:
-        if (candidate / _FR).is_dir():
-            return candidate
-    return None
-
-
-@dataclass
-class DemoPlan:
-    """Who to enrol and what to identify, with the answers a person would give."""
-
-    description: str
-    enrol: list[tuple[str, list[Path]]]
-    identify: list[tuple[Path, tuple[str | None, ...]]]
-
-
-def demo_plan(workdir: Path) -> DemoPlan:
-    """The shared face photos when present, else scikit-image's astronaut."""
-    root = find_demo_faces()
-    if root is not None:
-        enrol = [(name, [root / f for f in files if (root / f).is_file()]) for name, files in DEMO_ENROL]
-        identify = [(root / f, expect) for f, expect in DEMO_IDENTIFY if (root / f).is_file()]
-        return DemoPlan(f"shared face photos in {root}", [(n, fs) for n, fs in enrol if fs], identify)
-    try:
-        from skimage import data as skdata
-    except ImportError as exc:
-        raise CommandFailed("the demo needs ../shared/data/faces or scikit-image "
-                            "(pip install scikit-image): neither is available") from exc
-    import cv2
-
-    inputs = workdir / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    astronaut = skdata.astronaut()  # (512, 512, 3) RGB, Eileen Collins
-    files = {
-        "astronaut.png": astronaut,
-        "astronaut_mirrored.png": astronaut[:, ::-1],
-        "astronaut_cropped.png": astronaut[20:340, 90:330],
-        "coffee.png": skdata.coffee(),
-    }
-    for name, pixels in files.items():
-        cv2.imwrite(str(inputs / name), pixels[:, :, ::-1].copy())
-    return DemoPlan(
-        "scikit-image's astronaut() (no ../shared/data/faces here)",
-        [("Eileen Collins", [inputs / "astronaut.png"])],
-        [(inputs / "astronaut_mirrored.png", ("Eileen Collins",)),
-         (inputs / "astronaut_cropped.png", ("Eileen Collins",)),
-         (inputs / "coffee.png", ())],
-    )
-
-
-def judge(expect: tuple[str | None, ...], faces: Sequence[dict[str, Any]]) -> bool:
-    """True when the names found are the expected ones, a stranger came out
-    unknown, and an image without a face gave none."""
-    if not expect:
-        return not faces
-    found = {f.get("person") for f in faces if f.get("decision") == "known"}
-    wanted = {e for e in expect if e is not None}
-    if found != wanted:
-        return False
-    return None not in expect or any(f.get("decision") != "known" for f in faces)
-
-
 @cli.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="where to write report.json and report.html (default: DATA_DIR/demo).")
@@ -985,6 +890,8 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     settings = base.model_copy(update={"redis_url": None, "data_dir": workdir})
     state_demo = State(verbose=state.verbose, _settings=settings)
     out_dir = out_dir or workdir
+    from faec_rec.demo import demo_plan
+
     plan = demo_plan(workdir)
     click.echo(f"demo data: {plan.description}")
     click.echo(f"embedded mode: private Redis and gallery under {workdir} (starting; the first photo loads the model)")
@@ -1001,7 +908,9 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     raise click.exceptions.Exit(int(code))
 
 
-def _print_demo_check(plan: DemoPlan, report_path: Path) -> None:
+def _print_demo_check(plan: Any, report_path: Path) -> None:
+    from faec_rec.demo import judge
+
     report = json.loads(report_path.read_text())
     by_path = {i["path"]: i for i in report["images"]}
     right = 0

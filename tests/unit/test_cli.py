@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from faec_rec import cli
+from faec_rec.demo import judge
 from faec_rec.errors import BackendUnavailable, ConfigError, GalleryError, TaskTimeout, UnknownPersonError
 
 
@@ -132,7 +133,7 @@ def test_unreachable_redis_is_exit_3(monkeypatch) -> None:
     ((), [{"person": None, "decision": "unknown"}], False),
 ])
 def test_demo_judge(expect, faces, ok) -> None:
-    assert cli.judge(expect, faces) is ok
+    assert judge(expect, faces) is ok
 
 
 def test_camera_specs_accept_ids_and_bare_sources() -> None:
@@ -147,3 +148,24 @@ def test_events_start_picks_the_last_n(redis_client, keys) -> None:
     assert cli.events_start(redis_client, stream, 2) == ids[2]
     assert cli.events_start(redis_client, stream, 10) == "0-0"
     assert cli.events_start(redis_client, stream, 0) == ids[4]
+
+
+def test_demo_plan_falls_back_to_the_astronaut(tmp_path, monkeypatch) -> None:
+    from faec_rec.demo import demo_plan
+
+    monkeypatch.setenv("FAEC_DEMO_FACES", str(tmp_path / "none"))
+    plan = demo_plan(tmp_path)
+    assert "astronaut" in plan.description
+    assert [n for n, _ in plan.enrol] == ["Eileen Collins"]
+    assert all(p.is_file() for _, files in plan.enrol for p in files)
+    assert [e for _, e in plan.identify] == [("Eileen Collins",), ("Eileen Collins",), ()]
+
+
+def test_demo_plan_uses_the_shared_photos(faces_dir, tmp_path, monkeypatch) -> None:
+    from faec_rec.demo import demo_plan
+
+    monkeypatch.setenv("FAEC_DEMO_FACES", str(faces_dir))
+    plan = demo_plan(tmp_path)
+    assert len(plan.enrol) == 5 and len(plan.identify) == 12
+    assert any(e == (None,) for _, e in plan.identify) and any(e == () for _, e in plan.identify)
+    assert not list(tmp_path.iterdir())  # nothing copied
