@@ -249,7 +249,11 @@ def _register_plugins() -> None:
 @pass_state
 def config_cmd(state: State, describe: bool) -> None:
     """Print the effective configuration (defaults < file < environment) as JSON."""
+    from faec_rec.embedded import redact_url
+
     settings = state.settings()
+    if settings.redis_url:  # never print a password
+        settings = settings.model_copy(update={"redis_url": redact_url(settings.redis_url)})
     if not describe:
         _echo_json(settings.model_dump(mode="json"))
         return

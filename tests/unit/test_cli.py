@@ -100,6 +100,9 @@ def test_config_prints_effective_settings(monkeypatch) -> None:
     result = CliRunner().invoke(cli.cli, ["config", "--describe"])
     assert result.exit_code == 0
     assert "gallery.margin = 0.05" in result.output
+    monkeypatch.setenv("FAEC_REDIS_URL", "redis://:s3cret@db.example:6380/2")
+    result = CliRunner().invoke(cli.cli, ["config"])
+    assert result.exit_code == 0 and "s3cret" not in result.output and "db.example:6380" in result.output
     monkeypatch.setenv("FAEC_GALLERY__MARGIN", "7")
     result = CliRunner().invoke(cli.cli, ["config"])
     assert result.exit_code == cli.ExitCode.USAGE and "gallery.margin" in result.output
