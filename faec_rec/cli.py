@@ -667,6 +667,9 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
         return outcome
     try:
         report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s)
+    except ImageError as exc:  # a file that became unreadable after the check above
+        outcome.error = f"{exc.source}: {exc.reason}"
+        return outcome
     except TaskTimeout as exc:
         raise BackendUnavailable(
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
