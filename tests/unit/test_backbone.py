@@ -296,3 +296,37 @@ def test_processes_starting_together_convert_once(tmp_path: Path) -> None:
     target = tmp_path / "dlib-resnet-v1-55533b28a958.keras"
     meta = json.loads(target.with_suffix(".json").read_text())
     assert meta["keras_sha256"] == backbone.sha256_file(target)
+
+
+def test_embedder_loads_model_once_across_threads(cache_dir: Path, chips: np.ndarray, monkeypatch) -> None:
+    import importlib
+    import threading
+
+    # faec_rec.faces re-exports a function named embed over the module name
+    embed_module = importlib.import_module("faec_rec.faces.embed")
+
+    calls = []
+    real_load = embed_module.load_backbone
+
+    def counting_load(*args, **kwargs):
+        calls.append(threading.get_ident())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "load_backbone", counting_load)
+    e = Embedder(cache_dir=cache_dir, flip_average=False)
+    results: list[np.ndarray] = []
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        barrier.wait()
+        results.append(e.features(chips[:2]))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(calls) == 1
+    assert len(results) == 4
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], atol=1e-6)
