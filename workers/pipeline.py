@@ -227,8 +227,11 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     stats = keys.camera_stats(payload.camera)
     maxlen = runtime.settings.events.stream_maxlen
 
-    claimed = r.lrem(keys.in_flight(payload.camera), 1, payload.key)
-    data = r.get(payload.key)
+    # Claim and read in one round trip (the skip path of a dropped frame is all there is).
+    claim = r.pipeline(transaction=False)
+    claim.lrem(keys.in_flight(payload.camera), 1, payload.key)
+    claim.get(payload.key)
+    claimed, data = claim.execute()
     if data is None:
         if not claimed:
             # Dropped by the producer (already counted) or processed by an
