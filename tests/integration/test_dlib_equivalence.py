@@ -40,6 +40,11 @@ def _dlib_chips(faces_dir: Path) -> tuple[np.ndarray, list[str]]:
 
 
 @pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
 def dlib_reference(faces_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     chips, labels = _dlib_chips(faces_dir)
     model = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
@@ -48,26 +53,26 @@ def dlib_reference(faces_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return chips, descriptors, labels
 
 
-def test_descriptors_match_dlib(dlib_reference, tmp_path: Path) -> None:
+def test_descriptors_match_dlib(dlib_reference, cache_dir: Path) -> None:
     chips, expected, _ = dlib_reference
-    ours = Embedder(cache_dir=tmp_path, flip_average=False, batch_size=4).features(chips)
+    ours = Embedder(cache_dir=cache_dir, flip_average=False, batch_size=4).features(chips)
     assert ours.shape == expected.shape == (len(chips), 128)
     assert np.abs(ours - expected).max() <= 1e-4
     # and the match is not trivial: different faces give clearly different descriptors
     assert np.linalg.norm(expected[0] - expected[-1]) > 0.3
 
 
-def test_flip_average_matches_dlib_on_mirrored_chips(dlib_reference, tmp_path: Path) -> None:
+def test_flip_average_matches_dlib_on_mirrored_chips(dlib_reference, cache_dir: Path) -> None:
     chips, plain, _ = dlib_reference
     model = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
     mirrored = np.stack([np.array(model.compute_face_descriptor(np.ascontiguousarray(c[:, ::-1]))) for c in chips])
-    ours = Embedder(cache_dir=tmp_path, flip_average=True).features(chips)
+    ours = Embedder(cache_dir=cache_dir, flip_average=True).features(chips)
     assert np.abs(ours - (plain + mirrored) / 2).max() <= 1e-4
 
 
-def test_same_person_closer_than_different(dlib_reference, tmp_path: Path) -> None:
+def test_same_person_closer_than_different(dlib_reference, cache_dir: Path) -> None:
     chips, _, labels = dlib_reference
-    emb = Embedder(cache_dir=tmp_path).embed(chips)
+    emb = Embedder(cache_dir=cache_dir).embed(chips)
     sims = emb @ emb.T
     same = np.array([[a == b for b in labels] for a in labels])
     off_diagonal = ~np.eye(len(labels), dtype=bool)
