@@ -28,7 +28,6 @@ from faec_rec.errors import ConfigError, ImageError, TaskTimeout
 from faec_rec.keys import Keys
 
 if TYPE_CHECKING:
-    import redis as redis_lib
     from celery import Celery
 
     from faec_rec.workers.enrolment import EnrolReport
@@ -83,7 +82,7 @@ class Client:
 
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis: redis_lib.Redis = redis_lib.Redis.from_url(settings.redis_url)
+        self.redis = redis_lib.Redis.from_url(settings.redis_url)
         self._app: Celery | None = None
         self._gallery: Any = None
 

@@ -7,7 +7,6 @@ kill test starts its own workers under its own prefix.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
