@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=os.environ.get("FAEC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     parser.add_argument("--faces", type=Path, default=FACES)
     parser.add_argument("--stages", action="store_true", help="also time each pipeline stage in-process")
+    parser.add_argument("--max-frame-age", type=float, default=0.0,
+                        help="workers.max_frame_age_s: shed frames older than this while newer ones wait (0: off)")
     parser.add_argument("--drain", type=int, default=100,
                         help="frames pushed as a backlog before streaming, to time the workers alone (0: skip)")
     args = parser.parse_args(argv)
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     videos = [make_640x480(args.faces / "videos" / name, work / f"cam{i}.mp4") for i, name in enumerate(VIDEOS)]
     settings = load_settings(redis_url=args.redis_url, prefix=prefix, data_dir=work / "data")
     worker = WorkerProcess(args.redis_url, prefix, work / "data", queues=("frames", "enrol"),
-                           concurrency=args.concurrency).start()
+                           concurrency=args.concurrency,
+                           env={"FAEC_WORKERS__MAX_FRAME_AGE_S": str(args.max_frame_age)}).start()
     client = Client(settings=settings)
     r = redis_lib.Redis.from_url(args.redis_url)
     result: dict[str, Any] = {"benchmark": "system", "cameras": args.cameras, "fps_per_camera": args.fps,
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             "frames_pushed": pushed,
             "frames_processed": stats.get("processed", 0),
             "frames_dropped": stats.get("dropped", 0),
+            "frames_shed_stale": stats.get("stale", 0),
+            "max_frame_age_s": args.max_frame_age,
             "frame_errors": stats.get("errors", 0),
             "processed_per_s": round(processed_at_stop / streamed, 2),
             "faces_per_frame": round(stats.get("faces", 0) / max(1, stats.get("processed", 0)), 2),

@@ -75,6 +75,7 @@ class WorkerConfig(_Section):
     prefetch_multiplier: int = Field(1, ge=1, le=64, description="tasks each process reserves ahead")
     health_port: int = Field(0, ge=0, le=65535, description="HTTP health/readiness and metrics port; 0 = off")
     visibility_timeout_s: int = Field(600, ge=2, le=86_400, description="seconds before a task taken by a worker that died unacknowledged is handed to another; must exceed the longest task")
+    max_frame_age_s: float = Field(0.0, ge=0, le=86_400, description="shed a frame older than this (capture to pick-up) while newer frames of its camera wait, counting it as dropped: a live view stays live under overload; 0 = process every frame")
     tf_threads: int = Field(1, ge=0, le=256, description="TensorFlow threads per worker process; 1 suits a prefork pool with a process per core (parallelism comes from processes); 0 leaves TensorFlow's default")
     upload_ttl_s: int = Field(3600, ge=10, le=7 * 86_400, description="seconds image bytes uploaded by a client wait for a worker")
     result_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds enrolment reports, job results and task results are kept")

@@ -194,7 +194,8 @@ def decode(data: bytes, name: str, settings: Any = None) -> np.ndarray:
 # ---- camera frames ----------------------------------------------------------
 @dataclass
 class FrameOutcome:
-    """What happened to one frame: ``status`` is "processed", "skipped" or an error code."""
+    """What happened to one frame: "processed", "skipped" (dropped by the producer or
+    done before), "stale" (shed: see ``workers.max_frame_age_s``) or an error code."""
 
     status: str
     faces: int = 0
@@ -245,6 +246,14 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
         metrics.frame_error(payload.camera, "frame_expired")
         return FrameOutcome("frame_expired")
 
+    if _stale(runtime, payload):
+        # Newer frames of this camera wait: this one is shed, counted as dropped.
+        pipe = r.pipeline(transaction=True)
+        pipe.hincrby(stats, "dropped", 1).hincrby(stats, "stale", 1).delete(payload.key)
+        pipe.execute()
+        metrics.frames_dropped(payload.camera)
+        return FrameOutcome("stale")
+
     runtime.refresh()
     try:
         image = decode(data, payload.key, runtime.settings)
@@ -273,6 +282,15 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     pipe.execute()
     metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)
     return FrameOutcome("processed", faces=len(results), events=len(events), latency_ms=round(latency_ms, 1))
+
+
+def _stale(runtime: Runtime, payload: FramePayload) -> bool:
+    """True when the frame is older than ``workers.max_frame_age_s`` and a newer
+    frame of its camera is waiting (the newest frame is never shed)."""
+    max_age = runtime.settings.workers.max_frame_age_s
+    if not max_age or time.time() - payload.captured_at <= max_age:
+        return False
+    return bool(runtime.redis.llen(runtime.keys.in_flight(payload.camera)))
 
 
 def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) -> list[Any]:
