@@ -271,7 +271,7 @@ def test_bfloat16_precision_close_to_float32(cache_dir: Path, chips: np.ndarray)
     assert not np.array_equal(a, b)  # it really computes in lower precision
     assert np.abs((a @ a.T) - (b @ b.T)).max() < 0.01
     kinds = {layer.dtype_policy.name for layer in fast.model.layers}
-    assert "mixed_bfloat16" in kinds
+    assert "bfloat16" in kinds
     with pytest.raises(VectorError, match="precision"):
         Embedder(cache_dir=cache_dir, precision="int8")
 
