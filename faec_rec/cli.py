@@ -151,12 +151,23 @@ class State:
 pass_state = click.make_pass_decorator(State, ensure=True)
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, state: State) -> None:
+    """-v / -vv win; else ``log_level`` when the configuration sets it, else
+    WARNING (a command prints its own results); ``log_json`` as configured."""
     from faec_rec.logs import setup_logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    setup_logging("DEBUG" if verbose > 1 else "INFO" if verbose == 1 else "WARNING")
-    if not verbose:
+    try:
+        settings = state.settings()
+    except ConfigError:
+        settings = None  # reported by the command that needs the settings (help still works)
+    level = "WARNING"
+    if verbose:
+        level = "DEBUG" if verbose > 1 else "INFO"
+    elif settings is not None and "log_level" in settings.model_fields_set:
+        level = settings.log_level
+    setup_logging(level, bool(settings and settings.log_json))
+    if not verbose and level == "WARNING":
         # The in-process worker's per-image warnings repeat what the command prints itself.
         logging.getLogger("faec_rec.workers").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
@@ -223,7 +234,7 @@ def cli(ctx: click.Context, config_path: str | None, redis_url: str | None, pref
         if value:
             os.environ[name] = str(value)
     ctx.obj = State(verbose=verbose)
-    _setup_logging(verbose)
+    _setup_logging(verbose, ctx.obj)
 
 
 def register(command: click.Command) -> None:
@@ -840,6 +851,7 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
     """
     import threading
 
+    from faec_rec.logs import redact
     from faec_rec.producers.camera import run_cameras
 
     specs = camera_specs(sources, fps, loop)
@@ -854,7 +866,8 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
             after = newest[0][0].decode() if newest else "0-0"
             printer = threading.Thread(target=_print_events_until, args=(backend, stop, after), daemon=True)
             printer.start()
-        click.echo(f"streaming {', '.join(f'{s.camera_id}={s.source}' for s in specs)} (Ctrl-C stops)", err=True)
+        click.echo(redact(f"streaming {', '.join(f'{s.camera_id}={s.source}' for s in specs)} (Ctrl-C stops)"),
+                   err=True)
         try:
             counters = run_cameras(specs, backend.redis, backend.keys, backend.app, settings.producers,
                                    settings.workers.frame_ttl_s, max_frames=max_frames, duration_s=duration_s,
@@ -869,8 +882,8 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
     failed = False
     for camera_id, c in counters.items():
         failed |= c.pushed == 0
-        click.echo(f"{camera_id}: {c.pushed} frames pushed, {c.dropped} dropped, {c.errors} errors, "
-                   f"status {c.status}" + (f" ({c.last_error})" if c.last_error else ""))
+        click.echo(redact(f"{camera_id}: {c.pushed} frames pushed, {c.dropped} dropped, {c.errors} errors, "
+                          f"status {c.status}" + (f" ({c.last_error})" if c.last_error else "")))
     raise click.exceptions.Exit(int(ExitCode.PARTIAL if failed else ExitCode.OK))
 
 
