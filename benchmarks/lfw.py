@@ -129,6 +129,7 @@ def cache_key() -> str:
         repr(detect.MOUTH_WIDTH_PER_EYE_DISTANCE),
         repr(detect._MIN_INPUT_FACE),
         repr(detect._BOX_SLACK),
+        repr((detect._SECOND_LOOK_SCORE, detect._SECOND_LOOK_FACE, detect._SECOND_LOOK_MAX)),
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

@@ -179,29 +179,37 @@ class BlazeFaceModel:
         return decode(raw_boxes, raw_scores, self.anchors, self.spec.input_size, min_score)
 
 
+def scale_image(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:
+    """Resize (h, w, 3) ``image`` by ``scale``; returns it and the exact (fx, fy) back to image pixels."""
+    h, w = image.shape[:2]
+    sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    if (sw, sh) == (w, h):
+        return image, 1.0, 1.0
+    # INTER_AREA averages when shrinking, so small faces are not aliased away.
+    interp = cv2.INTER_AREA if sw < w else cv2.INTER_LINEAR
+    return cv2.resize(image, (sw, sh), interpolation=interp), w / sw, h / sh
+
+
+def window(scaled: np.ndarray, u0: int, v0: int, size: int) -> np.ndarray:
+    """The (size, size, 3) window of ``scaled`` starting at (u0, v0); outside it is black (letterbox)."""
+    h, w = scaled.shape[:2]
+    canvas = np.zeros((size, size, 3), np.uint8)
+    x0, y0 = max(u0, 0), max(v0, 0)
+    x1, y1 = min(u0 + size, w), min(v0 + size, h)
+    if x1 > x0 and y1 > y0:
+        canvas[y0 - v0 : y1 - v0, x0 - u0 : x1 - u0] = scaled[y0:y1, x0:x1]
+    return canvas
+
+
 def letterbox(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Resample the square window (x0, y0, side) of ``image`` onto a (size, size, 3) canvas.
 
     The window may extend past the image; that part stays black (letterbox
     padding). Returns the canvas and ``to_image``: (2, 3) float64 affine mapping
     canvas pixel coordinates (u, v, 1) back to image pixel coordinates, exact for
-    the integer crop and paste actually done.
+    the resize and the integer window actually taken.
     """
-    h, w = image.shape[:2]
-    scale = size / side
-    # Whole image pixels inside the window (so the paste offsets are never negative).
-    ix0, iy0 = max(int(np.ceil(x0 - 1e-6)), 0), max(int(np.ceil(y0 - 1e-6)), 0)
-    ix1, iy1 = max(min(int(np.floor(x0 + side + 1e-6)), w), ix0 + 1), max(min(int(np.floor(y0 + side + 1e-6)), h), iy0 + 1)
-    crop = image[iy0:iy1, ix0:ix1]
-    ch, cw = crop.shape[:2]
-    ox = min(int(round((ix0 - x0) * scale)), size - 1)
-    oy = min(int(round((iy0 - y0) * scale)), size - 1)
-    rw = max(1, min(int(round(cw * scale)), size - ox))
-    rh = max(1, min(int(round(ch * scale)), size - oy))
-    # INTER_AREA averages when shrinking, so small faces are not aliased away.
-    interp = cv2.INTER_AREA if rw < cw else cv2.INTER_LINEAR
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[oy : oy + rh, ox : ox + rw] = cv2.resize(crop, (rw, rh), interpolation=interp)
-    sx, sy = cw / rw, ch / rh
-    to_image = np.array([[sx, 0.0, ix0 - ox * sx], [0.0, sy, iy0 - oy * sy]], dtype=np.float64)
-    return canvas, to_image
+    scaled, fx, fy = scale_image(image, size / side)
+    u0, v0 = int(round(x0 / fx)), int(round(y0 / fy))
+    to_image = np.array([[fx, 0.0, u0 * fx], [0.0, fy, v0 * fy]], dtype=np.float64)
+    return window(scaled, u0, v0, size), to_image

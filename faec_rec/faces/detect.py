@@ -63,6 +63,11 @@ _BOX_SLACK = 0.8
 _NMS_IOU = 0.3
 # Candidates below this score are not even merged (the caller's threshold applies after).
 _CANDIDATE_SCORE = 0.3
+# Candidates scoring in [_SECOND_LOOK_SCORE, threshold) are re-detected in a window
+# where they measure _SECOND_LOOK_FACE model pixels (at most _SECOND_LOOK_MAX per image).
+_SECOND_LOOK_SCORE = 0.3
+_SECOND_LOOK_FACE = 64.0
+_SECOND_LOOK_MAX = 16
 
 
 class Detector(Protocol):
@@ -148,6 +153,7 @@ class BlazeFaceDetector:
         # its smallest faces for a bounded number of windows (9 at 1280x720).
         min_side = self.min_face_px * _BOX_SLACK
         boxes, scores, points = self._detect_windows(work, min_side)
+        boxes, scores, points = self._second_look(work, boxes, scores, points, min_side)
         keep = (scores >= self.score_threshold) & (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_side)
         boxes = boxes[keep] * np.array([sx, sy, sx, sy], np.float32)
         points = points[keep] * np.array([sx, sy], np.float32)
@@ -157,18 +163,50 @@ class BlazeFaceDetector:
             faces.append(Face(box=box.astype(np.float32), score=float(score), landmarks=landmarks))
         return faces
 
-    def _detect_windows(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _second_look(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray, min_side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Re-detect borderline candidates in a window where the face is ~64 model pixels.
+
+        A face seen small or cut by a window edge can score just under the
+        threshold; seen again centred at the model's best scale it scores
+        clearly above it (or stays below: then it is dropped as before).
+        """
+        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        borderline = np.flatnonzero((scores < self.score_threshold) & (scores >= _SECOND_LOOK_SCORE) & (sides >= min_side))
         size = self.model.spec.input_size
-        all_b, all_s, all_k = [], [], []
-        for x0, y0, side in pyramid_windows(image.shape[1], image.shape[0], min_face):
-            square, to_image = blazeface.letterbox(image, x0, y0, side, size)
-            b, s, k = self.model.run(square, _CANDIDATE_SCORE)
+        for i in borderline[np.argsort(-scores[borderline])][:_SECOND_LOOK_MAX]:
+            side = float(max(boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1])) * size / _SECOND_LOOK_FACE
+            cx, cy = (boxes[i, 0] + boxes[i, 2]) / 2.0, (boxes[i, 1] + boxes[i, 3]) / 2.0
+            square, to_image = blazeface.letterbox(image, cx - side / 2.0, cy - side / 2.0, side, size)
+            b, s, k = self.model.run(square, self.score_threshold)
             if not len(s):
                 continue
             lin, off = to_image[:, :2] * size, to_image[:, 2]
-            all_b.append(np.concatenate([b[:, :2] @ lin.T + off, b[:, 2:] @ lin.T + off], axis=1))
-            all_k.append(k @ lin.T + off)
-            all_s.append(s)
+            b = np.concatenate([b[:, :2] @ lin.T + off, b[:, 2:] @ lin.T + off], axis=1)
+            iou = blazeface.box_iou(boxes[i], b)
+            j = int(np.argmax(np.where(iou > 0.5, s, -1.0)))
+            if iou[j] > 0.5:
+                boxes[i], scores[i], points[i] = b[j], s[j], k[j] @ lin.T + off
+        return boxes, scores, points
+
+    def _detect_windows(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        size = self.model.spec.input_size
+        levels: dict[float, list[tuple[float, float]]] = {}
+        for x0, y0, side in pyramid_windows(image.shape[1], image.shape[0], min_face):
+            levels.setdefault(side, []).append((x0, y0))
+        all_b, all_s, all_k = [], [], []
+        for side, starts in levels.items():
+            # one resize per level; its windows are then plain slices
+            scaled, fx, fy = blazeface.scale_image(image, size / side)
+            for x0, y0 in starts:
+                u0, v0 = int(round(x0 / fx)), int(round(y0 / fy))
+                b, s, k = self.model.run(blazeface.window(scaled, u0, v0, size), _CANDIDATE_SCORE)
+                if not len(s):
+                    continue
+                lin = np.array([fx * size, fy * size])
+                off = np.array([u0 * fx, v0 * fy])
+                all_b.append(b * np.tile(lin, 2) + np.tile(off, 2))
+                all_k.append(k * lin + off)
+                all_s.append(s)
         if not all_s:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
         return blazeface.weighted_nms(np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_k), _NMS_IOU)

@@ -113,3 +113,42 @@ def test_mouth_corners_straddle_the_mouth_along_the_eye_axis() -> None:
     corners = mouth_corners(pts)[0]
     half = 0.5 * MOUTH_WIDTH_PER_EYE_DISTANCE * 40
     np.testing.assert_allclose(corners, [[60 - half, 90], [60 + half, 90]], atol=1e-5)
+
+
+class _CentredFaceModel:
+    """Stands in for the network: sees one face of 64 model pixels at the window centre."""
+
+    spec = blazeface.FULL_RANGE
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+        self.calls = 0
+
+    def run(self, square: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.calls += 1
+        if self.score < min_score:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
+        half = 32.0 / 192.0
+        box = np.array([[0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half]], np.float32)
+        return box, np.array([self.score], np.float32), np.full((1, 6, 2), 0.5, np.float32)
+
+
+@pytest.mark.parametrize("second_score, kept", [(0.9, True), (0.4, False)])
+def test_second_look_confirms_or_drops_borderline_faces(second_score: float, kept: bool) -> None:
+    from faec_rec.faces.detect import BlazeFaceDetector
+
+    detector = BlazeFaceDetector(min_face_px=40, score_threshold=0.5)
+    detector.model = _CentredFaceModel(second_score)  # type: ignore[assignment]
+    image = np.zeros((300, 400, 3), np.uint8)
+    boxes = np.array([[100, 100, 160, 160], [10, 10, 70, 70]], np.float32)
+    scores = np.array([0.45, 0.2], np.float32)  # one borderline, one far below
+    points = np.zeros((2, 6, 2), np.float32)
+    b, s, k = detector._second_look(image, boxes.copy(), scores.copy(), points.copy(), min_side=32)
+    assert detector.model.calls == 1  # only the borderline candidate was looked at again
+    if kept:
+        assert s[0] == pytest.approx(0.9)
+        np.testing.assert_allclose(b[0], boxes[0], atol=1.0)  # same face, re-measured
+        np.testing.assert_allclose(k[0], np.full((6, 2), 130.0), atol=1.0)
+    else:
+        assert s[0] == pytest.approx(0.45)
+    assert s[1] == pytest.approx(0.2)
