@@ -203,7 +203,9 @@ def _train_now(backend: Any, dry_run: bool) -> dict[str, Any]:
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+            # disable=None: no bar when stderr is not a terminal (logs, CI)
+            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True,
+                                     disable=None)
         bar.n = done
         bar.refresh()
 
