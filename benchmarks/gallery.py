@@ -28,6 +28,9 @@ Then one line ``{"bench": "replay", ...}``: ``--replay-events`` gallery events
 replica (``replay_s``), bootstrapped from the Redis records (``records_s``),
 written to and loaded from a snapshot, and re-projected into a new version
 (``reproject_ms_per_10k``). Its keys live under a throw-away prefix, deleted after.
+
+``--ef-sweep 128,256,512`` adds ``ef_sweep``: recall and single-query latency of
+the same HNSW graph at each efSearch.
 """
 from __future__ import annotations
 
@@ -148,10 +151,32 @@ def bench_search(size: int, args: argparse.Namespace, config: GalleryConfig) -> 
     out["batch100_p50_ms"], out["batch100_p95_ms"] = percentiles(batches)
     out["recall_at_1"] = round(recall, 4)
     out["same_identity_at_1"] = round(same_identity, 4)
+    if kind == "hnsw" and args.ef_sweep:
+        out["ef_sweep"] = ef_sweep(index, queries, exact, ids, k, [int(e) for e in args.ef_sweep.split(",")])
     if size <= args.identify_up_to:
         out.update(bench_identify(vectors, ids, queries, config, index))
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return out
+
+
+def ef_sweep(index: Any, queries: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int, efs: list[int]) -> list[dict[str, Any]]:
+    """Recall and single-query latency of one HNSW graph at several efSearch values."""
+    rows = []
+    default = index.ef_search
+    for ef in efs:
+        index.ef_search = ef
+        times, found = [], np.empty(len(queries), np.int64)
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            _, lab = index.search(queries[i:i + 1], k)
+            times.append(time.perf_counter() - t)
+            found[i] = lab[0, 0]
+        p50, p95 = percentiles(times)
+        rows.append({"ef_search": ef, "single_p50_ms": p50, "single_p95_ms": p95,
+                     "recall_at_1": round(float(np.mean(found == exact)), 4),
+                     "same_identity_at_1": round(float(np.mean(ids[found] == ids[exact])), 4)})
+    index.ef_search = default
+    return rows
 
 
 def bench_identify(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, config: GalleryConfig, index: Any) -> dict[str, Any]:
@@ -271,6 +296,7 @@ def main() -> None:
     parser.add_argument("--hnsw-above", type=int, default=None, help="override GalleryConfig.hnsw_above")
     parser.add_argument("--ef-search", type=int, default=None, help="override GalleryConfig.hnsw_ef_search")
     parser.add_argument("--ef-construction", type=int, default=None, help="override GalleryConfig.hnsw_ef_construction")
+    parser.add_argument("--ef-sweep", default="", help="comma-separated efSearch values to measure on the HNSW graph built")
     parser.add_argument("--identify-up-to", type=int, default=1_000_000, help="measure full replica lookups up to this size")
     parser.add_argument("--replay-events", type=int, default=100_000, help="gallery events to replay (0: skip)")
     parser.add_argument("--redis-url", default=os.environ.get("FAEC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
