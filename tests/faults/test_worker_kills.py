@@ -1,0 +1,29 @@
+"""SIGKILL a worker in the middle of an enrolment while recognition tasks wait:
+every accepted image lands once, every frame is processed or counted."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.scenarios import Deployment, worker_kills
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.mark.timeout(240)
+def test_killed_workers_lose_and_duplicate_nothing(redis_url: str, tmp_path: Path, photos: list[Path], frame: bytes) -> None:
+    dep = Deployment(redis_url, tmp_path)
+    try:
+        # One kill of the whole worker (a lost machine), one of the pool process under the task.
+        summary = worker_kills(dep, photos[:4], frame, kills=2, frames_per_trial=5)
+    finally:
+        dep.close()
+    assert summary["machine_kills"] == summary["pool_kills"] == 1
+    assert summary["kills_mid_enrolment"] == 2, summary
+    assert summary["enrolments_done"] == 2, summary
+    assert summary["accepted_images"] >= 6, summary
+    assert summary["lost"] == 0 and summary["duplicated"] == 0, summary
+    assert summary["frames_pushed"] == 10
+    assert summary["frames_lost"] == 0 and summary["frames_duplicated"] == 0, summary
+    assert summary["frames_processed"] + summary["frames_dropped"] + summary["frame_errors"] == 10
