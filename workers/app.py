@@ -40,6 +40,8 @@ ROUTES: dict[str, dict[str, str]] = {
 }
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+# Seconds a fresh pool process may take to load the model before Celery kills it.
+WARM_UP_TIMEOUT_S = 300.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -73,6 +75,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.workers.prefetch_multiplier,
+        # Each pool process loads TensorFlow and the model at worker_process_init
+        # (seconds, more on a busy machine). Celery's default of 4 s kills a pool
+        # process that is not up by then, so a process replaced after a crash on a
+        # loaded box was killed and re-forked in a loop (found by tests/faults).
+        "worker_proc_alive_timeout": WARM_UP_TIMEOUT_S,
         "task_routes": ROUTES,
         "task_default_queue": QUEUE_FRAMES,
         "task_create_missing_queues": True,
