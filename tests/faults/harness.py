@@ -243,6 +243,11 @@ def kill_pool_children(worker: WorkerProcess) -> list[int]:
     return pids
 
 
+def start_timeouts(worker: WorkerProcess) -> int:
+    """How many fresh pool processes Celery killed for not being up in time."""
+    return worker.log_text().count("Timed out waiting for UP message")
+
+
 def worker_lost_count(worker: WorkerProcess) -> int:
     """How many pool processes the worker's log says died under a task."""
     return worker.log_text().count("WorkerLostError")

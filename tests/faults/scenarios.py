@@ -25,6 +25,7 @@ from tests.faults.harness import (
     enrolment_faults,
     events,
     kill_pool_children,
+    start_timeouts,
     latency_ms,
     pool_children,
     wait_for,
@@ -114,13 +115,14 @@ def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, 
     started = time.monotonic()
     worker = dep.start_worker(env=env).wait_ready()
     feeder = FrameFeeder(dep.redis, dep.keys, dep.client.app, "kills")
-    reports, mid, machine, pool = [], 0, 0, 0
+    reports, mid, machine, pool, timeouts = [], 0, 0, 0, 0
     for i in range(kills):
         request_id = dep.client.enrol(f"Person {i:03d}", photos, wait=False)
         for _ in range(frames_per_trial):
             feeder.push(frame)
         wait_for(lambda: _enrol_running(dep, request_id), WAIT_S, f"enrolment {i} to start", every=0.01)
         if i % 2 == 0:
+            timeouts += start_timeouts(worker)
             worker.kill()
             machine += 1
         else:
@@ -131,12 +133,14 @@ def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, 
             worker = dep.start_worker(env=env)
         reports.append(dep.client.enrol_report(request_id, timeout=WAIT_S))
     account = wait_settled(dep.redis, dep.keys, "kills", feeder.pushed, WAIT_S)
+    timeouts += start_timeouts(worker)
     faults = enrolment_faults(reports, audit_gallery(dep.redis, dep.keys))
     return {
         "trials": kills,
         "machine_kills": machine,
         "pool_kills": pool,
         "kills_mid_enrolment": mid,
+        "pool_start_timeouts": timeouts,
         "enrolments_done": sum(r.status == "done" for r in reports),
         "accepted_images": sum(len(r.accepted) for r in reports),
         **faults,
