@@ -99,6 +99,14 @@ def wait_settled(redis: Any, keys: Keys, camera: str, pushed: int, timeout: floa
     return camera_account(redis, keys, camera)
 
 
+def frames_left(redis: Any, keys: Keys, camera: str) -> int:
+    """Frames of ``camera`` neither processed nor counted yet: frame keys still
+    stored plus keys still in the in-flight list (0 once a run has settled)."""
+    pattern = keys.frame(camera, 0)[:-1] + "*"
+    stored = sum(1 for _ in redis.scan_iter(match=pattern, count=1000))
+    return stored + int(redis.llen(keys.in_flight(camera)))
+
+
 def events(redis: Any, keys: Keys, camera: str | None = None) -> list[dict[str, Any]]:
     """Every event on a camera's stream (or the combined stream), oldest first."""
     return [json.loads(v[b"event"]) for _, v in redis.xrange(keys.events(camera))]
