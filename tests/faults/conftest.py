@@ -49,3 +49,15 @@ def shared(redis_url: str, tmp_path_factory: pytest.TempPathFactory, faces_dir: 
         yield dep
     finally:
         dep.close()
+
+
+@pytest.fixture(scope="session")
+def other_photos(faces_dir: Path) -> list[Path]:
+    """Three photos of a second person (kept apart from ``photos``' person)."""
+    return lfw_photos(faces_dir, OTHER, 3)
+
+
+@pytest.fixture(scope="session")
+def other_frame(faces_dir: Path) -> bytes:
+    """A JPEG with one face of OTHER, not among ``other_photos``."""
+    return sorted((faces_dir / "lfw" / OTHER).glob("*.jpg"))[-1].read_bytes()

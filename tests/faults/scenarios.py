@@ -307,7 +307,7 @@ def _capacity_fps(dep: Deployment, frame: bytes, n: int) -> float:
 
 
 def overload(dep: Deployment, worker: WorkerProcess, frame: bytes, *, seconds: float, factor: float = 2.0,
-             cameras: int = 2, max_in_flight: int = 4, calibrate_frames: int = 12) -> dict[str, Any]:
+             cameras: int = 2, max_in_flight: int = 4, calibrate_frames: int = 40) -> dict[str, Any]:
     """Cameras offering ``factor`` x what the workers process, for ``seconds``.
 
     Capacity is measured first on a backlog. Worker memory (RSS, parent +
@@ -352,6 +352,8 @@ def overload(dep: Deployment, worker: WorkerProcess, frame: bytes, *, seconds: f
         "seconds": round(offered_s, 1),
         "capacity_fps": round(capacity, 2),
         "offered_fps": round(pushed / offered_s, 2),
+        "processed_fps": round(processed / offered_s, 2),
+        "offered_over_processed": round(pushed / max(processed, 1), 2),
         "processed": processed,
         "dropped": sum(a["dropped"] for a in accounts.values()),
         "errors": sum(a["errors"] for a in accounts.values()),
@@ -427,7 +429,7 @@ def forget_during_recognition(dep: Deployment, worker: WorkerProcess, photos: li
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: any(e.get("person_id") == pid for e in events(dep.redis, dep.keys, camera)), WAIT_S,
+        wait_for(lambda: any(e.get("person_id") == pid for e in events(dep.redis, dep.keys, camera)), 60,
                  f"an event naming {name} before the forget")
         time.sleep(before_s)
         removed = dep.client.forget(pid)

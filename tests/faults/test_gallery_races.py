@@ -1,0 +1,33 @@
+"""Two enrolments of one person at the same moment; a person forgotten while their
+face is being recognised."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.scenarios import Deployment, forget_during_recognition, same_person_twice
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.mark.timeout(180)
+def test_same_person_enrolled_twice_at_once_is_one_person(shared: Deployment, photos: list[Path]) -> None:
+    summary = same_person_twice(shared, photos, name="Twice")
+    assert summary["statuses"] == ["done", "done"], summary
+    assert summary["people_named"] == 1 and summary["same_person_id"], summary
+    # Photos 2 and 3 were in both requests: stored once.
+    assert summary["templates"] == summary["distinct_accepted_images"] >= 4, summary
+    assert summary["lost"] == 0 and summary["duplicated"] == 0, summary
+
+
+@pytest.mark.timeout(180)
+def test_forget_during_recognition_leaves_nothing(shared: Deployment, other_photos: list[Path],
+                                                 other_frame: bytes) -> None:
+    summary = forget_during_recognition(shared, shared.workers[0], other_photos, other_frame, name="Forgotten",
+                                        fps=4.0, before_s=2.0, after_s=4.0)
+    assert summary["templates_forgotten"] >= 2, summary
+    assert summary["crashed"] == 0 and summary["lost"] == 0, summary
+    assert summary["frames_processed_after_forget"] >= 3, summary
+    assert summary["events_naming_after_forget"] == 0, summary
+    assert summary["keys_left"] == [] and summary["files_left"] == [], summary
