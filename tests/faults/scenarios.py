@@ -440,6 +440,15 @@ def forget_during_recognition(dep: Deployment, worker: WorkerProcess, photos: li
         stop.set()
         thread.join(timeout=10)
     account = wait_settled(dep.redis, dep.keys, camera, feeder.pushed, WAIT_S)
+    # Close the camera's tracks as the producer's periodic sweep does: their "left"
+    # events must not name the person either.
+    from faec_rec.workers.events import publish_many
+    from faec_rec.workers.tracker import TrackStore
+
+    settings = dep.settings()
+    time.sleep(settings.events.track_timeout_s + 1.5)
+    left = TrackStore.from_settings(dep.redis, dep.keys, settings.events).sweep_idle(cameras=[camera])
+    publish_many(dep.redis, dep.keys, left, settings.events.stream_maxlen)
     all_events = events(dep.redis, dep.keys, camera)
     after = [e for e in all_events if (e.get("captured_at") or 0) > forgot_at]
     naming_after = [e for e in after if e.get("person_id") == pid or (e.get("person") or "") == name]
@@ -452,6 +461,7 @@ def forget_during_recognition(dep: Deployment, worker: WorkerProcess, photos: li
         "templates_forgotten": removed,
         "events_total": len(all_events),
         "events_after_forget": len(after),
+        "event_types_after_forget": sorted({e["type"] for e in after}),
         "events_naming_after_forget": len(naming_after),
         "naming_after_forget": naming_after[:3],
         "keys_left": keys_left + in_names + in_hashes,
