@@ -305,7 +305,15 @@ def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) ->
         )
         for f in results
     ]
-    return runtime.track_store.update(payload.camera, payload.frame, payload.captured_at, observations)
+    return runtime.track_store.update(payload.camera, payload.frame, payload.captured_at, observations,
+                                      enrolled=lambda ids: _enrolled(runtime, ids))
+
+
+def _enrolled(runtime: Runtime, person_ids: set[str]) -> set[str]:
+    """The ids among ``person_ids`` still in the gallery (Redis, the source of truth)."""
+    ids = sorted(person_ids)
+    flags = runtime.redis.smismember(runtime.keys.people(), ids)
+    return {pid for pid, flag in zip(ids, flags) if flag}
 
 
 def latency_percentiles(stats: dict[bytes | str, bytes | str], quantiles: tuple[float, ...] = (0.5, 0.95)) -> dict[float, float | None]:

@@ -380,6 +380,25 @@ class Tracker:
         track.pending_id, track.pending_count = None, 0
         return True
 
+    def identities(self) -> set[str]:
+        """Person ids the tracks hold: their identities and pending switches."""
+        held = {tr.identity for tr in self.tracks} | {tr.pending_id for tr in self.tracks}
+        return {pid for pid in held if pid is not None}
+
+    def forget_people(self, person_ids: set[str]) -> bool:
+        """Make tracks of people no longer enrolled (forgotten) "unknown", silently,
+        so no later event of theirs names them; True if a track changed."""
+        changed = False
+        for track in self.tracks:
+            if track.pending_id in person_ids:
+                track.pending_id, track.pending_count = None, 0
+                changed = True
+            if track.person_id in person_ids:
+                track.person_id, track.person, track.score = None, None, 0.0
+                track.decision = Decision.UNKNOWN.value
+                changed = True
+        return changed
+
     def _expire(self, now: float) -> list[TrackEvent]:
         gone = [tr for tr in self.tracks if now - tr.last_seen > self.timeout_s]
         return self._remove(gone)
@@ -480,9 +499,22 @@ class TrackStore:
             min_hits=events_config.track_min_hits,
         )
 
-    def update(self, camera: str, frame: int, captured_at: float, observations: Sequence[Observation]) -> list[Event]:
-        """Apply one frame of ``camera``; returns the events to publish (maybe none)."""
-        found = self._transact(camera, lambda tr: tr.update(frame, captured_at, observations), always_write=True)
+    def update(
+        self, camera: str, frame: int, captured_at: float, observations: Sequence[Observation],
+        enrolled: Callable[[set[str]], set[str]] | None = None,
+    ) -> list[Event]:
+        """Apply one frame of ``camera``; returns the events to publish (maybe none).
+
+        ``enrolled`` (person ids -> those still enrolled) lets the tracks of a
+        person forgotten since drop that identity before this frame is applied.
+        """
+        def step(tracker: Tracker) -> list[TrackEvent]:
+            held = tracker.identities() if enrolled is not None else set()
+            if held:
+                tracker.forget_people(held - enrolled(held))
+            return tracker.update(frame, captured_at, observations)
+
+        found = self._transact(camera, step, always_write=True)
         now = time.time()
         return [ev.to_event(camera, now) for ev in found]
 
