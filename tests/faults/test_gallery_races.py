@@ -29,5 +29,20 @@ def test_forget_during_recognition_leaves_nothing(shared: Deployment, other_phot
     assert summary["templates_forgotten"] >= 2, summary
     assert summary["crashed"] == 0 and summary["lost"] == 0, summary
     assert summary["frames_processed_after_forget"] >= 3, summary
+    # The face's track outlives the forget; its "left" event (after the sweep) names nobody.
+    assert "left" in summary["event_types_after_forget"], summary
     assert summary["events_naming_after_forget"] == 0, summary
     assert summary["keys_left"] == [] and summary["files_left"] == [], summary
+
+
+def test_tracker_drops_a_forgotten_identity_and_only_that() -> None:
+    from faec_rec.workers.tracker import Observation, Tracker
+
+    tracker = Tracker(iou_threshold=0.3, timeout_s=2.0, switch_frames=2, min_hits=1)
+    seen = [Observation(box=(0, 0, 100, 100), person_id="p1", person="Ann", score=0.95, decision="known"),
+            Observation(box=(300, 0, 400, 100), person_id="p2", person="Bob", score=0.95, decision="known")]
+    assert [e.person for e in tracker.update(1, 1.0, seen)] == ["Ann", "Bob"]
+    assert tracker.identities() == {"p1", "p2"}
+    assert tracker.forget_people({"p1"}) and not tracker.forget_people({"p1"})
+    left = tracker.sweep(10.0)
+    assert [(e.person_id, e.person, e.decision) for e in left] == [(None, None, "unknown"), ("p2", "Bob", "known")]
