@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -65,8 +66,6 @@ def _timed(name: str, run: Callable[[], dict[str, Any]], out: dict[str, Any]) ->
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.faults import scenarios
-
     person, other = _photos(PERSON), _photos(OTHER)
     frame, other_frame = person[10].read_bytes(), other[-1].read_bytes()
     only = set(args.only.split(",")) if args.only else set(FAULTS)
@@ -77,6 +76,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "overload_factor": args.overload_factor, "restarts": args.restarts,
                                      "down_s": args.down_s, "concurrency": args.concurrency}}
     root = Path(tempfile.mkdtemp(prefix="faec-faults-"))
+    try:
+        _run_faults(args, only, out, root, person, other, frame, other_frame)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # worker logs, crops, converted models
+    return out
+
+
+def _run_faults(args: argparse.Namespace, only: set[str], out: dict[str, Any], root: Path,
+                person: list[Path], other: list[Path], frame: bytes, other_frame: bytes) -> None:
+    from tests.faults import scenarios
 
     if "kills" in only and args.kills:
         def kills() -> dict[str, Any]:
@@ -119,7 +128,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     dep, worker, other[:3], other_frame), out)
         finally:
             dep.close()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
