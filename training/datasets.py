@@ -15,7 +15,6 @@ Two readers:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from faec_rec.errors import FaecError, ImageError, TrainingError
+from faec_rec.files import sha256_file
 
 if TYPE_CHECKING:
     from faec_rec.faces.engine import FaceEngine
@@ -260,14 +260,6 @@ class FeatureSet:
         return {p: n for n, p in enumerate(self.paths)}
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class FeatureCache:
     """Per-file cache: ``<dir>/<tag>/<hh>/<sha256>.npz`` with the features
     (or none, with the reason) and the aligned crop as JPEG bytes.
@@ -404,7 +396,7 @@ def extract_features(
     for n, path in enumerate(files.paths):
         folder = f"{path.parent.name}"
         try:
-            digest = file_sha256(path)
+            digest = sha256_file(path)
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc.strerror)
             report.add("unreadable", folder)

@@ -14,7 +14,6 @@ features) is always available and never stored.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from faec_rec.errors import ModelError
 from faec_rec.keys import Keys
+from faec_rec.files import sha256_file
 
 if TYPE_CHECKING:
     import keras
@@ -71,14 +71,6 @@ class ModelRecord:
         data = json.loads(raw)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def version_number(version: str) -> int:

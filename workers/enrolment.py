@@ -19,11 +19,11 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faec_rec.errors import GalleryError, ImageError, PayloadError, UnknownPersonError
 from faec_rec.keys import safe_id
+from faec_rec.workers.pipeline import decode, read_image_bytes
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -144,20 +144,6 @@ def stored_report(runtime_redis: Any, keys: Any, request_id: str) -> EnrolReport
     return EnrolReport.from_json(json.loads(raw)) if raw else None
 
 
-def _read(runtime: Runtime, ref: ImageRef) -> bytes:
-    if ref.key is not None:
-        data = runtime.redis.get(runtime.keys.upload(ref.key))
-        if data is None:
-            raise ImageError(ref.name, "upload_expired: the uploaded bytes expired before a worker read them; send again")
-        return bytes(data)
-    try:
-        return Path(ref.path or "").read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageError(ref.name, "not_found: no such file on the worker") from exc
-    except OSError as exc:
-        raise ImageError(ref.name, f"unreadable: {exc.strerror}") from exc
-
-
 @dataclass
 class _Candidate:
     index: int
@@ -203,7 +189,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     candidates: list[_Candidate] = []
     for i, ref in enumerate(request.images):
         try:
-            data = _read(runtime, ref)
+            data = read_image_bytes(runtime, ref.key, ref.path, ref.name)
             image = _decode(data, ref.name, runtime.settings)
         except ImageError as exc:
             reports.append(ImageReport(ref.name, False, Reason.BAD_IMAGE.value, exc.reason))
@@ -264,8 +250,6 @@ def _gallery_enrol(gallery: Any, request: EnrolRequest, report: EnrolReport, can
 
 
 def _decode(data: bytes, name: str, settings: Any) -> Any:
-    from faec_rec.workers.pipeline import decode
-
     return decode(data, name, settings)
 
 

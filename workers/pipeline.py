@@ -347,18 +347,22 @@ def latency_percentiles(stats: dict[bytes | str, bytes | str], quantiles: tuple[
 
 
 # ---- folder jobs / single images ----------------------------------------------
-def _read_source(runtime: Runtime, payload: ImagePayload) -> bytes:
-    if payload.key is not None:
-        data = runtime.redis.get(runtime.keys.upload(payload.key))
+def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: str) -> bytes:
+    """The bytes of an uploaded image (``keys.upload(key)``) or of a file the worker can read.
+
+    Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``not_found`` or ``unreadable``.
+    """
+    if key is not None:
+        data = runtime.redis.get(runtime.keys.upload(key))
         if data is None:
-            raise ImageError(payload.name, "upload_expired: the uploaded bytes expired before a worker read them")
+            raise ImageError(name, "upload_expired: the uploaded bytes expired before a worker read them; send again")
         return bytes(data)
     try:
-        return Path(payload.path or "").read_bytes()
+        return Path(path or "").read_bytes()
     except FileNotFoundError as exc:
-        raise ImageError(payload.name, "not_found: no such file on the worker") from exc
+        raise ImageError(name, "not_found: no such file on the worker") from exc
     except OSError as exc:
-        raise ImageError(payload.name, f"unreadable: {exc.strerror}") from exc
+        raise ImageError(name, f"unreadable: {exc.strerror}") from exc
 
 
 def _seen_field(name: str) -> str:
@@ -381,7 +385,7 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     runtime.refresh()
     record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
     try:
-        image = decode(_read_source(runtime, payload), payload.name, runtime.settings)
+        image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
         record["faces"] = [f.to_json() for f in recognise_faces(runtime, image)]
     except ImageError as exc:
         record["error"] = exc.reason

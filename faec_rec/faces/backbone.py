@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import numpy as np
 from faec_rec.errors import ModelError
 from faec_rec.faces import dlib_format
 from faec_rec.faces.dlib_format import AddPrev, Affine, AvgPool, Conv, DlibNetwork, Fc, MaxPool, Relu, Skip, Tag
+from faec_rec.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,6 @@ BACKBONE_VERSION = "dlib-resnet-v1"
 DLIB_RESNET_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 INPUT_SIZE = 150
 DESCRIPTOR_DIM = 128
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.cache
