@@ -303,8 +303,16 @@ class Client:
 
         Raises :class:`UnknownPersonError`. Crops are deleted from this
         machine's ``data_dir``; every worker drops the vectors when it syncs.
+        Feedback entries naming the person (with the face features they hold)
+        are deleted too; recognition events' feature keys expire with
+        ``events.features_ttl_s``.
         """
-        return int(self.gallery.forget(id_or_name))
+        from faec_rec.training.feedback import forget_feedback
+
+        person_id = self.gallery.store.resolve(id_or_name)
+        count = int(self.gallery.forget(person_id))
+        forget_feedback(self.redis, self.keys, person_id)
+        return count
 
     def rename(self, id_or_name: str, new_name: str) -> None:
         """Give a person a new display name; raises :class:`UnknownPersonError`."""

@@ -99,6 +99,7 @@ class EventsConfig(_Section):
     track_timeout_s: float = Field(2.0, gt=0, le=600, description="a track unseen this long is 'left'")
     track_switch_frames: int = Field(2, ge=1, le=100, description="matched frames in a row naming another person before a track's identity changes")
     track_min_hits: int = Field(2, ge=1, le=100, description="frames a face must be tracked in before its 'arrived' event (1 = at once)")
+    features_ttl_s: int = Field(7 * 86_400, ge=0, le=90 * 86_400, description="seconds the face features of an 'arrived'/'updated' event are kept so feedback on it can train the head (0 = not stored); also how long a forgotten person's face may stay in those keys")
 
 
 class TrainingConfig(_Section):

@@ -121,6 +121,12 @@ class Keys:
             return self._k("events")
         return self._k("events", safe_id(camera_id, "camera id"))
 
+    def event_features(self, camera_id: str, frame_no: int, face: int) -> str:
+        """String with TTL: raw backbone features ((128,) float32, 512 bytes) of face
+        number ``face`` (0-based, detection order) of a camera frame, stored when that
+        face made an "arrived"/"updated" event; the event names it as ``features_key``."""
+        return self._k("event-features", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
+
     def events_channel(self) -> str:
         """Pub/sub channel mirroring the combined event stream."""
         return self._k("events", "live")

@@ -261,8 +261,10 @@ def feedback(event_id: str, is_name: str | None, not_name: str | None) -> None:
     verb = "was" if entry.is_person else "was not"
     click.echo(f"recorded: event {event_id} {verb} {entry.person} (feedback {stream_id})")
     if not entry.usable:
-        click.echo("note: this event carries no face features, so the feedback is kept for review "
-                   "but cannot train the head")
+        click.echo(f"note: {entry.reason}; the feedback is kept for review but cannot train the head")
+    elif not entry.is_person:
+        click.echo("note: corrections (--not) are kept with the face's features for review; "
+                   "head training uses confirmations (--is) only")
 
 
 commands: list[click.Command] = [models, train, feedback]

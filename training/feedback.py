@@ -7,15 +7,31 @@ combined event stream first: feedback on an event that expired from the
 stream (or never existed) is refused with a message saying so.
 
 An entry can train the head only when it carries the face's backbone
-features: the event's ``features`` (base64 float32) or a Redis key
-``features_key`` holding them. Recognition events as published today carry
-neither (messages carry ids, not arrays), so feedback is recorded and counted
-but marked ``usable: false``; training skips those entries.
+features. Events carry ids, not arrays: a worker publishing an "arrived" or
+"updated" event stores the raw features of the face that made it under the
+event's ``features_key`` (``keys.event_features``) for ``events.features_ttl_s``
+seconds (default 7 days). Feedback copies those bytes into its entry (an
+event's inline ``features``, base64 float32, is accepted too), so the entry
+stays usable after the key expires. Feedback on an event whose features have
+expired, or that never had any ("left" events, ``features_ttl_s = 0``), is
+recorded with ``usable: false`` and a ``reason``; training skips it.
+
+``--is NAME`` entries are positives for NAME in :func:`training_set
+<faec_rec.training.retrain.training_set>`; ``--not NAME`` entries are recorded
+(with their features) for review and future use, but head training does not
+use them: the metric losses learn from labelled identities, and "not NAME"
+gives no label.
+
+Forgetting: :func:`forget_feedback` deletes every entry naming a person
+(``faec_rec.client.Client.forget`` calls it); the event feature keys name
+cameras and frames, not people, so ``events.features_ttl_s`` bounds how long
+a forgotten person's face stays there.
 """
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +40,8 @@ import numpy as np
 
 from faec_rec.errors import TrainingError
 from faec_rec.keys import Keys
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -43,6 +61,7 @@ class Feedback:
     model_version: str | None
     at: float
     features: str | None = None  # base64 of (128,) float32, when the event provided them
+    reason: str | None = None  # why ``features`` is None (for people), else None
 
     @property
     def usable(self) -> bool:
@@ -83,19 +102,35 @@ def find_event(redis: "redis_lib.Redis", keys: Keys, event_id: str) -> dict[str,
         raise TrainingError(f"event {event_id} is not a JSON recognition event") from exc
 
 
-def _event_features(redis: "redis_lib.Redis", event: dict[str, Any]) -> str | None:
+NO_FEATURES = "this event carries no face features (only 'arrived'/'updated' events do, while events.features_ttl_s > 0)"
+EXPIRED = ("the face features of this event have expired (events.features_ttl_s); "
+           "the feedback is recorded but cannot be used for training")
+BAD_FEATURES = "the stored face features of this event are not 128 finite float32 values"
+
+
+def event_features(redis: "redis_lib.Redis", event: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The face features of a recognition event as (base64 of (128,) float32, None),
+    or (None, reason) when there are none: never stored, expired, or malformed.
+
+    Reads the event's inline ``features`` or the Redis key ``features_key``.
+    """
     if isinstance(event.get("features"), str):
-        raw = base64.b64decode(event["features"])
+        try:
+            raw = base64.b64decode(event["features"], validate=True)
+        except ValueError:
+            return None, BAD_FEATURES
     elif isinstance(event.get("features_key"), str):
-        raw = redis.get(event["features_key"]) or b""
+        raw = redis.get(event["features_key"])
+        if raw is None:
+            return None, EXPIRED
     else:
-        return None
+        return None, NO_FEATURES
     if len(raw) != FEATURE_BYTES:
-        return None
+        return None, BAD_FEATURES
     vec = np.frombuffer(raw, dtype=np.float32)
     if not np.isfinite(vec).all() or not np.linalg.norm(vec) > 0:
-        return None
-    return base64.b64encode(raw).decode()
+        return None, BAD_FEATURES
+    return base64.b64encode(raw).decode(), None
 
 
 def record_feedback(
@@ -114,6 +149,9 @@ def record_feedback(
     event = find_event(redis, keys, event_id)
     if event.get("type") == "error":
         raise TrainingError(f"event {event_id} is an error event (no face was recognised): nothing to confirm")
+    features, reason = event_features(redis, event)
+    if features is None:
+        log.info("feedback on event %s kept for review only: %s", event_id, reason)
     entry = Feedback(
         event_id=event_id,
         person_id=person_id,
@@ -122,7 +160,8 @@ def record_feedback(
         camera=event.get("camera"),
         model_version=event.get("model_version"),
         at=time.time(),
-        features=_event_features(redis, event),
+        features=features,
+        reason=reason,
     )
     stream_id = redis.xadd(keys.feedback(), {"feedback": json.dumps(entry.to_json())}, maxlen=maxlen, approximate=True)
     return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id), entry
@@ -139,3 +178,21 @@ def read_feedback(redis: "redis_lib.Redis", keys: Keys) -> list[Feedback]:
         except (KeyError, TypeError, ValueError):
             continue
     return out
+
+
+def forget_feedback(redis: "redis_lib.Redis", keys: Keys, person_id: str) -> int:
+    """Delete every feedback entry naming ``person_id`` (confirmations and
+    corrections, with the face features they hold); returns entries deleted."""
+    doomed = []
+    for entry_id, fields in redis.xrange(keys.feedback()):
+        try:
+            named = json.loads(fields[b"feedback"] if b"feedback" in fields else fields["feedback"]).get("person_id")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        if named == person_id:
+            doomed.append(entry_id)
+    for start in range(0, len(doomed), 500):
+        redis.xdel(keys.feedback(), *doomed[start:start + 500])
+    if doomed:
+        log.info("deleted %d feedback entries naming forgotten person %s", len(doomed), person_id)
+    return len(doomed)

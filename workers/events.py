@@ -24,6 +24,10 @@ Fields (every event carries all of them; absent values are ``null``):
 ``track_id``    int, unique within the camera
 ``error``       null, or a short code: ``"frame_expired"``, ``"bad_image"``, ...
 ``detail``      null, or a human-readable sentence
+``features_key`` null, or the Redis key (``keys.event_features``) holding the raw
+                backbone features ((128,) float32 bytes) of the face that made an
+                "arrived"/"updated" event, kept ``events.features_ttl_s`` seconds
+                so ``faec-rec feedback`` on the event can train the head
 =============== ====================================================================
 """
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Event:
     track_id: int | None = None
     error: str | None = None
     detail: str | None = None
+    features_key: str | None = None
 
     def __post_init__(self) -> None:
         # Fail at construction, where the bug is, not in a subscriber. Enum members

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,8 @@ class FaceResult:
     box: ``[x1, y1, x2, y2]`` image pixels; score: cosine similarity of the best
     gallery match in [-1, 1] (None with an empty gallery); decision: "known" or
     "unknown"; person/person_id: null when unknown; runner_up: the next
-    person's name (or None).
+    person's name (or None); features: the face's raw backbone features, (128,)
+    float32 (not part of :meth:`to_json`: results carry ids, not arrays).
     """
 
     box: list[float]
@@ -118,6 +119,7 @@ class FaceResult:
     person: str | None = None
     runner_up: str | None = None
     detection_score: float = 0.0
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,7 +132,7 @@ class FaceResult:
         }
 
 
-def _face_result(face: Any, match: Any) -> FaceResult:
+def _face_result(face: Any, match: Any, features: np.ndarray | None = None) -> FaceResult:
     decision = getattr(match.decision, "value", match.decision)
     known = decision == "known"
     runner = getattr(match, "runner_up", None)
@@ -143,6 +145,7 @@ def _face_result(face: Any, match: Any) -> FaceResult:
         person=match.name if known else None,
         runner_up=runner_name,
         detection_score=float(face.score),
+        features=features,
     )
 
 
@@ -159,7 +162,7 @@ def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
     features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
     with metrics.stage("identify"):
         matches = _identify(runtime, features)
-    return [_face_result(a.face, m) for a, m in zip(analysed, matches)]
+    return [_face_result(a.face, m, features[i]) for i, (a, m) in enumerate(zip(analysed, matches))]
 
 
 def _identify(runtime: Runtime, features: np.ndarray) -> list[Any]:
@@ -270,6 +273,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     results = recognise_faces(runtime, image)
     with metrics.stage("track_publish"):
         events = track(runtime, payload, results)
+        store_event_features(runtime, payload, results, events)
         ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 
@@ -298,6 +302,12 @@ def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) ->
     from faec_rec.workers.tracker import Observation
 
     version = runtime.model_version
+    features_keys = None
+    if runtime.settings.events.features_ttl_s > 0:
+        features_keys = [
+            runtime.keys.event_features(payload.camera, payload.frame, i) if f.features is not None else None
+            for i, f in enumerate(results)
+        ]
     observations = [
         Observation(
             box=tuple(f.box), person_id=f.person_id, person=f.person,
@@ -306,7 +316,29 @@ def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) ->
         for f in results
     ]
     return runtime.track_store.update(payload.camera, payload.frame, payload.captured_at, observations,
-                                      enrolled=lambda ids: _enrolled(runtime, ids))
+                                      enrolled=lambda ids: _enrolled(runtime, ids), features_keys=features_keys)
+
+
+def store_event_features(runtime: Runtime, payload: FramePayload, results: list[FaceResult], events: list[Any]) -> int:
+    """Store the raw features of each face that made an event with a ``features_key``.
+
+    Written before the events are published, so a subscriber that sees an event
+    finds its features; each key (``keys.event_features(camera, frame, face)``)
+    lives ``events.features_ttl_s`` seconds, which is also the bound on how long a
+    forgotten person's face stays there (the keys name cameras and frames, not
+    people). A redelivered frame rewrites the same bytes. Returns keys written.
+    """
+    ttl = runtime.settings.events.features_ttl_s
+    wanted = {e.features_key for e in events if e.features_key is not None}
+    if not wanted or ttl <= 0:
+        return 0
+    pipe = runtime.redis.pipeline(transaction=False)
+    for i, f in enumerate(results):
+        key = runtime.keys.event_features(payload.camera, payload.frame, i)
+        if key in wanted and f.features is not None:
+            pipe.set(key, np.ascontiguousarray(f.features, dtype=np.float32).tobytes(), ex=ttl)
+    pipe.execute()
+    return len(wanted)
 
 
 def _enrolled(runtime: Runtime, person_ids: set[str]) -> set[str]:

@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,6 +106,8 @@ class TrackEvent:
 
     ``frame``/``t`` are the frame and capture time (unix seconds) the event is about:
     the triggering frame for arrived/updated, the last frame seen for "left".
+    ``observation``: for arrived/updated, the index in that frame's observations of
+    the face that made the event (None for "left").
     """
 
     type: str
@@ -119,9 +121,10 @@ class TrackEvent:
     decision: str
     model_version: str | None = None
     detail: str | None = None
+    observation: int | None = None
 
-    def to_event(self, camera: str, processed_at: float | None = None) -> Event:
-        """The published :class:`Event` for ``camera``."""
+    def to_event(self, camera: str, processed_at: float | None = None, features_key: str | None = None) -> Event:
+        """The published :class:`Event` for ``camera`` (``features_key``: see :class:`Event`)."""
         return Event(
             type=self.type,
             camera=camera,
@@ -136,6 +139,7 @@ class TrackEvent:
             model_version=self.model_version,
             track_id=self.track_id,
             detail=self.detail,
+            features_key=features_key,
         )
 
 
@@ -239,12 +243,12 @@ class Tracker:
             matched_obs.add(oi)
             event = self._continue(self.tracks[ti], frame, t, observations[oi])
             if event is not None:
-                events.append(event)
+                events.append(replace(event, observation=oi))
         for oi, obs in enumerate(observations):
             if oi not in matched_obs:
                 event = self._start(frame, t, obs)
                 if event is not None:
-                    events.append(event)
+                    events.append(replace(event, observation=oi))
         events.sort(key=lambda e: e.track_id)
         if in_order:
             self.newest_frame = frame
@@ -502,11 +506,15 @@ class TrackStore:
     def update(
         self, camera: str, frame: int, captured_at: float, observations: Sequence[Observation],
         enrolled: Callable[[set[str]], set[str]] | None = None,
+        features_keys: Sequence[str | None] | None = None,
     ) -> list[Event]:
         """Apply one frame of ``camera``; returns the events to publish (maybe none).
 
         ``enrolled`` (person ids -> those still enrolled) lets the tracks of a
         person forgotten since drop that identity before this frame is applied.
+        ``features_keys`` (one per observation, or None): an arrived/updated event
+        made by observation ``i`` carries ``features_keys[i]`` as its ``features_key``;
+        the caller stores that face's features there.
         """
         def step(tracker: Tracker) -> list[TrackEvent]:
             held = tracker.identities() if enrolled is not None else set()
@@ -516,7 +524,11 @@ class TrackStore:
 
         found = self._transact(camera, step, always_write=True)
         now = time.time()
-        return [ev.to_event(camera, now) for ev in found]
+        return [
+            ev.to_event(camera, now, None if features_keys is None or ev.observation is None
+                        else features_keys[ev.observation])
+            for ev in found
+        ]
 
     def sweep(self, camera: str, now: float | None = None) -> list[Event]:
         """"left" events for ``camera``'s tracks unseen past the timeout at ``now`` (unix s)."""

@@ -20,7 +20,7 @@ from faec_rec.workers.tracker import Observation, Tracker
 
 SCHEMA = {
     "type", "camera", "frame", "captured_at", "processed_at", "box", "person_id", "person",
-    "score", "decision", "model_version", "track_id", "error", "detail",
+    "score", "decision", "model_version", "track_id", "error", "detail", "features_key",
 }
 
 
@@ -115,9 +115,12 @@ def test_tracker_events_become_schema_events() -> None:
     tracker = Tracker(iou_threshold=0.3, timeout_s=1.0, min_hits=1)
     o = Observation(box=(0, 0, 50, 50), person_id=None, person=None, score=0.2, decision="unknown", model_version="v2")
     (arrived,) = tracker.update(0, 100.0, [o])
+    assert arrived.observation == 0  # the face that made it, for its features_key
     ev = arrived.to_event("cam9", processed_at=100.5)
     assert ev.to_json() == {
         "type": "arrived", "camera": "cam9", "frame": 0, "captured_at": 100.0, "processed_at": 100.5,
         "box": [0.0, 0.0, 50.0, 50.0], "person_id": None, "person": None, "score": 0.2,
         "decision": "unknown", "model_version": "v2", "track_id": 1, "error": None, "detail": None,
+        "features_key": None,
     }
+    assert arrived.to_event("cam9", features_key="k").features_key == "k"
