@@ -205,6 +205,47 @@ def test_corrupt_and_expired_frames_give_error_events_and_the_rest_goes_on(
     assert int(r.hget(stats_key, "errors")) == 2
 
 
+def test_an_arrived_event_keeps_its_faces_features_and_feedback_on_it_trains_the_head(
+        enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    import numpy as np
+
+    from faec_rec.faces.engine import FaceEngine
+    from faec_rec.faces.image import load_image
+    from faec_rec.training.feedback import EXPIRED, read_feedback, record_feedback
+    from faec_rec.training.retrain import _feedback_rows
+    from faec_rec.workers.app import TASK_RECOGNISE
+
+    r, keys, client = service["redis"], service["keys"], service["client"]
+    camera = "lobby"
+    photo = sorted((faces_dir / "lfw" / "David_Beckham").glob("*.jpg"))[6].read_bytes()
+    for n in (1, 2):
+        client.app.send_task(TASK_RECOGNISE, args=[_push_frame(r, keys, camera, n, photo)], queue="frames")
+    wait_for(lambda: int(r.hget(keys.camera_stats(camera), "processed") or 0) >= 2, what="lobby frames")
+    [(event_id, fields)] = [(i, f) for i, f in r.xrange(keys.events()) if json.loads(f[b"event"])["camera"] == camera]
+    event = json.loads(fields[b"event"])
+    assert event["type"] == "arrived" and event["person"] == "Beckham"
+    assert event["features_key"] == keys.event_features(camera, event["frame"], 0)
+    stored = np.frombuffer(r.get(event["features_key"]), dtype=np.float32)
+    assert 0 < r.ttl(event["features_key"]) <= service["settings"].events.features_ttl_s
+    # the bytes are the backbone features of the face in the frame
+    [face] = FaceEngine(service["settings"].faces, cache_dir=service["data_dir"] / "models").analyse(load_image(photo))
+    np.testing.assert_allclose(stored, face.features, rtol=0, atol=1e-4)
+
+    event_id = event_id.decode()
+    beckham = client.person("Beckham")
+    _, entry = record_feedback(r, keys, event_id, beckham.id, beckham.name, True)
+    assert entry.usable
+    np.testing.assert_array_equal(entry.vector(), stored)
+    person_ids = sorted(p.id for p in client.people())
+    rows, _ = _feedback_rows(r, keys, person_ids)
+    assert [(label, vec.tobytes()) for label, vec in rows] == [(person_ids.index(beckham.id), stored.tobytes())]
+
+    r.delete(event["features_key"])  # as if events.features_ttl_s had passed
+    _, late = record_feedback(r, keys, event_id, beckham.id, beckham.name, True)
+    assert not late.usable and late.reason == EXPIRED
+    assert len(read_feedback(r, keys)) == 2
+
+
 def test_video_through_the_camera_producer_gives_tracked_events(
         enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
     from faec_rec.producers.camera import CameraSpec, run_cameras
