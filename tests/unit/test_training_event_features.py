@@ -12,7 +12,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from faec_rec.config import load_settings
