@@ -5,7 +5,7 @@
 
 Prints one JSON line per size::
 
-    {"bench": "search", "size": N, "index": "flat"|"hnsw", "build_s", "memory_mb",
+    {"bench": "search", "size": N, "index": "flat"|"ivf"|"hnsw", "build_s", "memory_mb",
      "single_p50_ms", "single_p95_ms", "batch100_p50_ms", "batch100_p95_ms",
      "recall_at_1", "identify_p50_ms", ...}
 
@@ -14,7 +14,7 @@ centres sharing a common direction (different people already score ~0.3
 cosine, as real faces do), ``--per-identity`` templates per identity at ~0.89
 cosine to their centre (~0.8 to each other), queries are fresh samples of
 enrolled identities. The index kind is the one the gallery would choose
-(``GalleryConfig.hnsw_above``); ``k`` is ``GalleryConfig.search_k``;
+(``GalleryConfig.hnsw_above``, ``GalleryConfig.approximate``); ``k`` is ``GalleryConfig.search_k``;
 ``recall_at_1`` is the share of queries whose top result equals exact (flat)
 search's; ``memory_mb`` is the resident-memory growth while building;
 ``identify_p50_ms`` is a full replica lookup (search, exact re-scoring, person
@@ -30,7 +30,8 @@ written to and loaded from a snapshot, and re-projected into a new version
 (``reproject_ms_per_10k``). Its keys live under a throw-away prefix, deleted after.
 
 ``--ef-sweep 128,256,512`` adds ``ef_sweep``: recall and single-query latency of
-the same HNSW graph at each efSearch.
+the same HNSW graph at each efSearch; ``--nprobe-sweep 256,320,384`` adds
+``nprobe_sweep``, the same for the IVF index at each nprobe.
 """
 from __future__ import annotations
 
@@ -144,6 +145,9 @@ def bench_search(size: int, args: argparse.Namespace, config: GalleryConfig) -> 
         "hnsw_m": config.hnsw_m if kind == "hnsw" else None,
         "ef_search": config.hnsw_ef_search if kind == "hnsw" else None,
         "ef_construction": config.hnsw_ef_construction if kind == "hnsw" else None,
+        "ivf_nlist": getattr(index, "nlist", None) if kind == "ivf" else None,
+        "ivf_nprobe": config.ivf_nprobe if kind == "ivf" else None,
+        "ivf_refine": config.ivf_refine if kind == "ivf" else None,
         "build_threads": args.threads, "query_threads": query_threads,
         "build_s": round(build_s, 3), "memory_mb": round(memory_mb, 1),
     }
@@ -153,18 +157,21 @@ def bench_search(size: int, args: argparse.Namespace, config: GalleryConfig) -> 
     out["same_identity_at_1"] = round(same_identity, 4)
     if kind == "hnsw" and args.ef_sweep:
         out["ef_sweep"] = ef_sweep(index, queries, exact, ids, k, [int(e) for e in args.ef_sweep.split(",")])
+    if kind == "ivf" and args.nprobe_sweep:
+        out["nprobe_sweep"] = ef_sweep(index, queries, exact, ids, k, [int(e) for e in args.nprobe_sweep.split(",")], knob="nprobe")
     if size <= args.identify_up_to:
         out.update(bench_identify(vectors, ids, queries, config, index))
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return out
 
 
-def ef_sweep(index: Any, queries: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int, efs: list[int]) -> list[dict[str, Any]]:
-    """Recall and single-query latency of one HNSW graph at several efSearch values."""
+def ef_sweep(index: Any, queries: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int, efs: list[int],
+             knob: str = "ef_search") -> list[dict[str, Any]]:
+    """Recall and single-query latency of one index at several values of ``knob`` (HNSW efSearch, IVF nprobe)."""
     rows = []
-    default = index.ef_search
+    default = getattr(index, knob)
     for ef in efs:
-        index.ef_search = ef
+        setattr(index, knob, ef)
         times, found = [], np.empty(len(queries), np.int64)
         for i in range(len(queries)):
             t = time.perf_counter()
@@ -172,10 +179,10 @@ def ef_sweep(index: Any, queries: np.ndarray, exact: np.ndarray, ids: np.ndarray
             times.append(time.perf_counter() - t)
             found[i] = lab[0, 0]
         p50, p95 = percentiles(times)
-        rows.append({"ef_search": ef, "single_p50_ms": p50, "single_p95_ms": p95,
+        rows.append({knob: ef, "single_p50_ms": p50, "single_p95_ms": p95,
                      "recall_at_1": round(float(np.mean(found == exact)), 4),
                      "same_identity_at_1": round(float(np.mean(ids[found] == ids[exact])), 4)})
-    index.ef_search = default
+    setattr(index, knob, default)
     return rows
 
 
@@ -296,6 +303,10 @@ def main() -> None:
     parser.add_argument("--hnsw-above", type=int, default=None, help="override GalleryConfig.hnsw_above")
     parser.add_argument("--ef-search", type=int, default=None, help="override GalleryConfig.hnsw_ef_search")
     parser.add_argument("--ef-construction", type=int, default=None, help="override GalleryConfig.hnsw_ef_construction")
+    parser.add_argument("--approximate", choices=("ivf", "hnsw"), default=None, help="override GalleryConfig.approximate")
+    parser.add_argument("--nprobe", type=int, default=None, help="override GalleryConfig.ivf_nprobe")
+    parser.add_argument("--nlist", type=int, default=None, help="override GalleryConfig.ivf_nlist (0 = 4*sqrt(n))")
+    parser.add_argument("--nprobe-sweep", default="", help="comma-separated nprobe values to measure on the IVF index built")
     parser.add_argument("--ef-sweep", default="", help="comma-separated efSearch values to measure on the HNSW graph built")
     parser.add_argument("--identify-up-to", type=int, default=1_000_000, help="measure full replica lookups up to this size")
     parser.add_argument("--replay-events", type=int, default=100_000, help="gallery events to replay (0: skip)")
@@ -303,7 +314,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = {k: v for k, v in {"hnsw_above": args.hnsw_above, "hnsw_ef_search": args.ef_search,
-                                   "hnsw_ef_construction": args.ef_construction}.items() if v is not None}
+                                   "hnsw_ef_construction": args.ef_construction, "approximate": args.approximate,
+                                   "ivf_nprobe": args.nprobe, "ivf_nlist": args.nlist}.items() if v is not None}
     config = GalleryConfig(**overrides)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}

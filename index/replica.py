@@ -8,7 +8,7 @@ from the index are re-scored exactly in numpy and ties are broken by id, and
 per-person thresholds are computed from the current content on demand. So two
 replicas that applied the same events, or one loaded from a snapshot and
 replayed and one that replayed everything, answer identically (exactly with
-the flat index; with HNSW, up to its recall, ≥ 0.99).
+the flat index; with IVF or HNSW, up to their recall, ≥ 0.99).
 
 Templates live in *slots*: rows of the raw-feature and projected-vector arrays
 and the labels of the FAISS index. Removed slots are zeroed at once (their
@@ -30,7 +30,7 @@ from faec_rec.index.decision import Match, RunnerUp, decide, person_threshold, u
 from faec_rec.index.events import START, EventOp, GalleryEvent
 from faec_rec.index.projection import DIM, Projector
 from faec_rec.index.snapshot import decode_strings, encode_strings
-from faec_rec.index.vectors import FlatIndex, HnswIndex, VectorIndex, build_index, index_kind
+from faec_rec.index.vectors import FlatIndex, HnswIndex, IvfIndex, VectorIndex, build_index, index_kind
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,12 @@ class Replica:
         dead = self._n - live
         kind = self._index.kind
         wanted = kind
-        if kind == "flat" and index_kind(live, self.config) == "hnsw":
-            wanted = "hnsw"
-        elif kind == "hnsw" and live < self.config.hnsw_above // 2:
+        if kind == "flat" and index_kind(live, self.config) != "flat":
+            wanted = self.config.approximate
+        elif kind != "flat" and live < self.config.hnsw_above // 2:
             wanted = "flat"  # hysteresis: do not flap around the threshold
+        elif kind != "flat" and kind != self.config.approximate:
+            wanted = self.config.approximate
         if wanted != kind or self._index.needs_rebuild() or dead > max(1024, live):
             self._rebuild(wanted)
 
@@ -346,8 +348,8 @@ class Replica:
             "persons": encode_strings(list(self._person)),
             "names": np.frombuffer(json.dumps(self.names).encode(), dtype=np.uint8),
         }
-        if isinstance(self._index, HnswIndex):
-            arrays.update(self._index.to_arrays())
+        if isinstance(self._index, (HnswIndex, IvfIndex)):
+            arrays.update(self._index.to_arrays())  # IVF's float rows are the "vectors" above (label = slot)
         meta = {"version": self.version, "kind": self._index.kind, "templates": self.size, "people": len(self.names)}
         return meta, arrays
 
@@ -379,8 +381,11 @@ class Replica:
             live = np.flatnonzero(alive)
             if len(live):
                 self._vectors[live] = projector.project(np.ascontiguousarray(self._features[live]))
-        if same_version and meta.get("kind") == "hnsw" and "hnsw_bytes" in arrays:
+        kind = meta.get("kind")
+        if same_version and kind == config.approximate == "hnsw" and "hnsw_bytes" in arrays:
             self._index = HnswIndex.from_arrays(arrays, config.hnsw_ef_search)
+        elif same_version and kind == config.approximate == "ivf" and "ivf_bytes" in arrays:
+            self._index = IvfIndex.from_arrays(arrays, self._vectors, config.ivf_nprobe, config.ivf_refine)
         else:
             self._rebuild()
         return self

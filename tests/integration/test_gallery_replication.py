@@ -205,16 +205,17 @@ def test_trimmed_stream_sends_stale_replicas_to_the_records(redis_client, keys, 
     assert answers(stale, q) == answers(writer, q) == answers(fresh, q)
 
 
-def test_hnsw_replica_answers_like_the_exact_one(redis_client, keys, tmp_path: Path, centres) -> None:
+@pytest.mark.parametrize("approximate", ["ivf", "hnsw"])
+def test_approximate_replica_answers_like_the_exact_one(redis_client, keys, tmp_path: Path, centres, approximate: str) -> None:
     exact = Gallery(redis_client, keys, CONFIG, tmp_path / "e")
-    approx = Gallery(redis_client, keys, CONFIG.model_copy(update={"hnsw_above": 30}), tmp_path / "a")
+    approx = Gallery(redis_client, keys, CONFIG.model_copy(update={"hnsw_above": 30, "approximate": approximate}), tmp_path / "a")
     churn([exact, approx], centres, np.random.default_rng(17))
     exact.sync()
     approx.sync()
-    assert exact.replica.index_kind == "flat" and approx.replica.index_kind == "hnsw"
+    assert exact.replica.index_kind == "flat" and approx.replica.index_kind == approximate
     q = queries(centres)
     a, e = answers(approx, q), answers(exact, q)
-    # Candidates are re-scored exactly, so where HNSW finds the same people the answers are identical.
+    # Candidates are re-scored exactly, so where the index finds the same people the answers are identical.
     same = sum(x == y for x, y in zip(a, e))
     assert same / len(q) >= 0.99
     assert [m["decision"] for m in a] == [m["decision"] for m in e]

@@ -176,9 +176,18 @@ def test_version_event_reprojects_or_waits_for_a_projector(rng: np.random.Genera
     assert [m.person_id for m in matches] == [f"p{i}" for i in range(6)]
 
 
-def test_switch_to_hnsw_past_the_threshold_and_back(rng: np.random.Generator) -> None:
-    replica, centres, _ = populated(rng, GalleryConfig(hnsw_above=50), people=30)  # 90 templates
-    assert replica.index_kind == "hnsw"
+@pytest.mark.parametrize("approximate", ["ivf", "hnsw"])
+def test_switch_to_approximate_past_the_threshold_and_back(rng: np.random.Generator, approximate: str) -> None:
+    config = GalleryConfig(hnsw_above=50, approximate=approximate)
+    replica, centres, _ = populated(rng, config, people=30)  # 90 templates
+    assert replica.index_kind == approximate
+    matches = replica.identify(centres, "base", 0.6)
+    assert [m.person_id for m in matches] == [f"p{i}" for i in range(30)]
+    meta, arrays = replica.to_arrays()  # the trained index travels in the snapshot
+    meta["position"] = replica.position
+    again = Replica.from_arrays(meta, arrays, config, BaseProjector())
+    assert again.index_kind == approximate and again.size == replica.size
+    assert [m.score for m in again.identify(centres, "base", 0.6)] == [m.score for m in matches]
     removes = [(f"{100 + p}-0", GalleryEvent(EventOp.FORGET, person=f"p{p}")) for p in range(25)]
     replica.apply(removes, {})
     assert replica.size == 15 and replica.index_kind == "flat"
