@@ -91,7 +91,8 @@ def _run_faults(args: argparse.Namespace, only: set[str], out: dict[str, Any], r
         def kills() -> dict[str, Any]:
             dep = scenarios.Deployment(args.redis_url, root / "kills")
             try:
-                return scenarios.worker_kills(dep, person[:4], frame, args.kills, frames_per_trial=args.frames_per_kill)
+                return scenarios.worker_kills(dep, person[:4], frame, args.kills, frames_per_trial=args.frames_per_kill,
+                                              report_wait_s=args.report_wait_s)
             finally:
                 dep.close()
         _timed("kills", kills, out)
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=50, help="worker kills mid-enrolment (issue target: 50)")
     parser.add_argument("--frames-per-kill", type=int, default=6, help="frames queued with each killed enrolment")
+    parser.add_argument("--report-wait-s", type=float, default=180.0,
+                        help="seconds to wait for a killed enrolment's report before counting it stuck (lost)")
     parser.add_argument("--bad-inputs", type=int, default=1000, help="damaged images through recognition (target: 1000)")
     parser.add_argument("--overload-s", type=float, default=120.0, help="seconds of overload (target: 120)")
     parser.add_argument("--overload-factor", type=float, default=2.0, help="offered load over measured capacity")

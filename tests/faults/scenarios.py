@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faec_rec.errors import TaskTimeout
 from faec_rec.keys import Keys
 from tests.faults.harness import (
     MUST_FAIL,
@@ -102,7 +103,8 @@ def _enrol_running(dep: Deployment, request_id: str) -> bool:
 
 # ---- 1. SIGKILL in the middle of enrolments and recognition ---------------------------
 def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, *,
-                 frames_per_trial: int = 6, visibility_timeout_s: int = 3) -> dict[str, Any]:
+                 frames_per_trial: int = 6, visibility_timeout_s: int = 3,
+                 report_wait_s: float = WAIT_S) -> dict[str, Any]:
     """``kills`` enrolments (a new person each, ``photos``), each killed mid-way while
     frames of camera "kills" wait behind it.
 
@@ -117,6 +119,7 @@ def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, 
     worker = dep.start_worker(env=env).wait_ready()
     feeder = FrameFeeder(dep.redis, dep.keys, dep.client.app, "kills")
     reports, mid, machine, pool, timeouts = [], 0, 0, 0, 0
+    stuck: list[dict[str, Any]] = []
     for i in range(kills):
         request_id = dep.client.enrol(f"Person {i:03d}", photos, wait=False)
         for _ in range(frames_per_trial):
@@ -132,8 +135,14 @@ def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, 
         mid += dep.redis.hget(dep.keys.enrolment(request_id), "report") is None
         if not worker.alive:
             worker = dep.start_worker(env=env)
-        reports.append(dep.client.enrol_report(request_id, timeout=WAIT_S))
-    account = wait_settled(dep.redis, dep.keys, "kills", feeder.pushed, WAIT_S)
+        try:
+            reports.append(dep.client.enrol_report(request_id, timeout=report_wait_s))
+        except TaskTimeout:
+            stuck.append(_redelivery_state(dep, request_id, i))
+    try:
+        account = wait_settled(dep.redis, dep.keys, "kills", feeder.pushed, report_wait_s)
+    except AssertionError:
+        account = camera_account(dep.redis, dep.keys, "kills")
     timeouts += start_timeouts(worker)
     faults = enrolment_faults(reports, audit_gallery(dep.redis, dep.keys))
     return {
@@ -143,8 +152,11 @@ def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, 
         "kills_mid_enrolment": mid,
         "pool_start_timeouts": timeouts,
         "enrolments_done": sum(r.status == "done" for r in reports),
+        # Enrolments with no report after report_wait_s, with Celery's redelivery state then.
+        "enrolments_stuck": stuck,
         "accepted_images": sum(len(r.accepted) for r in reports),
-        **faults,
+        "lost": faults["lost"] + len(stuck),
+        "duplicated": faults["duplicated"],
         "frames_pushed": feeder.pushed,
         "frames_processed": account["processed"],
         "frames_dropped": account["dropped"],
@@ -152,6 +164,20 @@ def worker_kills(dep: Deployment, photos: list[Path], frame: bytes, kills: int, 
         "frames_lost": max(0, feeder.pushed - account["settled"]),
         "frames_duplicated": max(0, account["settled"] - feeder.pushed),
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _redelivery_state(dep: Deployment, request_id: str, trial: int) -> dict[str, Any]:
+    """Why an enrolment is still waiting: Celery's unacknowledged-message index and
+    the mutex a worker holds while handing such messages back."""
+    celery = dep.keys.celery()
+    return {
+        "trial": trial,
+        "request_id": request_id,
+        "status": (dep.redis.hget(dep.keys.enrolment(request_id), "status") or b"").decode(),
+        "unacked": int(dep.redis.zcard(celery + "unacked_index")),
+        "unacked_mutex_ttl_ms": int(dep.redis.pttl(celery + "unacked_mutex")),
+        "queued_enrol": int(dep.redis.llen(celery + "enrol")),
     }
 
 
