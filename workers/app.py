@@ -70,6 +70,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # behind a 3 s timeout. Look every third of the timeout (at most 10 s).
         "unacked_restore_interval": restore_interval_s(settings.workers.visibility_timeout_s),
         "unacked_restore_throttle": 1,
+        # A worker holds a mutex while it hands such messages back; one killed
+        # holding it blocks every other worker's hand-back for the mutex's expiry
+        # (kombu: 300 s). Bound it by the visibility timeout: a message handed back
+        # twice is run twice, which the idempotent tasks allow.
+        "unacked_mutex_expire": int(min(300, max(5, settings.workers.visibility_timeout_s))),
     }
     return {
         "broker_url": url,
