@@ -30,6 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from faec_rec.config import ProducerConfig
+
 REPO = Path(__file__).resolve().parent.parent
 FACES = Path(os.environ.get("FAEC_TEST_FACES", REPO.parent / "shared" / "data" / "faces"))
 VIDEOS = ("face_recognition__short_hamilton_clip.mp4", "facenet_pytorch__video.mp4")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second per camera")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
-    parser.add_argument("--max-in-flight", type=int, default=8, help="frames per camera before the oldest is dropped")
+    parser.add_argument("--max-in-flight", type=int, default=ProducerConfig().max_in_flight, help="frames per camera before the oldest is dropped (default: the setting's)")
     parser.add_argument("--redis-url", default=os.environ.get("FAEC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     parser.add_argument("--faces", type=Path, default=FACES)
     parser.add_argument("--stages", action="store_true", help="also time each pipeline stage in-process")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis as redis_lib
 
     from faec_rec.client import Client
-    from faec_rec.config import ProducerConfig, load_settings
+    from faec_rec.config import load_settings
     from faec_rec.keys import Keys
     from faec_rec.producers.camera import CameraSpec, run_cameras
     from tests.integration.worker_proc import WorkerProcess
