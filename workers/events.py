@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any, Iterable, Sequence
 
+from faec_rec.index.decision import Decision  # the gallery's open-set answer, re-exported
 from faec_rec.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,6 @@ class EventType(str, Enum):
     UPDATED = "updated"
     LEFT = "left"
     ERROR = "error"
-
-
-class Decision(str, Enum):
-    """The open-set answer for one face."""
-
-    KNOWN = "known"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
