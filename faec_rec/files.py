@@ -1,7 +1,9 @@
-"""Small file helpers shared by the model cache, the registry and the dataset cache."""
+"""Small file and process helpers shared across the project."""
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from pathlib import Path
 
 
@@ -12,3 +14,35 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` so a reader never sees half a file.
+
+    Writes a uniquely named temporary file in the same folder (created with the
+    umask's usual permissions, not mkstemp's 0600), optionally fsyncs it, then
+    renames it over ``path``; the temporary file is removed on any failure.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

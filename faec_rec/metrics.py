@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faec_rec.errors import ConfigError
+from faec_rec.files import atomic_write_bytes, pid_alive
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -293,19 +294,7 @@ def mark_ready(check: str, ok: bool = True, detail: str = "") -> None:
     directory = multiprocess_dir()
     if directory is not None:
         target = directory / _READY_FILE.format(pid=os.getpid())
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(snapshot))
-        os.replace(tmp, target)  # atomic: the server never reads half a file
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        atomic_write_bytes(target, json.dumps(snapshot).encode())  # the server never reads half a file
 
 
 def sweep_dead_processes() -> list[int]:
@@ -319,7 +308,7 @@ def sweep_dead_processes() -> list[int]:
         tail = path.stem.rsplit("_", 1)[-1]
         if tail.isdigit():
             pids.add(int(tail))
-    dead = sorted(pid for pid in pids if pid != os.getpid() and not _pid_alive(pid))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not pid_alive(pid))
     for pid in dead:
         process_exited(pid)
     return dead
@@ -336,7 +325,7 @@ def _process_states() -> dict[int, dict[str, Any]]:
                 pid = int(path.stem.split("_", 1)[1])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid() or not _pid_alive(pid):
+            if pid == os.getpid() or not pid_alive(pid):
                 continue  # a dead one is forgotten by sweep_dead_processes()
             try:
                 states[pid] = json.loads(path.read_text())

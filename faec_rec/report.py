@@ -22,7 +22,6 @@ import html
 import json
 import logging
 import os
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from faec_rec.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -155,26 +156,10 @@ def build_report(
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so a reader
-    never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than mkstemp: the report gets the umask's usual
-    # permissions, not mkstemp's owner-only 0600.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write the report as indented UTF-8 JSON; returns the path."""
     out = Path(path)
-    _atomic_write(out, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(out, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return out
 
 
@@ -364,5 +349,5 @@ def write_html(
 ) -> Path:
     """Render :func:`render_html` to ``path``; returns the path."""
     out = Path(path)
-    _atomic_write(out, render_html(report, loader, **kwargs).encode("utf-8"))
+    atomic_write_bytes(out, render_html(report, loader, **kwargs).encode("utf-8"))
     return out

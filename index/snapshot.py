@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from faec_rec.files import pid_alive
 from faec_rec.index.events import parse_id
 
 log = logging.getLogger(__name__)
@@ -109,15 +110,8 @@ def prune(directory: Path, keep: int = KEEP) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A writer still working on its temporary file (never this process: its own are stale)."""
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def read_snapshot(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

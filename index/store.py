@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -34,6 +33,7 @@ import numpy as np
 import redis
 
 from faec_rec.errors import BackendUnavailable, GalleryError, UnknownPersonError, UnknownTemplateError, VectorError
+from faec_rec.files import atomic_write_bytes
 from faec_rec.keys import Keys, safe_id
 
 from faec_rec.index.events import EventLog, EventOp, GalleryEvent
@@ -357,13 +357,7 @@ class Store:
         """Write one crop atomically; returns its path relative to ``data_dir``."""
         rel = Path("crops") / pid / f"{tid}.jpg"
         path = self.data_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".jpg.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data, fsync=True)
         written.append(path)
         return str(rel)
 
