@@ -33,10 +33,10 @@ from typing import Any
 import click
 
 from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, ImageError, TaskTimeout, UnknownPersonError
+from faec_rec.files import IMAGE_SUFFIXES, is_image_path, walk_images
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 MAX_NAME_LEN = 100
 
 
@@ -111,24 +111,14 @@ def check_person_name(raw: str) -> str:
     return name
 
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def list_images(root: Path) -> tuple[list[Path], list[Path]]:
     """(images, other files) under ``root`` (recursively, sorted, hidden files skipped).
 
     ``root`` may also be a single image file.
     """
     if root.is_file():
-        return ([root], []) if is_image(root) else ([], [root])
-    images: list[Path] = []
-    others: list[Path] = []
-    for path in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
-            continue
-        (images if is_image(path) else others).append(path)
-    return images, others
+        return ([root], []) if is_image_path(root) else ([], [root])
+    return walk_images(root)
 
 
 # ---- shared state -------------------------------------------------------------

@@ -46,3 +46,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# Image files a folder walk picks up (any letter case); others are reported as skipped.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def is_image_path(path: Path) -> bool:
+    """True for a file name with one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
+    """(images, other files) under folder ``root``, recursively and sorted.
+
+    Hidden files and anything inside hidden folders (names starting with '.') are left out.
+    """
+    images: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
+            continue
+        (images if is_image_path(path) else others).append(path)
+    return images, others

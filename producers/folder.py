@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from faec_rec.errors import BackendUnavailable, SourceError
+from faec_rec.files import IMAGE_SUFFIXES, is_image_path, walk_images  # noqa: F401  (re-exported)
 from faec_rec.keys import Keys, safe_id
 from faec_rec.producers.camera import TaskSender
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_IDENTIFY
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -53,11 +52,6 @@ class FolderJob:
         return {"job": self.job_id, "root": str(self.root), "total": self.total, "skipped": [str(p) for p in self.skipped]}
 
 
-def is_image_path(path: Path) -> bool:
-    """True for a file name with one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def scan_folder(root: str | Path) -> FolderScan:
     """Every image under ``root`` (recursively) and every other file, sorted.
 
@@ -68,17 +62,9 @@ def scan_folder(root: str | Path) -> FolderScan:
     base = Path(root).expanduser().resolve()
     if not base.is_dir():
         raise SourceError(f"{root}: not a folder (give the folder of photos to identify)")
-    images: list[Path] = []
-    skipped: list[Path] = []
-    for path in sorted(base.rglob("*")):
-        rel = path.relative_to(base)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if is_image_path(path):
-            images.append(path)
-        else:
-            skipped.append(path)
-            log.warning("skipped %s: not an image (expected one of %s)", rel, ", ".join(sorted(IMAGE_SUFFIXES)))
+    images, skipped = walk_images(base)
+    for path in skipped:
+        log.warning("skipped %s: not an image (expected one of %s)", path.relative_to(base), ", ".join(sorted(IMAGE_SUFFIXES)))
     return FolderScan(base, images, skipped)
 
 
