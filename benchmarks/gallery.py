@@ -305,7 +305,7 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=None, help="override GalleryConfig.hnsw_ef_construction")
     parser.add_argument("--approximate", choices=("ivf", "hnsw"), default=None, help="override GalleryConfig.approximate")
     parser.add_argument("--nprobe", type=int, default=None, help="override GalleryConfig.ivf_nprobe")
-    parser.add_argument("--nlist", type=int, default=None, help="override GalleryConfig.ivf_nlist (0 = 4*sqrt(n))")
+    parser.add_argument("--nlist", type=int, default=None, help="override GalleryConfig.ivf_nlist (0 = 2*sqrt(n))")
     parser.add_argument("--nprobe-sweep", default="", help="comma-separated nprobe values to measure on the IVF index built")
     parser.add_argument("--ef-sweep", default="", help="comma-separated efSearch values to measure on the HNSW graph built")
     parser.add_argument("--identify-up-to", type=int, default=1_000_000, help="measure full replica lookups up to this size")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from faec_rec.config import GalleryConfig
-from faec_rec.index.vectors import FlatIndex, HnswIndex, IvfIndex, build_index, ivf_lists
+from faec_rec.errors import VectorError
+from faec_rec.index.vectors import FlatIndex, HnswIndex, IvfIndex, build_index, ivf_lists, ivf_subquantizers
 
 
 def clustered(rng: np.random.Generator, ids: int, per: int, noise: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +117,7 @@ def test_ivf_asks_for_retraining_after_growing(rng: np.random.Generator) -> None
 
 
 def test_ivf_lists_follow_the_size() -> None:
-    assert ivf_lists(1_000_000) == 4000
+    assert ivf_lists(1_000_000) == 2000
     assert ivf_lists(1_000_000, requested=4096) == 4096
     assert ivf_lists(1000) == 25  # never under 39 training vectors per list
     assert ivf_lists(10) == 1
@@ -127,3 +129,10 @@ def test_ivf_wide_search_returns_as_many_as_asked(rng: np.random.Generator) -> N
     index.add(x, np.arange(len(x)))
     _, found = index.search(x[:2], 500)  # more than one list holds: probes more lists
     assert (found >= 0).all() and len(set(found[0].tolist())) == 500
+
+
+def test_ivf_codes_use_one_subquantiser_per_four_dimensions() -> None:
+    assert ivf_subquantizers(128) == 32
+    assert ivf_subquantizers(6) == 3  # not a multiple of 4: one per 2
+    with pytest.raises(VectorError, match="even vector size"):
+        ivf_subquantizers(7)
