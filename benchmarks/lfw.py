@@ -1,6 +1,6 @@
 """LFW View 2 verification through the full detect -> align -> embed path.
 
-    python -m benchmarks.lfw --data ../shared/data/faces/lfw [--no-cache] [--write-card]
+    python -m benchmarks.lfw --data ../shared/data/faces/lfw [--no-cache] [--write-card] [--precision bfloat16]
 
 The standard protocol from ``pairs.txt``: 10 folds of 300 same + 300 different
 pairs; for each fold the threshold is chosen on the other nine (the midpoint that
@@ -21,7 +21,8 @@ false-accept rate to the lowest similarity threshold with at most that rate
 
 Per-image descriptors (with and without the mirror) are cached in an ``.npz``
 under ``/tmp/faec_rec_lfw`` keyed by the detector/alignment settings, so reruns
-only redo the statistics; ``--no-cache`` recomputes.
+only redo the statistics; ``--no-cache`` recomputes. ``--precision`` runs the
+backbone in that precision (``faces.precision``; the default is the setting's default).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from faec_rec.config import FacesConfig
 
 log = logging.getLogger("benchmarks.lfw")
 
@@ -74,17 +77,15 @@ def central_face(faces: list, shape: tuple[int, ...]):  # noqa: ANN001, ANN201 -
     return min(faces, key=lambda f: np.hypot((f.box[0] + f.box[2]) / 2 - cx, (f.box[1] + f.box[3]) / 2 - cy))
 
 
-def describe_images(data: Path, names: list[str], batch: int = 64) -> dict[str, np.ndarray]:
+def describe_images(data: Path, names: list[str], config: FacesConfig, batch: int = 64) -> dict[str, np.ndarray]:
     """Detect, align and describe each image: features (n, 128) plain and mirrored, found flags."""
     from tqdm import tqdm
 
-    from faec_rec.config import FacesConfig
     from faec_rec.faces.detect import BlazeFaceDetector
     from faec_rec.faces.embed import Embedder
     from faec_rec.faces.engine import FaceEngine
     from faec_rec.faces.image import load_image
 
-    config = FacesConfig()
     engine = FaceEngine(config, embedder=Embedder(config, flip_average=False))
     fallback = BlazeFaceDetector(min_face_px=20, max_side=config.detect_max_side, score_threshold=0.3)
     n = len(names)
@@ -113,23 +114,21 @@ def describe_images(data: Path, names: list[str], batch: int = 64) -> dict[str, 
     return {"plain": plain, "mirror": mirror, "found": found, "fallback": used_fallback}
 
 
-def cache_key() -> str:
-    """Changes whenever detection or alignment settings change."""
+def cache_key(config: FacesConfig) -> str:
+    """Changes whenever detection, alignment or embedding settings change."""
     import importlib
-
-    from faec_rec.config import FacesConfig
 
     # the package re-exports functions named align/detect over the module names
     align = importlib.import_module("faec_rec.faces.align")
     detect = importlib.import_module("faec_rec.faces.detect")
     parts = [
-        FacesConfig().model_dump_json(),
+        config.model_dump_json(),
         align.TEMPLATE_150.tobytes().hex(),
         align.TEMPLATE_WEIGHTS.tobytes().hex(),
         repr(detect.MOUTH_WIDTH_PER_EYE_DISTANCE),
-        repr(detect._MIN_INPUT_FACE),
+        repr((detect._MIN_INPUT_FACE, detect._MAX_INPUT_FACE, detect._LEVEL_RATIO, detect._CANDIDATE_SCORE)),
         repr(detect._BOX_SLACK),
-        repr((detect._SECOND_LOOK_SCORE, detect._SECOND_LOOK_FACE, detect._SECOND_LOOK_MAX)),
+        repr((detect._SECOND_LOOK_SCORE, detect._SECOND_LOOK_SIDE, detect._SECOND_LOOK_FACE, detect._SECOND_LOOK_MAX)),
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -216,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/faces/lfw"))
     parser.add_argument("--no-cache", action="store_true", help="recompute every image's descriptor")
     parser.add_argument("--write-card", action="store_true", help="store the open-set threshold in the model card")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default=None, help="backbone precision (default: the faces.precision default)")
     args = parser.parse_args(argv)
+    config = FacesConfig() if args.precision is None else FacesConfig(precision=args.precision)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not (args.data / "pairs.txt").is_file():
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs, fold_size = read_pairs(args.data)
     names = sorted({p[0] for p in pairs} | {p[1] for p in pairs})
     index = {name: i for i, name in enumerate(names)}
-    cache = CACHE_DIR / f"lfw-{cache_key()}.npz"
+    cache = CACHE_DIR / f"lfw-{cache_key(config)}.npz"
     if cache.is_file() and not args.no_cache:
         arrays = dict(np.load(cache))
         if list(arrays.pop("names")) != names:
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         arrays = {}
     if not arrays:
-        arrays = describe_images(args.data, names)
+        arrays = describe_images(args.data, names, config)
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         np.savez(cache, names=np.array(names), **arrays)
     same = np.array([p[2] for p in pairs])
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(names),
         "images_without_face": int((~found).sum()),
         "images_fallback": int(arrays["fallback"].sum()),
+        "precision": config.precision,
         "options": {"no_flip": {"accuracy": round(acc_p, 4), "std": round(std_p, 4), "threshold": round(thr_p, 4)}},
         "far_thresholds": far_points(scores, same),
         "cached": cache.name,

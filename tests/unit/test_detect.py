@@ -1,4 +1,4 @@
-"""BlazeFace decoding maths and the window pyramid, on synthetic data (no model run)."""
+"""BlazeFace decoding maths and the scale pyramid, on synthetic data (no model run)."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from faec_rec.faces import blazeface
-from faec_rec.faces.detect import MOUTH_WIDTH_PER_EYE_DISTANCE, mouth_corners, pyramid_windows
+from faec_rec.faces.detect import MOUTH_WIDTH_PER_EYE_DISTANCE, mouth_corners, pyramid_scales
 
 # faec_rec.faces re-exports a `detect` function that shadows the module attribute
 detect_module = sys.modules["faec_rec.faces.detect"]
@@ -86,30 +86,46 @@ def test_letterbox_pads_outside_the_image_with_black() -> None:
     assert canvas[:20].max() == 0 and canvas[-20:].max() == 0 and canvas[64].min() == 200
 
 
+def test_grid_anchors_follow_any_input_shape() -> None:
+    anchors = blazeface.grid_anchors(64, 96, 4)
+    assert anchors.shape == (16 * 24, 2)
+    np.testing.assert_allclose(anchors[0], [2.0, 2.0])
+    np.testing.assert_allclose(anchors[1], [6.0, 2.0])  # x fastest, like the model's output
+    np.testing.assert_allclose(anchors[24], [2.0, 6.0])
+    # at the native 192x192 input they are ssd_anchors in pixels
+    np.testing.assert_allclose(blazeface.grid_anchors(192, 192, 4) / 192, blazeface.ssd_anchors(blazeface.FULL_RANGE), atol=1e-6)
+
+
+def test_pad_input_aligns_both_sides_with_black() -> None:
+    image = np.full((100, 33, 3), 7, np.uint8)
+    padded = blazeface.pad_input(image)
+    assert padded.shape == (128, 64, 3)
+    assert (padded[:100, :33] == 7).all() and padded[100:].max() == 0 and padded[:, 33:].max() == 0
+    aligned = np.zeros((96, 64, 3), np.uint8)
+    assert blazeface.pad_input(aligned) is aligned
+
+
 @pytest.mark.parametrize("size", [(640, 480), (1280, 720), (1000, 3000), (250, 250), (1, 1), (37, 900)])
 @pytest.mark.parametrize("min_face", [20.0, 32.0, 80.0])
-def test_pyramid_covers_every_face_size_whole(size: tuple[int, int], min_face: float) -> None:
+def test_pyramid_sees_every_face_size_in_the_networks_range(size: tuple[int, int], min_face: float) -> None:
     w, h = size
-    windows = pyramid_windows(w, h, min_face)
-    assert windows[-1][2] == max(w, h)  # the whole image is always searched
-    rng = np.random.default_rng(0)
-    # every face from min_face up to the image size lies whole inside a window where it
-    # measures at least _MIN_INPUT_FACE model pixels (when the image is big enough to hold it)
-    for _ in range(300):
-        side = rng.uniform(min_face, max(min_face, min(w, h)))
+    scales = pyramid_scales(w, h, min_face)
+    assert scales == sorted(scales, reverse=True)
+    assert scales[0] * max(w, h) >= 192 - 1e-6  # never smaller than the network's own input
+    assert min(w, h) * scales[-1] <= detect_module._MAX_INPUT_FACE  # the largest possible face fits
+    # every face from min_face up to the image's short side measures 14-100 model pixels at some scale
+    for side in np.geomspace(min_face, max(min_face, min(w, h)), 50):
         if side > min(w, h):
             continue
-        x, y = rng.uniform(0, w - side), rng.uniform(0, h - side)
-        ok = [
-            wx <= x + 1e-6 and wy <= y + 1e-6 and x + side <= wx + ws + 1e-6 and y + side <= wy + ws + 1e-6 and side * 192 / ws >= detect_module._MIN_INPUT_FACE - 1e-6
-            for wx, wy, ws in windows
-        ]
-        assert any(ok), (size, min_face, side, x, y)
+        sizes = [side * s for s in scales]
+        assert any(detect_module._MIN_INPUT_FACE - 1e-6 <= px <= detect_module._MAX_INPUT_FACE + 1e-6 for px in sizes), (size, min_face, side, sizes)
 
 
-def test_pyramid_is_small_for_a_vga_frame() -> None:
-    assert len(pyramid_windows(640, 480, 32.0)) <= 3  # one row of two windows + the whole frame
-    assert len(pyramid_windows(250, 250, 32.0)) == 1
+def test_pyramid_is_two_small_calls_for_a_vga_frame() -> None:
+    scales = pyramid_scales(640, 480, 32.0)
+    assert len(scales) == 2
+    assert blazeface.pad_input(np.zeros((round(480 * scales[0]), round(640 * scales[0]), 3), np.uint8)).shape[:2] == (224, 288)
+    assert pyramid_scales(250, 250, 32.0) == [192 / 250, 192 / 250 / 4]
 
 
 def test_mouth_corners_straddle_the_mouth_along_the_eye_axis() -> None:
@@ -121,21 +137,23 @@ def test_mouth_corners_straddle_the_mouth_along_the_eye_axis() -> None:
 
 
 class _CentredFaceModel:
-    """Stands in for the network: sees one face of 64 model pixels at the window centre."""
+    """Stands in for the network: sees one face of 48 model pixels at the crop's centre."""
 
     spec = blazeface.FULL_RANGE
 
     def __init__(self, score: float) -> None:
         self.score = score
         self.calls = 0
+        self.shapes: list[tuple[int, ...]] = []
 
-    def run(self, square: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, image: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.calls += 1
+        self.shapes.append(image.shape)
         if self.score < min_score:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
-        half = 32.0 / 192.0
-        box = np.array([[0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half]], np.float32)
-        return box, np.array([self.score], np.float32), np.full((1, 6, 2), 0.5, np.float32)
+        c = image.shape[1] / 2.0
+        box = np.array([[c - 24.0, c - 24.0, c + 24.0, c + 24.0]], np.float32)
+        return box, np.array([self.score], np.float32), np.full((1, 6, 2), c, np.float32)
 
 
 @pytest.mark.parametrize("second_score, kept", [(0.9, True), (0.4, False)])
@@ -146,14 +164,15 @@ def test_second_look_confirms_or_drops_borderline_faces(second_score: float, kep
     detector.model = _CentredFaceModel(second_score)  # type: ignore[assignment]
     image = np.zeros((300, 400, 3), np.uint8)
     boxes = np.array([[100, 100, 160, 160], [10, 10, 70, 70]], np.float32)
-    scores = np.array([0.45, 0.2], np.float32)  # one borderline, one far below
+    scores = np.array([0.45, 0.1], np.float32)  # one borderline, one far below
     points = np.zeros((2, 6, 2), np.float32)
     b, s, k = detector._second_look(image, boxes.copy(), scores.copy(), points.copy(), min_side=32)
     assert detector.model.calls == 1  # only the borderline candidate was looked at again
+    assert detector.model.shapes == [(96, 96, 3)]
     if kept:
         assert s[0] == pytest.approx(0.9)
         np.testing.assert_allclose(b[0], boxes[0], atol=1.0)  # same face, re-measured
         np.testing.assert_allclose(k[0], np.full((6, 2), 130.0), atol=1.0)
     else:
         assert s[0] == pytest.approx(0.45)
-    assert s[1] == pytest.approx(0.2)
+    assert s[1] == pytest.approx(0.1)
