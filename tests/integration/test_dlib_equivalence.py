@@ -55,7 +55,7 @@ def dlib_reference(faces_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def test_descriptors_match_dlib(dlib_reference, cache_dir: Path) -> None:
     chips, expected, _ = dlib_reference
-    ours = Embedder(cache_dir=cache_dir, flip_average=False, batch_size=4).features(chips)
+    ours = Embedder(cache_dir=cache_dir, flip_average=False, batch_size=4, precision="float32").features(chips)
     assert ours.shape == expected.shape == (len(chips), 128)
     assert np.abs(ours - expected).max() <= 1e-4
     # and the match is not trivial: different faces give clearly different descriptors
@@ -66,7 +66,7 @@ def test_flip_average_matches_dlib_on_mirrored_chips(dlib_reference, cache_dir: 
     chips, plain, _ = dlib_reference
     model = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
     mirrored = np.stack([np.array(model.compute_face_descriptor(np.ascontiguousarray(c[:, ::-1]))) for c in chips])
-    ours = Embedder(cache_dir=cache_dir, flip_average=True).features(chips)
+    ours = Embedder(cache_dir=cache_dir, flip_average=True, precision="float32").features(chips)
     assert np.abs(ours - (plain + mirrored) / 2).max() <= 1e-4
 
 

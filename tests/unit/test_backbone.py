@@ -205,7 +205,7 @@ def test_folded_affine_matches_unfolded(model, chips: np.ndarray) -> None:
 
 
 def test_embedder_contract(cache_dir: Path, chips: np.ndarray, model) -> None:
-    plain = Embedder(cache_dir=cache_dir, flip_average=False, batch_size=2)
+    plain = Embedder(cache_dir=cache_dir, flip_average=False, batch_size=2, precision="float32")
     assert plain.backbone_version == "dlib-resnet-v1"
     feats = plain.features(chips)
     assert feats.shape == (5, 128) and feats.dtype == np.float32
@@ -264,7 +264,7 @@ def test_embedder_float_chips_are_rounded(cache_dir: Path, chips: np.ndarray) ->
 
 
 def test_bfloat16_precision_close_to_float32(cache_dir: Path, chips: np.ndarray) -> None:
-    exact = Embedder(cache_dir=cache_dir, flip_average=False)
+    exact = Embedder(cache_dir=cache_dir, flip_average=False, precision="float32")
     fast = Embedder(FacesConfig(precision="bfloat16"), cache_dir=cache_dir, flip_average=False)
     a, b = exact.embed(chips), fast.embed(chips)
     assert b.dtype == np.float32
@@ -330,3 +330,20 @@ def test_embedder_loads_model_once_across_threads(cache_dir: Path, chips: np.nda
     assert len(results) == 4
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], atol=1e-6)
+
+
+def test_auto_precision_follows_the_cpu(tmp_path: Path, monkeypatch) -> None:
+    from faec_rec.faces import backbone
+
+    with_bf16 = tmp_path / "bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert backbone.native_bfloat16(with_bf16) and not backbone.native_bfloat16(without)
+    assert not backbone.native_bfloat16(tmp_path / "absent")
+    monkeypatch.setattr(backbone, "native_bfloat16", lambda: True)
+    assert backbone.resolve_precision("auto") == "bfloat16"
+    assert backbone.resolve_precision("float32") == "float32"
+    monkeypatch.setattr(backbone, "native_bfloat16", lambda: False)
+    assert backbone.resolve_precision("auto") == "float32"
+    assert Embedder(precision="auto").precision == "float32"  # resolved when built, before any model load
