@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from faec_rec.config import FacesConfig
+from faec_rec.faces.backbone import resolve_precision
 
 log = logging.getLogger("benchmarks.lfw")
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(names),
         "images_without_face": int((~found).sum()),
         "images_fallback": int(arrays["fallback"].sum()),
-        "precision": config.precision,
+        "precision": resolve_precision(config.precision),
         "options": {"no_flip": {"accuracy": round(acc_p, 4), "std": round(std_p, 4), "threshold": round(thr_p, 4)}},
         "far_thresholds": far_points(scores, same),
         "cached": cache.name,

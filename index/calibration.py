@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "faec_rec" / "faces" / "model_card.json"
 # Used only where the model card lacks the version: close to the base
-# projection's LFW calibration (0.924 at 0.1% FAR, model card of 2026-11-27)
+# projection's LFW calibration (0.921 at 0.1% FAR, model card of 2026-11-27)
 # and on the strict side of it. dlib's own "distance < 0.6" rule would be
 # cos ≈ 0.82 for unit vectors, which accepts far more impostors.
 FALLBACK_THRESHOLD = 0.92

@@ -5,10 +5,10 @@ is never imported (it needs numpy < 2). This module owns what that code did:
 SSD anchors, box/keypoint decoding, weighted non-maximum suppression, and the
 letterboxing that maps model coordinates back to image pixels.
 
-Two models: short-range (128x128 input, faces filling much of the input) and
-full-range (192x192 input, faces down to ~6 % of the input side). Each returns
-for every anchor a box (centre, size) and six keypoints in input pixels relative
-to the anchor centre, and one logit. Keypoints, in the model's order: the eye on
+The full-range model is used (192x192 input, faces down to ~6 % of the input
+side; the wheel's short-range model is for faces filling the input). For every
+anchor (one per 4x4 input pixels) it returns a box (centre, size) and six
+keypoints in input pixels relative to the anchor centre, and one logit. Keypoints, in the model's order: the eye on
 the image's left, the eye on the image's right, nose tip, mouth centre, the
 tragion (ear) on the image's left, the one on the image's right.
 
@@ -48,16 +48,14 @@ _RESIZE_BILINEAR = 23  # TFLite builtin operator code
 
 @dataclass(frozen=True)
 class BlazeModelSpec:
-    """One BlazeFace model file and its SSD anchor layout (from MediaPipe's graphs)."""
+    """One BlazeFace model file, its native input side and its anchor stride (one anchor per cell)."""
 
     filename: str
     input_size: int
-    strides: tuple[int, ...]
-    anchors_per_cell: tuple[int, ...]
+    stride: int
 
 
-SHORT_RANGE = BlazeModelSpec("face_detection_short_range.tflite", 128, (8, 16), (2, 6))
-FULL_RANGE = BlazeModelSpec("face_detection_full_range.tflite", 192, (4,), (1,))
+FULL_RANGE = BlazeModelSpec("face_detection_full_range.tflite", 192, 4)
 
 
 def model_dir() -> Path:
@@ -71,30 +69,17 @@ def model_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def ssd_anchors(spec: BlazeModelSpec) -> np.ndarray:
-    """Anchor centres, (n, 2) float32 in [0, 1], in the model's output order."""
-    rows = []
-    for stride, per_cell in zip(spec.strides, spec.anchors_per_cell):
-        cells = spec.input_size // stride
-        centre = (np.arange(cells, dtype=np.float32) + 0.5) / cells
-        ys, xs = np.meshgrid(centre, centre, indexing="ij")
-        grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
-        rows.append(np.repeat(grid, per_cell, axis=0))
-    return np.concatenate(rows).astype(np.float32)
+def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one model output into candidate boxes, in input pixels.
 
-
-def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, input_size: int, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode one model output into candidate boxes.
-
-    raw_boxes: (n, 16) float32, raw_scores: (n,) logits, anchors: (n, 2).
-    Returns boxes (m, 4) ``[x1, y1, x2, y2]``, scores (m,), keypoints (m, 6, 2),
-    for candidates scoring at least ``min_score``: in [0, 1] input coordinates
-    for anchors in [0, 1] (:func:`ssd_anchors`), in input pixels for anchors in
-    pixels (:func:`grid_anchors`) with ``input_size`` 1.
+    raw_boxes: (n, 16) float32, raw_scores: (n,) logits, anchors: (n, 2) centres
+    in input pixels (:func:`grid_anchors`). Returns boxes (m, 4) ``[x1, y1, x2,
+    y2]``, scores (m,), keypoints (m, 6, 2) for candidates scoring at least
+    ``min_score``.
     """
     scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -_LOGIT_LIMIT, _LOGIT_LIMIT)))
     keep = np.flatnonzero(scores >= min_score)
-    raw = raw_boxes[keep].reshape(-1, 8, 2) / float(input_size)
+    raw = raw_boxes[keep].reshape(-1, 8, 2)
     anchor = anchors[keep][:, None, :]
     centre = raw[:, 0] + anchor[:, 0]
     half = raw[:, 1] / 2.0
@@ -228,7 +213,7 @@ class BlazeFaceModel:
         interpreter.resize_tensor_input(tensor, [1, height, width, 3])
         interpreter.allocate_tensors()
         outputs = sorted(interpreter.get_output_details(), key=lambda d: -int(d["shape"][-1]))
-        anchors = grid_anchors(height, width, self.spec.strides[0])
+        anchors = grid_anchors(height, width, self.spec.stride)
         if int(outputs[0]["shape"][1]) != len(anchors):
             raise ModelError(f"{self.spec.filename}: expected {len(anchors)} anchors at {width}x{height}, the model has {outputs[0]['shape'][1]}")
         entry = (interpreter, tensor, outputs[0]["index"], outputs[1]["index"], anchors)
@@ -251,7 +236,7 @@ class BlazeFaceModel:
             it.invoke()
             raw_boxes = it.get_tensor(out_boxes)[0].copy()
             raw_scores = it.get_tensor(out_scores)[0, :, 0].copy()
-        return decode(raw_boxes, raw_scores, anchors, 1, min_score)
+        return decode(raw_boxes, raw_scores, anchors, min_score)
 
 
 def scale_image(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:

@@ -13,44 +13,32 @@ from faec_rec.faces.detect import MOUTH_WIDTH_PER_EYE_DISTANCE, mouth_corners, p
 detect_module = sys.modules["faec_rec.faces.detect"]
 
 
-def test_anchor_layouts_match_the_models() -> None:
-    short = blazeface.ssd_anchors(blazeface.SHORT_RANGE)
-    full = blazeface.ssd_anchors(blazeface.FULL_RANGE)
-    assert short.shape == (896, 2) and full.shape == (2304, 2)
-    # short range: 16x16 cells x 2 anchors, then 8x8 cells x 6; row-major, x fastest
-    np.testing.assert_allclose(short[0], [0.5 / 16, 0.5 / 16])
-    np.testing.assert_allclose(short[2], [1.5 / 16, 0.5 / 16])
-    np.testing.assert_allclose(short[512], [0.5 / 8, 0.5 / 8])
-    np.testing.assert_allclose(full[48], [0.5 / 48, 1.5 / 48])
-    assert (full > 0).all() and (full < 1).all()
-
-
 def test_decode_places_box_and_keypoints_relative_to_the_anchor() -> None:
-    anchors = blazeface.ssd_anchors(blazeface.FULL_RANGE)
+    anchors = blazeface.grid_anchors(192, 192, 4)
     raw = np.zeros((len(anchors), 16), np.float32)
     logits = np.full(len(anchors), -10.0, np.float32)
     k = 1000
-    raw[k, :4] = [9.6, -19.2, 38.4, 57.6]  # centre offset (+0.05, -0.1), size (0.2, 0.3) of 192
-    raw[k, 4:6] = [-19.2, 0.0]  # first keypoint 0.1 left of the anchor
+    raw[k, :4] = [9.6, -19.2, 38.4, 57.6]  # centre offset (+9.6, -19.2) px, size 38.4 x 57.6 px
+    raw[k, 4:6] = [-19.2, 0.0]  # first keypoint 19.2 px left of the anchor
     logits[k] = 3.0
-    boxes, scores, points = blazeface.decode(raw, logits, anchors, 192, min_score=0.5)
+    boxes, scores, points = blazeface.decode(raw, logits, anchors, min_score=0.5)
     assert boxes.shape == (1, 4) and points.shape == (1, 6, 2)
-    cx, cy = anchors[k] + [0.05, -0.1]
-    np.testing.assert_allclose(boxes[0], [cx - 0.1, cy - 0.15, cx + 0.1, cy + 0.15], atol=1e-6)
-    np.testing.assert_allclose(points[0, 0], anchors[k] + [-0.1, 0.0], atol=1e-6)
+    cx, cy = anchors[k] + [9.6, -19.2]
+    np.testing.assert_allclose(boxes[0], [cx - 19.2, cy - 28.8, cx + 19.2, cy + 28.8], atol=1e-4)
+    np.testing.assert_allclose(points[0, 0], anchors[k] + [-19.2, 0.0], atol=1e-4)
     np.testing.assert_allclose(points[0, 1], anchors[k], atol=1e-6)
     assert scores[0] == pytest.approx(1 / (1 + np.exp(-3.0)), rel=1e-6)
 
 
 def test_decode_clips_huge_logits_and_drops_empty_boxes() -> None:
-    anchors = blazeface.ssd_anchors(blazeface.SHORT_RANGE)
+    anchors = blazeface.grid_anchors(128, 128, 4)
     raw = np.zeros((len(anchors), 16), np.float32)
     raw[:, 2:4] = 10.0
     raw[5, 2] = -1.0  # negative width: not a box
     logits = np.full(len(anchors), -1e9, np.float32)
     logits[[3, 5]] = 1e9
     with np.errstate(over="raise"):
-        boxes, scores, _ = blazeface.decode(raw, logits, anchors, 128, min_score=0.5)
+        boxes, scores, _ = blazeface.decode(raw, logits, anchors, min_score=0.5)
     assert len(boxes) == 1 and scores[0] == pytest.approx(1.0)
 
 
@@ -92,8 +80,8 @@ def test_grid_anchors_follow_any_input_shape() -> None:
     np.testing.assert_allclose(anchors[0], [2.0, 2.0])
     np.testing.assert_allclose(anchors[1], [6.0, 2.0])  # x fastest, like the model's output
     np.testing.assert_allclose(anchors[24], [2.0, 6.0])
-    # at the native 192x192 input they are ssd_anchors in pixels
-    np.testing.assert_allclose(blazeface.grid_anchors(192, 192, 4) / 192, blazeface.ssd_anchors(blazeface.FULL_RANGE), atol=1e-6)
+    native = blazeface.grid_anchors(192, 192, 4)  # the model's 2304 outputs at its own size
+    assert native.shape == (2304, 2) and native.min() == 2.0 and native.max() == 190.0
 
 
 def test_pad_input_aligns_both_sides_with_black() -> None:
