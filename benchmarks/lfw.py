@@ -129,7 +129,7 @@ def cache_key(config: FacesConfig) -> str:
         repr(detect.MOUTH_WIDTH_PER_EYE_DISTANCE),
         repr((detect._MIN_INPUT_FACE, detect._MAX_INPUT_FACE, detect._LEVEL_RATIO, detect._CANDIDATE_SCORE)),
         repr(detect._BOX_SLACK),
-        repr((detect._SECOND_LOOK_SCORE, detect._SECOND_LOOK_SIDE, detect._SECOND_LOOK_FACE, detect._SECOND_LOOK_MAX)),
+        repr((detect._SECOND_LOOK_SCORE, detect._SECOND_LOOK_SIDE, detect._SECOND_LOOK_FACE, detect._SECOND_LOOK_MAX, detect._WEAK_SCORE, detect._WEAK_CONFIRM)),
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

@@ -164,3 +164,16 @@ def test_second_look_confirms_or_drops_borderline_faces(second_score: float, kep
     else:
         assert s[0] == pytest.approx(0.45)
     assert s[1] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("first_score, kept", [(0.4, True), (0.2, False)])
+def test_weak_candidates_need_stronger_second_evidence(first_score: float, kept: bool) -> None:
+    from faec_rec.faces.detect import BlazeFaceDetector
+
+    detector = BlazeFaceDetector(min_face_px=40, score_threshold=0.5)
+    detector.model = _CentredFaceModel(0.6)  # type: ignore[assignment]  # passes 0.5, not 0.7
+    boxes = np.array([[100, 100, 160, 160]], np.float32)
+    b, s, _ = detector._second_look(np.zeros((300, 400, 3), np.uint8), boxes.copy(), np.array([first_score], np.float32),
+                                    np.zeros((1, 6, 2), np.float32), min_side=32)
+    assert detector.model.calls == 1  # both are looked at again
+    assert bool(s[0] == pytest.approx(0.6)) == kept
