@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from faec_rec.config import FacesConfig
-from faec_rec.faces.backbone import resolve_precision
+from faec_rec.faces.backbone import PRECISIONS, resolve_precision
 
 log = logging.getLogger("benchmarks.lfw")
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/faces/lfw"))
     parser.add_argument("--no-cache", action="store_true", help="recompute every image's descriptor")
     parser.add_argument("--write-card", action="store_true", help="store the open-set threshold in the model card")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default=None, help="backbone precision (default: the faces.precision default)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="backbone precision (default: the faces.precision default)")
     args = parser.parse_args(argv)
     config = FacesConfig() if args.precision is None else FacesConfig(precision=args.precision)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
