@@ -67,6 +67,8 @@ class GalleryConfig(_Section):
     impostor_guard: float = Field(0.02, ge=0, le=1, description="added to that quantile: how far above look-alikes a match must score")
     max_raise: float = Field(0.05, ge=0, le=2, description="most a per-person threshold may exceed the global one (base-projection cosines of LFW genuine and impostor pairs sit within a few hundredths of the 0.92 threshold)")
     trim_stream: bool = Field(True, description="after a snapshot, delete gallery events older than the oldest snapshot kept; a replica behind the trim rebuilds from the Redis records")
+    centroid_weight: float = Field(0.7, ge=0, le=1, description="a person's score mixes the similarity to the mean of all their templates (this weight) with the best single template (the rest): on benchmarks.openset (153 LFW people, 5 photos each) 0.7 names 93% instead of 91% at 99% stranger rejection; 0 = best template only")
+    search_far: float | None = Field(0.01, ge=0.0001, le=0.5, description="family-wise false-accept rate per search: with the calibrated threshold (threshold None) the threshold rises with the number of enrolled people so that about this share of strangers reach it, whatever the gallery size (model card 'search' table); None = the per-pair threshold at any size")
     faiss_threads: int = Field(1, ge=0, le=256, description="FAISS OpenMP threads of a process holding a replica; 1 suits workers (parallelism comes from processes, and idle OpenMP threads spin); 0 leaves FAISS's default")
 
 

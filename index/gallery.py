@@ -34,7 +34,7 @@ from faec_rec.config import GalleryConfig
 from faec_rec.errors import GalleryError
 from faec_rec.keys import Keys
 
-from faec_rec.index.calibration import default_threshold
+from faec_rec.index.calibration import global_threshold
 from faec_rec.index.decision import Match
 from faec_rec.index.events import EventLog, EventOp, id_before
 from faec_rec.index.projection import BASE_VERSION, BaseProjector, Projector, check_unit_vectors, check_vectors
@@ -108,13 +108,14 @@ class Gallery:
 
     @property
     def threshold(self) -> float:
-        """The global threshold: configured, else the projector's, else the model card's."""
-        if self.config.threshold is not None:
-            return float(self.config.threshold)
-        own = getattr(self.projector, "threshold", None)
-        if isinstance(own, (int, float)):
-            return float(own)
-        return default_threshold(self.version)
+        """The global threshold: configured (used as is), else the projector's or the model
+        card's per-pair threshold lifted for the number of people enrolled (see
+        :func:`~faec_rec.index.calibration.search_raise`)."""
+        # A search over N people gives a stranger N chances: the per-pair threshold is
+        # lifted so that about gallery.search_far of strangers pass, whatever N.
+        people = self._replica.people_count if self._replica is not None else 0
+        return global_threshold(self.config.threshold, getattr(self.projector, "threshold", None), self.version,
+                                people, self.config.search_far)
 
     def _projector_for(self, version: str) -> Projector | None:
         known = self._projectors.get(version)

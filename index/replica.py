@@ -34,6 +34,8 @@ from faec_rec.index.vectors import FlatIndex, HnswIndex, IvfIndex, VectorIndex, 
 
 log = logging.getLogger(__name__)
 
+RESCORE_PEOPLE = 8  # people re-scored against all their templates per query
+
 ProjectorLoader = Callable[[str], "Projector | None"]
 
 
@@ -59,6 +61,8 @@ class Replica:
         self._pending: set[int] = set()  # slots added but not yet projected/indexed
         self._unindex: list[int] = []  # slots to remove from the index
         self._thresholds: dict[tuple[str, float], float] = {}
+        self._centroids: dict[str, np.ndarray] = {}  # person -> unit mean of their vectors (lazy)
+        self._people_count: int | None = None
 
     # ---- sizes -------------------------------------------------------------
     @property
@@ -69,6 +73,13 @@ class Replica:
     def size(self) -> int:
         """Live templates."""
         return len(self._slot_of)
+
+    @property
+    def people_count(self) -> int:
+        """People with at least one live template (the N of a search)."""
+        if self._people_count is None:
+            self._people_count = sum(1 for slots in self._person_slots.values() if slots)
+        return self._people_count
 
     @property
     def index_kind(self) -> str:
@@ -140,6 +151,8 @@ class Replica:
                 self._flush()
                 self.switch(projector)
         self._thresholds.clear()
+        self._centroids.clear()
+        self._people_count = None
 
     def add_person(self, person_id: str, name: str, templates: Sequence[tuple[str, np.ndarray]]) -> None:
         """Add a person and their ``(template id, (128,) float32 features)`` (bootstrap from Redis)."""
@@ -149,6 +162,8 @@ class Replica:
             if tid not in self._slot_of:
                 self._add_slot(person_id, tid, feats)
         self._thresholds.clear()
+        self._centroids.clear()
+        self._people_count = None
 
     def _add_slot(self, person: str, tid: str, feats: np.ndarray) -> None:
         if self._n == len(self._alive):
@@ -218,6 +233,8 @@ class Replica:
         kind = kind or index_kind(self._n, self.config)
         self._index = build_index(self._vectors[: self._n], np.arange(self._n, dtype=np.int64), self.config, kind=kind)
         self._thresholds.clear()
+        self._centroids.clear()
+        self._people_count = None
         log.info("replica index rebuilt: %s, %d templates", kind, self._n)
 
     def _compact(self) -> None:
@@ -289,6 +306,8 @@ class Replica:
             ranked = self._best_per_person(query, more[0])
         if not ranked:
             return unknown_match(global_threshold)
+        if self.config.centroid_weight > 0:
+            ranked = self._rescore(query, ranked)
         score, person, tid = ranked[0]
         runner = None
         if len(ranked) > 1:
@@ -297,6 +316,40 @@ class Replica:
         threshold = self.threshold_for(person, global_threshold) if self.config.per_person_thresholds else global_threshold
         decision = decide(score, None if runner is None else runner.score, threshold, self.config.margin)
         return Match(person, self.names.get(person, ""), score, decision, threshold, runner, tid)
+
+    def _centroid(self, person: str) -> np.ndarray:
+        """Unit mean of ``person``'s projected template vectors (templates in id order, so
+        every replica sums them in the same order)."""
+        c = self._centroids.get(person)
+        if c is None:
+            slots = sorted(self._person_slots.get(person, ()), key=lambda s: self._tid[s])
+            mean = self._vectors[slots].astype(np.float64).mean(axis=0)
+            c = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+            self._centroids[person] = c
+        return c
+
+    def _rescore(self, query: np.ndarray, ranked: list[tuple[float, str, str]]) -> list[tuple[float, str, str]]:
+        """Score the leading people against their whole set of templates, not only the best one.
+
+        ``w * cos(query, unit mean of the person's templates) + (1 - w) * best template``
+        (``w = gallery.centroid_weight``) for the ``RESCORE_PEOPLE`` best people by
+        single template; a lucky single template of a stranger counts less than a
+        face that resembles all of a person's photos. One template: the same score.
+        """
+        w = self.config.centroid_weight
+        self._flush_if_pending()
+        out = []
+        for best, person, tid in ranked[:RESCORE_PEOPLE]:
+            if len(self._person_slots.get(person, ())) < 2:
+                out.append((best, person, tid))
+                continue
+            central = float((self._centroid(person) * query).sum(dtype=np.float32))
+            out.append((float(np.float32(w * central + (1.0 - w) * best)), person, tid))
+        return sorted(out, key=lambda r: (-r[0], r[1]))
+
+    def _flush_if_pending(self) -> None:
+        if self._pending or self._unindex:
+            self._flush()
 
     def impostor_scores(self, person_id: str) -> np.ndarray:
         """For each of this person's templates, its similarity to the nearest *other* person's template.
