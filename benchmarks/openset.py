@@ -318,12 +318,11 @@ def variants() -> dict[str, Callable[[], tuple[GalleryConfig, Any]]]:
     """Named configurations compared side by side (the first is the shipped default)."""
     return {
         "shipped": lambda: (GalleryConfig(), None),
-        "before": lambda: (GalleryConfig(centroid_weight=0.0, search_far=None), None),
+        "before": lambda: (GalleryConfig(centroid_weight=0.0, search_far=None, per_person_thresholds=True), None),
         "best_template_only": lambda: (GalleryConfig(centroid_weight=0.0), None),
         "no_search_rule": lambda: (GalleryConfig(search_far=None), None),
-        "search_far_0.02": lambda: (GalleryConfig(search_far=0.02), None),
-        "search_far_0.05": lambda: (GalleryConfig(search_far=0.05), None),
-        "search_far_0.02_no_per_person": lambda: (GalleryConfig(search_far=0.02, per_person_thresholds=False), None),
+        "per_person_thresholds": lambda: (GalleryConfig(per_person_thresholds=True), None),
+        "search_far_0.01": lambda: (GalleryConfig(search_far=0.01), None),
     }
 
 

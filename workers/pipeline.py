@@ -120,6 +120,7 @@ class FaceResult:
     runner_up: str | None = None
     detection_score: float = 0.0
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    quality: float | None = None  # sharpness of the aligned chip (the enrolment gate's measure); weighs track votes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,7 +133,7 @@ class FaceResult:
         }
 
 
-def _face_result(face: Any, match: Any, features: np.ndarray | None = None) -> FaceResult:
+def _face_result(face: Any, match: Any, features: np.ndarray | None = None, quality: float | None = None) -> FaceResult:
     decision = getattr(match.decision, "value", match.decision)
     known = decision == "known"
     runner = getattr(match, "runner_up", None)
@@ -146,6 +147,7 @@ def _face_result(face: Any, match: Any, features: np.ndarray | None = None) -> F
         runner_up=runner_name,
         detection_score=float(face.score),
         features=features,
+        quality=quality,
     )
 
 
@@ -162,7 +164,9 @@ def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
     features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
     with metrics.stage("identify"):
         matches = _identify(runtime, features)
-    return [_face_result(a.face, m, features[i]) for i, (a, m) in enumerate(zip(analysed, matches))]
+    from faec_rec.faces.quality import sharpness
+
+    return [_face_result(a.face, m, features[i], quality=sharpness(a.crop)) for i, (a, m) in enumerate(zip(analysed, matches))]
 
 
 def _identify(runtime: Runtime, features: np.ndarray) -> list[Any]:
@@ -312,6 +316,7 @@ def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) ->
         Observation(
             box=tuple(f.box), person_id=f.person_id, person=f.person,
             score=0.0 if f.score is None else f.score, decision=f.decision, model_version=version,
+            quality=getattr(f, "quality", None),
         )
         for f in results
     ]

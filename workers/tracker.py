@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
+# The vote of a track before it arrives: a chip this sharp (variance of the Laplacian,
+# the enrolment gate's measure; LFW median ~49, the gate refuses under 15) counts fully,
+# a blurrier one in proportion, never less than MIN_QUALITY_WEIGHT.
+SHARP_REFERENCE = 50.0
+MIN_QUALITY_WEIGHT = 0.1
+UNKNOWN_VOTE = ""  # the votes key of "unknown" observations
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -57,11 +64,20 @@ class Observation:
     score: float
     decision: str
     model_version: str | None = None
+    quality: float | None = None  # sharpness of the aligned chip (variance of the Laplacian); None: not measured
 
     @property
     def identity(self) -> str | None:
         """The person id when the decision is "known", else None."""
         return self.person_id if self.decision == Decision.KNOWN.value else None
+
+    @property
+    def weight(self) -> float:
+        """How much this observation counts in its track's vote: its image quality
+        (sharpness over ``SHARP_REFERENCE``, within [``MIN_QUALITY_WEIGHT``, 1]) times,
+        for a named face, its similarity score."""
+        q = 1.0 if self.quality is None else min(1.0, max(MIN_QUALITY_WEIGHT, self.quality / SHARP_REFERENCE))
+        return q * (max(float(self.score), 0.0) if self.identity is not None else 1.0)
 
 
 @dataclass
@@ -86,6 +102,8 @@ class Track:
     # [frame, t, x1, y1, x2, y2] over the last timeout_s, oldest first: late frames
     # are matched against where the track was at their time, not where it is now
     history: list[list[float]] = field(default_factory=list)
+    # before arrival: person id (UNKNOWN_VOTE for "unknown") -> [summed weight, best score, name]
+    votes: dict[str, list[Any]] = field(default_factory=dict)
 
     def box_at(self, frame: int) -> list[float]:
         """The track's box in ``frame``: the current one, or for an older frame the
@@ -141,6 +159,31 @@ class TrackEvent:
             detail=self.detail,
             features_key=features_key,
         )
+
+
+def _add_vote(track: Track, obs: Observation) -> None:
+    key = obs.identity if obs.identity is not None else UNKNOWN_VOTE
+    held = track.votes.setdefault(key, [0.0, float("-inf"), obs.person if obs.identity is not None else None])
+    held[0] = round(held[0] + obs.weight, 6)
+    held[1] = max(held[1], float(obs.score))
+
+
+def _follow_vote(track: Track) -> None:
+    """Set a not yet arrived track's identity to its vote's leader (ties: the earlier
+    leader stays; "unknown" wins a tie with a person)."""
+    if not track.votes:
+        return
+    leader = max(track.votes.items(), key=lambda kv: (kv[1][0], kv[0] == UNKNOWN_VOTE, kv[0] == (track.identity or UNKNOWN_VOTE)))
+    key, (_, best, name) = leader
+    if key == UNKNOWN_VOTE:
+        track.person_id, track.person = None, None
+        track.decision = Decision.UNKNOWN.value
+        track.score = float(best)
+    else:
+        track.person_id, track.person = key, name
+        track.decision = Decision.KNOWN.value
+        track.score = float(best)
+    track.pending_id, track.pending_count = None, 0
 
 
 def _history_entry(frame: int, t: float, box: Sequence[float]) -> list[float]:
@@ -325,6 +368,7 @@ class Tracker:
             model_version=obs.model_version,
             history=[_history_entry(frame, t, obs.box)],
         )
+        _add_vote(track, obs)
         self.next_id += 1
         self.tracks.append(track)
         return self._confirm(track, frame, t)
@@ -360,7 +404,17 @@ class Tracker:
         return None
 
     def _weigh_identity(self, track: Track, obs: Observation) -> bool:
-        """Add one observation's identity evidence to ``track``; True if its identity changed."""
+        """Add one observation's identity evidence to ``track``; True if its identity changed.
+
+        Before the track arrived its identity is the leader of a quality- and
+        score-weighted vote over all its frames so far (:func:`_add_vote`): one blurry
+        frame that names someone else, or nobody, does not decide the "arrived"
+        event. After arrival a change needs ``switch_frames`` agreeing frames in a row.
+        """
+        if not track.confirmed:
+            _add_vote(track, obs)
+            _follow_vote(track)
+            return False
         oid = obs.identity
         if oid is None:
             # "unknown" is no evidence for or against anyone: a face turned away
@@ -387,6 +441,7 @@ class Tracker:
     def identities(self) -> set[str]:
         """Person ids the tracks hold: their identities and pending switches."""
         held = {tr.identity for tr in self.tracks} | {tr.pending_id for tr in self.tracks}
+        held |= {pid for tr in self.tracks for pid in tr.votes if pid != UNKNOWN_VOTE}
         return {pid for pid in held if pid is not None}
 
     def forget_people(self, person_ids: set[str]) -> bool:
@@ -394,6 +449,9 @@ class Tracker:
         so no later event of theirs names them; True if a track changed."""
         changed = False
         for track in self.tracks:
+            for pid in set(track.votes) & person_ids:
+                del track.votes[pid]
+                changed = True
             if track.pending_id in person_ids:
                 track.pending_id, track.pending_count = None, 0
                 changed = True

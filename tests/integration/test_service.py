@@ -309,3 +309,25 @@ def test_killed_worker_loses_no_enrolment_and_duplicates_none(redis_url: str, tm
         if second is not None:
             second.stop()
         _cleanup(redis_url, prefix)
+
+
+def test_a_track_with_one_blurred_frame_arrives_once_with_the_right_name(
+        enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    """Issue 15: the track decides from all its frames, quality-weighted. The first frame
+    is the same photo blurred (sharpness ~5, scored below the threshold: "unknown");
+    before the vote it made the track arrive "unknown" and then update to Arnold."""
+    import cv2
+
+    from faec_rec.faces.image import encode_jpeg, load_image
+    from faec_rec.workers.app import TASK_RECOGNISE
+
+    r, keys, client = service["redis"], service["keys"], service["client"]
+    camera = "hall"
+    path = sorted((faces_dir / "lfw" / "Arnold_Schwarzenegger").glob("*.jpg"))[5]
+    sharp = path.read_bytes()
+    blurred = encode_jpeg(cv2.GaussianBlur(load_image(path), (0, 0), 3.5))
+    for n, data in enumerate([blurred, sharp, sharp], start=1):
+        client.app.send_task(TASK_RECOGNISE, args=[_push_frame(r, keys, camera, n, data)], queue="frames")
+        wait_for(lambda n=n: int(r.hget(keys.camera_stats(camera), "processed") or 0) >= n, what=f"hall frame {n}")
+    events = [e for e in _events(r, keys, camera) if e["type"] in ("arrived", "updated")]
+    assert [(e["type"], e["person"], e["decision"]) for e in events] == [("arrived", "Arnold", "known")], events
