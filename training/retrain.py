@@ -212,7 +212,9 @@ def build_reference(
 
 
 def load_reference(settings: "Settings", progress: Progress | None = None, engine: Any = None) -> Reference:
-    """The LFW reference from ``training.reference_dir`` (or ``<data_dir>/reference/lfw``).
+    """The LFW reference from ``training.reference_dir`` (or ``<data_dir>/reference/lfw``);
+    without either, the compact reference shipped with the package
+    (:mod:`~faec_rec.training.shipped_reference`).
 
     Features come from the feature cache (``<data_dir>/cache/features``); only
     images not cached yet go through the face engine (minutes for all of LFW,
@@ -222,6 +224,11 @@ def load_reference(settings: "Settings", progress: Progress | None = None, engin
 
     root = Path(settings.training.reference_dir or Path(settings.data_dir) / "reference" / "lfw")
     pairs_txt = root / "pairs.txt"
+    if not pairs_txt.is_file() and settings.training.reference_dir is None:
+        # A fresh install: the compact reference shipped with the package judges instead.
+        from faec_rec.training.shipped_reference import shipped_reference
+
+        return shipped_reference()
     if not pairs_txt.is_file():
         raise TrainingError(
             f"no generic reference set at {root} (needs <person>/<images> and pairs.txt): set "

@@ -134,8 +134,26 @@ def test_too_little_gallery_data_skips_with_a_reason(redis_client, keys, prefix,
 def test_a_missing_reference_set_skips_and_says_what_to_set(redis_client, keys, prefix, tmp_path, rng):
     feats, labels = _domain_features(rng, 6, 4)
     _enrol(redis_client, keys, tmp_path, feats, labels)
-    summary = run(_settings(prefix, tmp_path), redis=redis_client)
+    summary = run(_settings(prefix, tmp_path, reference_dir=str(tmp_path / "no-lfw-here")), redis=redis_client)
     assert summary["status"] == "skipped" and "training.reference_dir" in summary["reason"]
+
+
+def test_a_fresh_install_retrains_with_the_shipped_reference_and_its_gate_decides(redis_client, keys, prefix, tmp_path, rng):
+    """No LFW anywhere under data_dir: the compact reference shipped in the package judges the head."""
+    from faec_rec.training.shipped_reference import shipped_reference
+
+    assert not (tmp_path / "reference").exists()
+    feats, labels = _domain_features(rng, 12, 5)
+    _enrol(redis_client, keys, tmp_path, feats, labels)
+    summary = run(_settings(prefix, tmp_path, max_lfw_drop=1.0), redis=redis_client)
+    assert summary["status"] in ("promoted", "rejected"), summary
+    assert 0.9 < summary["in_service_before"]["lfw_accuracy"] <= 1.0  # base on the shipped real faces
+    assert 0.0 < summary["candidate"]["lfw_accuracy"] <= 1.0
+    assert summary["threshold"] is not None
+    strict = run(_settings(prefix, tmp_path, max_lfw_drop=0.0, min_gain=0.99), redis=redis_client)
+    assert strict["status"] == "rejected" and "cannot judge" not in strict["reason"]
+    ref = shipped_reference()
+    assert ref.features.shape == (124, 128) and ref.same.sum() > 200 and (~ref.same).sum() > 7000
 
 
 def test_one_training_at_a_time(redis_client, keys, prefix, tmp_path, rng):
