@@ -15,7 +15,9 @@ stricter than recognition. Checks, in order (the first failure is the reason):
    distances (0 frontal; about 0.5 near profile); refused above ``max_yaw``.
 5. ``blurry``: the variance of the Laplacian of the grey 150x150 chip is under
    ``min_sharpness`` (focus or motion blur; measured on the aligned chip so the
-   figure does not depend on the photo's resolution).
+   figure does not depend on the photo's resolution), raised for faces larger
+   than the chip (:meth:`QualityThresholds.sharpness_limit`: shrinking sharpens,
+   so a large blurred face must not pass on the small-face limit).
 
 Pure functions of arrays; the enrolment use case (faec_rec.workers.enrolment)
 calls :func:`assess` with the detector's faces and an aligner.
@@ -69,6 +71,17 @@ class QualityThresholds:
     dominance: float = 2.0
     max_yaw: float = 0.35
     min_sharpness: float = 15.0
+    # A face larger than the chip is *shrunk* into it, which sharpens it: a real photo's
+    # face of 200 px or more gave a chip sharpness of at least 210 (68 faces of the
+    # samples/ sets), the motion-blurred 292 px face of hard_cases/inspireface__blur.jpg
+    # 20.7. So the limit grows with (face side / chip side)^2, at most this many times.
+    large_face_gain_cap: float = 6.0
+    chip_side: float = 150.0
+
+    def sharpness_limit(self, face_px: float) -> float:
+        """The least chip sharpness accepted for a face whose shorter side is ``face_px``."""
+        gain = min(self.large_face_gain_cap, max(1.0, (float(face_px) / self.chip_side) ** 2))
+        return self.min_sharpness * gain
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,7 @@ def assess(
     if face_yaw > t.max_yaw:
         return QualityVerdict(Reason.NOT_FRONTAL, f"head turned (yaw {face_yaw:.2f} > {t.max_yaw:.2f}); use a photo facing the camera", face, face_px, face_yaw)
     sharp = sharpness(chip_of(face))
-    if sharp < t.min_sharpness:
-        return QualityVerdict(Reason.BLURRY, f"sharpness {sharp:.0f} < {t.min_sharpness:.0f}; use a sharper photo", face, face_px, face_yaw, sharp)
+    limit = t.sharpness_limit(face_px)
+    if sharp < limit:
+        return QualityVerdict(Reason.BLURRY, f"sharpness {sharp:.0f} < {limit:.0f} for a {face_px:.0f} px face; use a sharper photo", face, face_px, face_yaw, sharp)
     return QualityVerdict(Reason.OK, "", face, face_px, face_yaw, sharp)
