@@ -636,6 +636,7 @@ class EnrolOutcome:
     accepted: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     error: str | None = None
+    duplicates: list[str] = field(default_factory=list)  # already enrolled for this person: kept once
 
     @property
     def ok(self) -> bool:
@@ -679,13 +680,15 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
     outcome.person_id = _attr(report, "person_id")
     for image in _attr(report, "images", []) or []:
         label = str(_attr(image, "name"))
-        if _attr(image, "accepted"):
+        if _attr(image, "accepted") and _attr(image, "reason") == "duplicate":
+            outcome.duplicates.append(label)
+        elif _attr(image, "accepted"):
             outcome.accepted.append(label)
         else:
             detail = _attr(image, "detail") or ""
             outcome.refused.append((label, f"{_attr(image, 'reason')}" + (f": {detail}" if detail else "")))
     error = _attr(report, "error")
-    if error and not outcome.accepted:
+    if error and not outcome.accepted and not outcome.duplicates:
         detail = _attr(report, "detail")
         outcome.error = f"{error}" + (f": {detail}" if detail else "")
     return outcome
@@ -701,11 +704,14 @@ def _print_outcome(outcome: EnrolOutcome, root: Path | None = None) -> None:
 
     for image in outcome.accepted:
         click.echo(f"  accepted  {short(image)}")
+    for image in outcome.duplicates:
+        click.echo(f"  duplicate {short(image)}: already enrolled for this person; kept once")
     for image, reason in outcome.refused:
         click.echo(f"  refused   {short(image)}: {reason}")
     who = f"{outcome.name}" + (f" ({outcome.person_id})" if outcome.person_id else "")
     tail = f"; not enrolled: {outcome.error}" if outcome.error else ""
-    click.echo(f"{who}: {len(outcome.accepted)} accepted, {len(outcome.refused)} refused{tail}")
+    dup = f", {len(outcome.duplicates)} duplicate" if outcome.duplicates else ""
+    click.echo(f"{who}: {len(outcome.accepted)} accepted{dup}, {len(outcome.refused)} refused{tail}")
 
 
 def folder_people(root: Path) -> tuple[list[tuple[str, list[Path]]], list[str]]:

@@ -220,6 +220,10 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
 
     chips = np.stack([c.chip for c in candidates])
     features = engine.features(chips)
+    candidates, features = _consistent(runtime, request, report, candidates, features)
+    if not candidates:
+        return _finish(runtime, request, report, "no_acceptable_image",
+                       "no photo matches the person (see each image's reason)")
     try:
         result = _gallery_enrol(gallery, request, report, candidates, features)
     except GalleryError as exc:  # a name clash, an id that vanished meanwhile
@@ -232,6 +236,47 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     _mark_templates(runtime, report, candidates, result)
     report.status = "done" if report.accepted else "refused"
     return _finish(runtime, request, report, None if report.accepted else "no_acceptable_image", None)
+
+
+def _consistent(runtime: Runtime, request: EnrolRequest, report: EnrolReport, candidates: list[_Candidate], features: Any) -> tuple[list[_Candidate], Any]:
+    """Refuse photos that do not show the person (:mod:`faec_rec.index.consistency`):
+    against the person's templates when they have some, else against each other."""
+    import numpy as np
+
+    from faec_rec.errors import UnknownPersonError
+    from faec_rec.index.calibration import global_threshold
+    from faec_rec.index.consistency import NOT_THIS_PERSON, check_photos
+
+    gallery = runtime.gallery
+    projector = gallery.projector
+    existing = np.zeros((0, features.shape[1]), np.float32)
+    who = request.person_id if request.person_id is not None else request.name
+    if who is not None:
+        try:
+            person = gallery.person(who)
+        except UnknownPersonError:
+            person = None
+        if person is not None and person.template_ids:
+            stored = gallery.store.fetch_features(list(person.template_ids))
+            if stored:
+                existing = projector.project(np.stack([np.asarray(v, np.float32) for v in stored.values()]))
+    pair = global_threshold(gallery.config.threshold, getattr(projector, "threshold", None), projector.version, 0, None)
+    verdicts = check_photos(projector.project(features), existing, pair)
+    keep = []
+    for n, (c, (reason, score)) in enumerate(zip(candidates, verdicts)):
+        if reason is None:
+            keep.append(n)
+            continue
+        image = report.images[c.index]
+        image.accepted = False
+        image.reason = reason
+        image.detail = (f"does not match {report.name or who}'s enrolled photos (best similarity {score:.3f}); "
+                        "check it is the same person" if reason == NOT_THIS_PERSON else
+                        f"does not agree with most other photos of this request (best similarity {score:.3f}); "
+                        "enrol one person per request")
+    if len(keep) < len(candidates):
+        log.warning("enrolment %s: %d photo(s) refused as another person", request.request_id, len(candidates) - len(keep))
+    return [candidates[n] for n in keep], features[keep]
 
 
 def _gallery_enrol(gallery: Any, request: EnrolRequest, report: EnrolReport, candidates: list[_Candidate], features: Any) -> Any:

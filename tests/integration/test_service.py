@@ -331,3 +331,21 @@ def test_a_track_with_one_blurred_frame_arrives_once_with_the_right_name(
         wait_for(lambda n=n: int(r.hget(keys.camera_stats(camera), "processed") or 0) >= n, what=f"hall frame {n}")
     events = [e for e in _events(r, keys, camera) if e["type"] in ("arrived", "updated")]
     assert [(e["type"], e["person"], e["decision"]) for e in events] == [("arrived", "Arnold", "known")], events
+
+
+def test_photos_of_someone_else_are_refused_not_enrolled_silently(
+        enrolled: dict[str, Any], service: dict[str, Any], faces_dir: Path) -> None:
+    """Issue 17 item 21: Beckham's photo added to Arnold, and one request mixing three people."""
+    client = service["client"]
+    before = len(client.person("Arnold").template_ids)
+    other = sorted((faces_dir / "lfw" / "David_Beckham").glob("*.jpg"))[7]
+    report = client.enrol("Arnold", [other], timeout=WAIT_S)
+    assert report.status == "refused"
+    assert [(i.accepted, i.reason) for i in report.images] == [(False, "not_this_person")], report.images
+    assert len(client.person("Arnold").template_ids) == before
+    own = sorted((faces_dir / "lfw" / "Arnold_Schwarzenegger").glob("*.jpg"))[8]
+    assert client.enrol("Arnold", [own], timeout=WAIT_S).status == "done"
+    mixed = [p for folder in PEOPLE.values() for p in sorted((faces_dir / "lfw" / folder).glob("*.jpg"))[9:11]]
+    many = client.enrol("Many", mixed, timeout=WAIT_S)
+    assert many.status == "refused" and {i.reason for i in many.images} <= {"photos_disagree", "several_faces", "not_frontal", "blurry"}
+    assert "Many" not in {p.name for p in client.people()}

@@ -1,0 +1,66 @@
+"""Do the photos of one enrolment show the person they are enrolled as?
+
+Issue 17 item 21: a photo of someone else added to a person silently (``enrol "Barack
+Obama" biden.jpg``) makes that other person be named as them afterwards. Pure
+functions over L2-normalised vectors of the projection in service:
+
+* photos added to a person who already has templates must reach ``pair_threshold -
+  margin`` against at least one of them (base projection: 0.90; on LFW 0.5% of
+  same-person pairs score lower, and 97% of different-person pairs do);
+* photos of one call for a new person must agree: they are linked when a pair
+  scores at least ``pair_threshold`` (0.1% of different-person pairs), and only a
+  strict majority linked together (the largest connected group) is kept; without
+  one (two photos that disagree, a folder of many people) every photo is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NOT_THIS_PERSON = "not_this_person"
+PHOTOS_DISAGREE = "photos_disagree"
+MARGIN = 0.02
+
+
+def check_photos(new: np.ndarray, existing: np.ndarray, pair_threshold: float, margin: float = MARGIN) -> list[tuple[str | None, float]]:
+    """For each row of ``new`` (n, d): ``(None, score)`` to keep it, else ``(reason, score)``.
+
+    ``existing``: (m, d) the person's current template vectors (m may be 0). ``score``
+    is the best similarity to the existing templates, or to the other photos of the
+    call when there are none (-1 for a lone photo).
+    """
+    new = np.asarray(new, np.float32).reshape(len(new), -1)
+    existing = np.asarray(existing, np.float32).reshape(len(existing), -1) if len(existing) else np.zeros((0, new.shape[1]), np.float32)
+    if len(new) == 0:
+        return []
+    if len(existing):
+        best = (new @ existing.T).max(axis=1)
+        return [(None if s >= pair_threshold - margin else NOT_THIS_PERSON, float(s)) for s in best]
+    if len(new) == 1:
+        return [(None, -1.0)]
+    sims = new @ new.T
+    np.fill_diagonal(sims, -1.0)
+    best = sims.max(axis=1)
+    group = _largest_group(sims >= pair_threshold)
+    if 2 * len(group) <= len(new):
+        return [(PHOTOS_DISAGREE, float(s)) for s in best]
+    return [(None if i in group else PHOTOS_DISAGREE, float(s)) for i, s in enumerate(best)]
+
+
+def _largest_group(linked: np.ndarray) -> set[int]:
+    """Largest connected component of a boolean adjacency matrix (lowest index first on ties)."""
+    seen: set[int] = set()
+    best: set[int] = set()
+    for start in range(len(linked)):
+        if start in seen:
+            continue
+        comp, todo = {start}, [start]
+        while todo:
+            i = todo.pop()
+            for j in np.flatnonzero(linked[i]).tolist():
+                if j not in comp:
+                    comp.add(j)
+                    todo.append(j)
+        seen |= comp
+        if len(comp) > len(best):
+            best = comp
+    return best
