@@ -233,6 +233,7 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    from faec_rec.index.commands import add_people_commands; add_people_commands(people_group)  # noqa: E702
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:

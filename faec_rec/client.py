@@ -318,6 +318,16 @@ class Client:
         """Give a person a new display name; raises :class:`UnknownPersonError`."""
         self.gallery.rename(id_or_name, new_name)
 
+    def person_faces(self, id_or_name: str) -> list[dict[str, Any]]:
+        """One person's templates (id, source photo, quality, crop...), oldest first;
+        raises :class:`UnknownPersonError`."""
+        return self.gallery.store.templates(id_or_name)
+
+    def remove_face(self, template_id: str) -> str:
+        """Delete one template (its vector, crop and hash entry) and return its person's id;
+        raises :class:`UnknownTemplateError`. The person stays, even with no template left."""
+        return self.gallery.remove_template(template_id)
+
 
 def _read_image(image: ImageInput) -> tuple[bytes, str]:
     if isinstance(image, (bytes, bytearray, memoryview)):

@@ -503,6 +503,21 @@ class Store:
         return out
 
     @backend
+    @backend
+    def templates(self, id_or_name: str) -> list[dict[str, Any]]:
+        """One person's templates without their features, oldest first: ``id``, ``source``,
+        ``quality``, ``version``, ``created`` (unix s), ``crop`` (path under data_dir or "")."""
+        person = self.person(id_or_name)
+        pipe = self.client.pipeline(transaction=False)
+        for tid in person.template_ids:
+            pipe.hmget(self.keys.template(tid), "source", "quality", "version", "created", "crop")
+        out = []
+        for tid, (source, quality, version, created, crop) in zip(person.template_ids, pipe.execute()):
+            out.append({"id": tid, "source": _text(source), "quality": None if quality is None else float(_text(quality)),
+                        "version": _text(version), "created": None if created is None else float(_text(created)),
+                        "crop": _text(crop) or ""})
+        return sorted(out, key=lambda t: (t["created"] or 0.0, t["source"] or "", t["id"]))
+
     def fetch_features(self, template_ids: Sequence[str], chunk: int = 5000) -> dict[str, np.ndarray]:
         """``{template id: (128,) float32}`` for the templates still stored (the replay hot path).
 

@@ -158,7 +158,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     Never raises for bad images or an unknown person (they are in the report);
     a lost backend propagates so the task retries.
     """
-    from faec_rec.faces.quality import QualityThresholds, Reason, assess
+    from faec_rec.faces.quality import QualityThresholds, Reason, assess, assess_extra
 
     r, keys = runtime.redis, runtime.keys
     done = stored_report(r, keys, request.request_id)
@@ -187,6 +187,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     thresholds = QualityThresholds()
     reports: list[ImageReport] = []
     candidates: list[_Candidate] = []
+    turned: list[tuple[int, Any, _Candidate]] = []  # moderately turned faces: extra templates only
     for i, ref in enumerate(request.images):
         try:
             data = read_image_bytes(runtime, ref.key, ref.path, ref.name)
@@ -210,7 +211,13 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
         if verdict.accepted:
             candidates.append(_Candidate(i, chips[0], hashlib.sha256(data).hexdigest(),
                                          float(verdict.face.score) if verdict.face is not None else 0.0))
+        elif verdict.reason is Reason.NOT_FRONTAL:
+            extra = assess_extra(verdict, chip_of, thresholds)
+            if extra.accepted:
+                turned.append((len(reports) - 1, extra, _Candidate(i, chips[0], hashlib.sha256(data).hexdigest(),
+                                                                   float(extra.face.score) if extra.face is not None else 0.0)))
     report.images = reports
+    _add_turned(gallery, request, report, candidates, turned, thresholds)
 
     if not candidates:
         return _finish(runtime, request, report, "no_acceptable_image",
@@ -236,6 +243,31 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     _mark_templates(runtime, report, candidates, result)
     report.status = "done" if report.accepted else "refused"
     return _finish(runtime, request, report, None if report.accepted else "no_acceptable_image", None)
+
+
+def _add_turned(gallery: Any, request: EnrolRequest, report: EnrolReport, candidates: list[_Candidate],
+                turned: list[tuple[int, Any, _Candidate]], thresholds: Any) -> None:
+    """Accept moderately turned faces as extra templates once the person has enough
+    (``min_frontal_for_extra``: templates already enrolled plus frontal photos of this request)."""
+    if not turned:
+        return
+    from faec_rec.errors import UnknownPersonError
+
+    have = len(candidates)
+    who = request.person_id if request.person_id is not None else request.name
+    if who is not None:
+        try:
+            have += len(gallery.person(who).template_ids)
+        except UnknownPersonError:
+            pass
+    if have < thresholds.min_frontal_for_extra:
+        return
+    for at, verdict, candidate in turned:
+        image = report.images[at]
+        image.accepted, image.reason, image.detail = True, verdict.reason.value, verdict.detail
+        image.sharpness = None if verdict.sharpness is None else round(verdict.sharpness, 1)
+        candidates.append(candidate)
+    candidates.sort(key=lambda c: c.index)
 
 
 def _consistent(runtime: Runtime, request: EnrolRequest, report: EnrolReport, candidates: list[_Candidate], features: Any) -> tuple[list[_Candidate], Any]:
