@@ -263,11 +263,32 @@ def gallery_pair_scores(projector: "Projector", data: GalleryData) -> tuple[np.n
     return scores.ravel().astype(np.float64), same.ravel()
 
 
-def score(projector: "Projector", data: GalleryData, reference: Reference | None) -> dict[str, float]:
-    """{"gallery_tar_at_far": TAR@1%FAR on held-out probes, "lfw_accuracy": ...}."""
+def negative_pair_scores(projector: "Projector", data: GalleryData, negatives: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Scores of each ``--not`` face against the training templates of the person it is
+    *not* (impostor pairs a user has confirmed): (k,) float."""
+    if not negatives or not data.train.n:
+        return np.zeros(0, np.float64)
+    templates = projector.project(data.train.features)
+    faces = projector.project(np.stack([vec for _, vec in negatives]).astype(np.float32))
+    out = []
+    for face, (label, _) in zip(faces, negatives):
+        own = templates[data.train.labels == label]
+        out.extend((own @ face).tolist())
+    return np.asarray(out, np.float64)
+
+
+def score(projector: "Projector", data: GalleryData, reference: Reference | None,
+          negatives: list[tuple[int, np.ndarray]] | None = None) -> dict[str, float]:
+    """{"gallery_tar_at_far": TAR@1%FAR on held-out probes, "lfw_accuracy": ...}.
+
+    ``negatives`` (label, features) from ``feedback --not`` join the impostor pairs, so a
+    head that still accepts a face a user said is not that person loses TAR there."""
     out: dict[str, float] = {}
     if data.probes.n:
         s, same = gallery_pair_scores(projector, data)
+        extra = negative_pair_scores(projector, data, negatives or [])
+        if extra.size:
+            s, same = np.concatenate([s, extra]), np.concatenate([same, np.zeros(extra.size, bool)])
         if same.any() and not same.all():
             out["gallery_tar_at_far"] = tar_at_far(s, same, GATE_FAR)[0]
     if reference is not None:
@@ -367,6 +388,25 @@ def _feedback_rows(redis: "redis_lib.Redis", keys: Keys, person_ids: list[str]) 
     return rows, unusable
 
 
+def _negative_rows(redis: "redis_lib.Redis", keys: Keys, person_ids: list[str]) -> list[tuple[int, np.ndarray]]:
+    """``feedback --not`` faces as (label of the person they are not, features).
+
+    Read through ``faec_rec.training.negatives`` (the visitors work; stream
+    ``keys.negative_pairs()``) when it is installed; without it, none.
+    """
+    try:
+        from faec_rec.training.negatives import read_negative_pairs  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    index = {p: n for n, p in enumerate(person_ids)}
+    rows = []
+    for pair in read_negative_pairs(redis, keys, person_ids=person_ids):
+        vec = np.asarray(getattr(pair, "features", None), np.float32).reshape(-1)
+        if pair.person_id in index and vec.shape == (128,) and np.isfinite(vec).all():
+            rows.append((index[pair.person_id], vec))
+    return rows
+
+
 def switch_gallery(redis: "redis_lib.Redis", keys: Keys, data_dir: Path, version: str) -> bool:
     """Record a gallery version event so every replica re-projects into ``version``."""
     from faec_rec.index.store import Store
@@ -451,8 +491,9 @@ def run(
                 log.error("model in service %s cannot be loaded (%s); judging against base", current_version, exc)
                 current = registry.load("base")
             step("evaluate", 0, 1)
-            current_metrics = score(current, data, reference)
-            candidate_metrics = score(candidate, data, reference)
+            negatives = _negative_rows(client, keys, data.person_ids)
+            current_metrics = score(current, data, reference, negatives)
+            candidate_metrics = score(candidate, data, reference, negatives)
             decision = promotion_gate(current_metrics, candidate_metrics, cfg.max_lfw_drop, cfg.min_gain)
             step("evaluate", 1, 1)
             base = registry.load("base")
@@ -466,6 +507,7 @@ def run(
                 "final_loss": round(result.losses[-1], 5) if result.losses else None,
                 **tset.counts,
                 "gallery_people": data.people,
+                "negative_pairs": len(negatives),
                 "held_out_probes": data.probes.n,
             }
             will_promote = decision.promote and promote

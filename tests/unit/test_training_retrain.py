@@ -163,3 +163,18 @@ def test_one_training_at_a_time(redis_client, keys, prefix, tmp_path, rng):
         summary = run(_settings(prefix, tmp_path), redis=redis_client, reference=_reference(rng))
     assert summary["status"] == "skipped" and "holds the lock" in summary["reason"]
     assert redis_client.get(keys.train_lock()) is None
+
+
+def test_feedback_not_faces_join_the_gates_impostor_pairs(rng):
+    """A face a user said is *not* person 0, scoring like person 0, lowers TAR@1%FAR."""
+    from faec_rec.index.projection import BaseProjector
+    from faec_rec.training.retrain import gallery_data, negative_pair_scores, score
+
+    feats, labels = _domain_features(rng, 10, 6)
+    data = gallery_data(feats, [f"p{label}" for label in labels], 0.34)
+    base = BaseProjector()
+    plain = score(base, data, None)
+    lookalikes = [(0, feats[labels == 0][0] + 0.01 * rng.normal(size=128).astype(np.float32)) for _ in range(40)]
+    assert negative_pair_scores(base, data, lookalikes).size == 40 * int((data.train.labels == 0).sum())
+    with_negatives = score(base, data, None, lookalikes)
+    assert with_negatives["gallery_tar_at_far"] < plain["gallery_tar_at_far"]
