@@ -290,7 +290,7 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
     Embedded mode (no FAEC_REDIS_URL): starts the private Redis and keeps it up
     while the worker runs, so other faec-rec commands on this machine share it.
     """
-    from faec_rec.embedded import PrivateRedisLease
+    from faec_rec.embedded import PrivateRedisLease, redact_url
 
     settings = state.settings()
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -303,7 +303,7 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
         os.environ["FAEC_REDIS_URL"] = lease.url
         state._settings = None
         settings = state.settings()
-        click.echo(f"embedded mode: private Redis at {lease.url} (data in {lease.directory})", err=True)
+        click.echo(f"embedded mode: private Redis at {redact_url(lease.url)} (data in {lease.directory})", err=True)
         if lease.owner:
             from faec_rec.embedded import purge_stale_tasks
             from faec_rec.workers.app import make_app

@@ -16,17 +16,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
+def private_dir(directory: Path, *, tighten: bool = True) -> Path:
+    """Create ``directory`` (and missing parents) for this user only (0700).
+
+    With ``tighten`` an existing folder is set to 0700 too (for folders that only
+    faec-rec uses: the private Redis, crops); without, an existing folder (a data
+    folder the user chose) keeps its mode.
+    """
+    existed = directory.is_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if tighten or not existed:
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    return directory
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so a reader never sees half a file.
 
     Writes a uniquely named temporary file in the same folder (created with the
-    umask's usual permissions, not mkstemp's 0600), optionally fsyncs it, then
-    renames it over ``path``; the temporary file is removed on any failure.
+    umask's usual permissions, not mkstemp's 0600, unless ``mode`` is given),
+    optionally fsyncs it, then renames it over ``path``; the temporary file is
+    removed on any failure.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as fh:
+        if mode is not None:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+        with open(tmp, "wb" if mode is not None else "xb") as fh:
             fh.write(data)
             if fsync:
                 fh.flush()

@@ -33,7 +33,7 @@ import numpy as np
 import redis
 
 from faec_rec.errors import BackendUnavailable, GalleryError, UnknownPersonError, UnknownTemplateError, VectorError
-from faec_rec.files import atomic_write_bytes
+from faec_rec.files import atomic_write_bytes, private_dir
 from faec_rec.keys import Keys, safe_id
 
 from faec_rec.index.events import EventLog, EventOp, GalleryEvent
@@ -357,7 +357,11 @@ class Store:
         """Write one crop atomically; returns its path relative to ``data_dir``."""
         rel = Path("crops") / pid / f"{tid}.jpg"
         path = self.data_dir / rel
-        atomic_write_bytes(path, data, fsync=True)
+        # faces are personal data: the folders and files for this user only
+        private_dir(self.data_dir, tighten=False)
+        private_dir(self.data_dir / "crops")
+        private_dir(path.parent)
+        atomic_write_bytes(path, data, fsync=True, mode=0o600)
         written.append(path)
         return str(rel)
 
