@@ -646,11 +646,13 @@ def _attr(record: Any, name: str, default: Any = None) -> Any:
     return record.get(name, default) if isinstance(record, dict) else getattr(record, name, default)
 
 
-def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float) -> EnrolOutcome:
+def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float,
+                 request_id: str | None = None) -> EnrolOutcome:
     """Enrol ``images`` of ``name`` through the queue and wait for the verdicts.
 
     Files missing here are refused locally; the worker judges the rest (the
-    quality gate: one clear, large enough, frontal face).
+    quality gate: one clear, large enough, frontal face). ``request_id`` names
+    the request (to look for its report after an interruption).
     """
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
@@ -667,7 +669,8 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
         outcome.error = "no readable image"
         return outcome
     try:
-        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s)
+        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
+                              request_id=request_id)
     except ImageError as exc:  # a file that became unreadable after the check above
         outcome.error = f"{exc.source}: {exc.reason}"
         return outcome
@@ -676,6 +679,10 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
             "start one with `faec-rec worker`, or raise --timeout"
         ) from exc
+    return _outcome_from_report(outcome, report)
+
+
+def _outcome_from_report(outcome: EnrolOutcome, report: Any) -> EnrolOutcome:
     outcome.person_id = _attr(report, "person_id")
     for image in _attr(report, "images", []) or []:
         label = str(_attr(image, "name"))
@@ -774,12 +781,50 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
         client = _client(backend)
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
         for person, files in people:
-            outcome = enrol_person(client, person, files, timeout_s)
+            request_id = uuid.uuid4().hex
+            try:
+                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id)
+            except KeyboardInterrupt:
+                bar.clear()
+                _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
+                raise click.exceptions.Exit(130) from None
             bar.clear()
             _print_outcome(outcome, root)
             bar.update()
             outcomes.append(outcome)
     return outcomes
+
+
+INTERRUPT_GRACE_S = 30.0
+
+
+def _report_interrupted(client: Any, person: str, request_id: str, done: int, total: int,
+                        root: Path | None) -> None:
+    """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
+    already hold that request; wait a little for its report (a second Ctrl-C stops
+    waiting) so a person enrolled meanwhile is never enrolled unreported."""
+    from faec_rec.workers.enrolment import stored_report
+
+    click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
+               "photo in hand (Ctrl-C again to stop now)", err=True)
+    report = None
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    try:
+        while report is None and time.monotonic() < deadline:
+            report = stored_report(client.redis, client.keys, request_id)
+            if report is None:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # Redis gone: say so, do not trace back
+        log.debug("no report after interruption: %s", exc)
+    if report is not None:
+        _print_outcome(_outcome_from_report(EnrolOutcome(name=person), report), root)
+        done += 1
+        click.echo(f"interrupted: {done} of {total} people done (the last, {person}, finished meanwhile)", err=True)
+    else:
+        click.echo(f"interrupted: {done} of {total} people done; {person} not enrolled (a queued request is "
+                   f"dropped; check with `faec-rec people show {person}`)", err=True)
 
 
 # ---- camera ----------------------------------------------------------------------------------

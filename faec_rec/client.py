@@ -303,15 +303,19 @@ class Client:
 
         Raises :class:`UnknownPersonError`. Crops are deleted from this
         machine's ``data_dir``; every worker drops the vectors when it syncs.
-        Feedback entries naming the person (with the face features they hold)
-        are deleted too; recognition events' feature keys expire with
-        ``events.features_ttl_s``.
+        Everything else stored naming the person is deleted too
+        (:mod:`faec_rec.index.erasure`): recognition events in every stream with
+        their face features, enrolment reports, Celery task results, identify
+        job records, and feedback entries (with the face features they hold).
         """
+        from faec_rec.index.erasure import erase_person_traces
         from faec_rec.training.feedback import forget_feedback
 
         person_id = self.gallery.store.resolve(id_or_name)
+        name = self.gallery.person(person_id).name
         count = int(self.gallery.forget(person_id))
         forget_feedback(self.redis, self.keys, person_id)
+        erase_person_traces(self.redis, self.keys, person_id, [name])
         return count
 
     def rename(self, id_or_name: str, new_name: str) -> None:
