@@ -86,3 +86,30 @@ def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
             continue
         (images if is_image_path(path) else others).append(path)
     return images, others
+
+
+# ---- file names that are not valid UTF-8 --------------------------------------
+# Python hands such names over as str with lone surrogates (surrogateescape: byte
+# 0xe9 -> '\udce9'); they open fine but cannot be encoded as UTF-8 (JSON, Redis,
+# HTML, the terminal). Everything that shows or stores a name uses these.
+
+def name_bytes(name: str) -> bytes:
+    """The file name's exact bytes (lossless inverse of ``os.fsdecode``)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def is_clean_name(name: str) -> bool:
+    """True when ``name`` is valid UTF-8 text (no escaped bytes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_name(name: str) -> str:
+    """``name`` as valid UTF-8 text for showing and storing: undecodable bytes
+    written as ``\\xe9`` (unchanged for a clean name)."""
+    if is_clean_name(name):
+        return name
+    return name_bytes(name).decode("utf-8", "backslashreplace")
