@@ -33,7 +33,7 @@ from typing import Any
 import click
 
 from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, ImageError, TaskTimeout, UnknownPersonError
-from faec_rec.files import IMAGE_SUFFIXES, is_image_path, walk_images
+from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -593,9 +593,10 @@ def identify_cmd(state: State, folder: Path, report_path: Path, html_path: Path 
     """
     images, others = list_images(folder)
     for other in others:
-        click.echo(f"skipped (not an image): {other}", err=True)
+        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
     if not images:
         raise CommandFailed(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    check_outputs({"--report": report_path, "--html": html_path}, [folder, *images])  # before any work
     code = _identify_and_report(state, images, others, folder, report_path, html_path, timeout_s)
     raise click.exceptions.Exit(int(code))
 
@@ -703,8 +704,8 @@ def _print_outcome(outcome: EnrolOutcome, root: Path | None = None) -> None:
         try:
             rel = os.path.relpath(p, os.path.abspath(root or Path.cwd()))
         except ValueError:  # another drive
-            return p
-        return p if rel.startswith("..") else rel
+            return display_name(p)
+        return display_name(p if rel.startswith("..") else rel)  # a name may not be valid UTF-8
 
     for image in outcome.accepted:
         click.echo(f"  accepted  {short(image)}")
@@ -947,6 +948,7 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     out_dir = out_dir or workdir
     from faec_rec.demo import demo_plan
 
+    check_outputs({"--out report.json": out_dir / "report.json", "--out report.html": out_dir / "report.html"})
     plan = demo_plan(workdir)
     click.echo(f"demo data: {plan.description}")
     click.echo(f"embedded mode: private Redis and gallery under {workdir} (starting; the first photo loads the model)")

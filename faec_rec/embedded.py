@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from faec_rec.config import Settings
-from faec_rec.errors import BackendUnavailable
+from faec_rec.errors import BackendUnavailable, ConfigError
 from faec_rec.keys import Keys
-from faec_rec.files import private_dir
+from faec_rec.files import private_dir, writable_dir
 from faec_rec.redis_server import PrivateRedis, answers, is_ours, read_secret, shutdown
 
 if TYPE_CHECKING:
@@ -120,7 +120,11 @@ class PrivateRedisLease:
             os.close(fd)  # drops the lock
 
     def acquire(self) -> "PrivateRedisLease":
-        private_dir(self.directory)
+        try:
+            private_dir(self.directory)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.directory} for the private Redis: {exc.strerror or exc}; "
+                              "set FAEC_DATA_DIR to a folder you can write") from exc
         with self._control():
             fd = os.open(self.directory / "users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -365,7 +369,9 @@ def open_backend(
             client.close()
         return
 
-    private_dir(Path(settings.data_dir), tighten=False)  # made 0700 if new: crops are faces
+    with contextlib.suppress(OSError):  # made 0700 if new: crops are faces
+        private_dir(Path(settings.data_dir), tighten=False)
+    writable_dir(Path(settings.data_dir), "the data folder (FAEC_DATA_DIR)")  # else say why, before any work
     lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
     try:
         live = settings.model_copy(update={"redis_url": lease.url})

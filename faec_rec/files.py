@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -113,3 +114,64 @@ def display_name(name: str) -> str:
     if is_clean_name(name):
         return name
     return name_bytes(name).decode("utf-8", "backslashreplace")
+
+
+# ---- output paths, checked before a job runs ----------------------------------
+
+def _probe_folder(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (created if missing), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".faec-write-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except FileExistsError:
+        return f"{folder} is a file, not a folder"
+    except NotADirectoryError:
+        return f"a part of {folder} is a file, not a folder"
+    except OSError as exc:
+        return f"cannot write in {folder}: {exc.strerror or exc}"
+    return None
+
+
+def writable_dir(folder: Path, what: str) -> Path:
+    """``folder`` if files can be created in it (made if missing), else :class:`ConfigError`."""
+    from faec_rec.errors import ConfigError
+
+    why = _probe_folder(Path(folder))
+    if why:
+        raise ConfigError(f"{what} {folder} is not usable: {why}")
+    return Path(folder)
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, output files that cannot be written, that are one
+    of the ``inputs`` (``--report photo.jpg`` would overwrite the photo) or that
+    are the same file as another output. ``outputs``: option name -> path (None: not asked).
+    Raises :class:`ConfigError` naming the option."""
+    from faec_rec.errors import ConfigError
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return os.path.realpath(a) == os.path.realpath(b)
+
+    given = [(name, Path(path)) for name, path in outputs.items() if path is not None]
+    sources = [Path(p) for p in inputs]
+    for i, (name, path) in enumerate(given):
+        for source in sources:
+            if same(path, source):
+                raise ConfigError(f"{name} {path} is an input of this command: it would be overwritten; "
+                                  "write the output elsewhere")
+        for other_name, other in given[:i]:
+            if same(path, other):
+                raise ConfigError(f"{name} and {other_name} are the same file ({path}): give two different paths")
+        if path.is_dir():
+            raise ConfigError(f"{name} {path} is a folder: give a file name")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ConfigError(f"{name} {path} is not writable")
+        why = _probe_folder(path.parent if str(path.parent) else Path("."))
+        if why:
+            raise ConfigError(f"{name} {path} cannot be written: {why}")

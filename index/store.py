@@ -18,6 +18,7 @@ transaction and removed again when it fails.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -33,7 +34,7 @@ import numpy as np
 import redis
 
 from faec_rec.errors import BackendUnavailable, GalleryError, UnknownPersonError, UnknownTemplateError, VectorError
-from faec_rec.files import atomic_write_bytes, private_dir
+from faec_rec.files import atomic_write_bytes, display_name, private_dir
 from faec_rec.keys import Keys, safe_id
 
 from faec_rec.index.events import EventLog, EventOp, GalleryEvent
@@ -242,6 +243,8 @@ class Store:
         def undo() -> None:
             for path in written:
                 path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # no empty crops folder left behind
+                    path.parent.rmdir()
             written.clear()
 
         def body(pipe: redis.client.Pipeline) -> EnrolResult:
@@ -306,7 +309,7 @@ class Store:
             "backbone": self.backbone_version,
             "version": version,
             "quality": new.qualities[i],
-            "source": new.sources[i],
+            "source": display_name(new.sources[i]),  # a file name may not be valid UTF-8
             "hash": new.content_hashes[i],
             "crop": crop,
             "created": now,
