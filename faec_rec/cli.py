@@ -32,7 +32,8 @@ from typing import Any
 
 import click
 
-from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, ImageError, TaskTimeout, UnknownPersonError
+from faec_rec.errors import (BackendUnavailable, ConfigError, FaecError, GalleryError, ImageError, TaskTimeout,
+                              UnknownPersonError)
 from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
 
 log = logging.getLogger(__name__)
@@ -91,24 +92,14 @@ class FaecGroup(click.Group):
 # ---- names and files --------------------------------------------------------
 
 def check_person_name(raw: str) -> str:
-    """A display name safe to store, or :class:`CommandFailed` saying why not.
+    """A display name safe to store, or :class:`CommandFailed` saying why not
+    (the gallery's one validator, :func:`faec_rec.index.store.clean_name`)."""
+    from faec_rec.index.store import clean_name
 
-    Names are shown, never used as paths (the gallery files crops under person
-    ids), but a name with a path separator, a control character or only dots is
-    almost always a mistake (a path passed as a name), so it is refused.
-    """
-    name = unicodedata.normalize("NFC", raw).strip()
-    if not name:
-        raise CommandFailed("a person's name cannot be empty")
-    if len(name) > MAX_NAME_LEN:
-        raise CommandFailed(f"name {name[:20]!r}... is longer than {MAX_NAME_LEN} characters")
-    if "/" in name or "\\" in name:
-        raise CommandFailed(f"name {name!r} holds a path separator ('/' or '\\'): give a plain name like 'Ada Lovelace'")
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        raise CommandFailed(f"name {name!r} holds control characters")
-    if set(name) <= {"."}:
-        raise CommandFailed(f"name {name!r} is only dots: give a real name")
-    return name
+    try:
+        return clean_name(raw)
+    except GalleryError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 def list_images(root: Path) -> tuple[list[Path], list[Path]]:
@@ -428,7 +419,7 @@ def people_forget(state: State, person: str, yes: bool) -> None:
         record = _person_json(client.person(person))  # raises UnknownPersonError first
         if not yes:
             click.confirm(f"forget {record.get('name')} ({_templates_of(record)} templates)?", abort=True)
-        client.forget(_person_id(record) or person)
+        client.forget(f"id:{_person_id(record)}" if _person_id(record) else person)
     click.echo(f"forgot {record.get('name')} ({_person_id(record)})")
 
 
@@ -955,7 +946,7 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     with open_backend(settings, worker_queues=("enrol", "frames")) as backend:
         client = _client(backend)
         for person in client.people():  # a fresh demo every run
-            client.forget(_person_id(person))
+            client.forget(f"id:{_person_id(person)}")
         click.echo(f"enrolling {len(plan.enrol)} {'person' if len(plan.enrol) == 1 else 'people'}:")
         _enrol_all(state_demo, plan.enrol, timeout_s, backend=backend)
         click.echo(f"identifying {len(plan.identify)} other photos (of them, of strangers, without a face):")

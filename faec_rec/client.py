@@ -146,6 +146,10 @@ class Client:
 
         if not images:
             raise ValueError("enrol needs at least one image")
+        if name is not None:
+            from faec_rec.index.store import clean_name
+
+            name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
         refs = []
         for image in images:
             upload_id, display = self.upload(image)
@@ -312,8 +316,8 @@ class Client:
         from faec_rec.training.feedback import forget_feedback
 
         person_id = self.gallery.store.resolve(id_or_name)
-        name = self.gallery.person(person_id).name
-        count = int(self.gallery.forget(person_id))
+        name = self.gallery.person(f"id:{person_id}").name
+        count = int(self.gallery.forget(f"id:{person_id}"))
         forget_feedback(self.redis, self.keys, person_id)
         erase_person_traces(self.redis, self.keys, person_id, [name])
         return count

@@ -45,6 +45,10 @@ class UnknownPersonError(GalleryError, KeyError):
         return str(self.args[0]) if self.args else "unknown person"
 
 
+class AmbiguousPersonError(UnknownPersonError):
+    """A bare string that is one person's id and another's name: say ``id:`` or ``name:``."""
+
+
 class UnknownTemplateError(GalleryError, KeyError):
     """No template with that id is stored."""
 
