@@ -66,8 +66,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-# Image files a folder walk picks up (any letter case); others are reported as skipped.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# The image formats the loader decodes (``faces.image``: recognised by their first
+# bytes, decoded by OpenCV) with the file suffixes a folder walk picks up for each
+# (any letter case); one list for both, so the walk never collects a file the
+# loader refuses (TIFF) nor skips one it reads (GIF, PNM).
+IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe"),
+    "PNG": (".png",),
+    "BMP": (".bmp",),
+    "WebP": (".webp",),
+    "GIF": (".gif",),
+    "PNM": (".pnm", ".ppm", ".pgm", ".pbm"),
+}
+IMAGE_SUFFIXES = frozenset(s for suffixes in IMAGE_FORMATS.values() for s in suffixes)
 
 
 def is_image_path(path: Path) -> bool:
