@@ -33,7 +33,7 @@ from typing import Any
 import click
 
 from faec_rec.errors import (BackendUnavailable, ConfigError, FaecError, GalleryError, ImageError, TaskTimeout,
-                              UnknownPersonError)
+                              UnknownPersonError, UsageError)
 from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class CommandFailed(click.ClickException):
 def _exit_code_for(exc: FaecError) -> ExitCode:
     if isinstance(exc, (BackendUnavailable, TaskTimeout)):
         return ExitCode.BACKEND
-    if isinstance(exc, (ConfigError, UnknownPersonError)):
+    if isinstance(exc, (ConfigError, UnknownPersonError, UsageError)):
         return ExitCode.USAGE
     return ExitCode.PARTIAL
 
@@ -531,6 +531,11 @@ def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeou
                               "model_version": None}
                     results[name] = record
                     on_result(record)
+                if getattr(backend, "worker_here", False):
+                    raise BackendUnavailable(
+                        f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                        "the worker inside this command is still busy (a loaded machine, very large photos); "
+                        "raise --timeout, or run `faec-rec worker` in another terminal")
                 raise BackendUnavailable(
                     f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
                     "is a worker consuming queue 'frames'? start one with `faec-rec worker`, or raise --timeout"
@@ -639,7 +644,7 @@ def _attr(record: Any, name: str, default: Any = None) -> Any:
 
 
 def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float,
-                 request_id: str | None = None) -> EnrolOutcome:
+                 request_id: str | None = None, worker_here: bool = False) -> EnrolOutcome:
     """Enrol ``images`` of ``name`` through the queue and wait for the verdicts.
 
     Files missing here are refused locally; the worker judges the rest (the
@@ -667,6 +672,12 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
         outcome.error = f"{exc.source}: {exc.reason}"
         return outcome
     except TaskTimeout as exc:
+        if worker_here:  # the worker is ours and running: it is slow, not missing
+            raise BackendUnavailable(
+                f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
+                "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
+                f"in another terminal; check later with `faec-rec people show {name!r}`"
+            ) from exc
         raise BackendUnavailable(
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
             "start one with `faec-rec worker`, or raise --timeout"
@@ -775,7 +786,8 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
         for person, files in people:
             request_id = uuid.uuid4().hex
             try:
-                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id)
+                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id,
+                                       worker_here=bool(getattr(backend, "worker_here", False)))
             except KeyboardInterrupt:
                 bar.clear()
                 _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
@@ -834,6 +846,9 @@ def camera_specs(sources: Sequence[str], fps: float | None, loop: bool) -> list[
             # a bare source (a URL may hold '=' in its query: then it is bare too)
             spec = CameraSpec(f"cam{number}", text, loop=loop)
         specs.append(CameraSpec(spec.camera_id, spec.source, fps=fps, loop=loop))
+    ids = [s.camera_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise CommandFailed(f"camera ids must be unique, got {', '.join(ids)}: write ID=SOURCE with distinct ids")
     return specs
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from faec_rec.config import Settings, load_settings
-from faec_rec.errors import ConfigError, ImageError, TaskTimeout
+from faec_rec.errors import ConfigError, ImageError, TaskTimeout, UnknownJobError
 from faec_rec.keys import Keys
 
 if TYPE_CHECKING:
@@ -200,6 +200,7 @@ class Client:
         job = job or _new_id()
         uploads = [self.upload(image) for image in images]
         self.redis.hset(self.keys.job(job), mapping={"total": len(uploads), "created_at": repr(time.time())})
+        # (a job of no image is complete at once: job_results returns [] without waiting)
         self.redis.expire(self.keys.job(job), self.settings.workers.result_ttl_s)
         for upload_id, display in uploads:
             self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
@@ -232,6 +233,9 @@ class Client:
         "decision", "runner_up"}], "error", "model_version"}``.
         """
         stream = self.keys.job_results(job)
+        if not self.redis.exists(self.keys.job(job), stream):
+            raise UnknownJobError(f"no job {job!r} on this Redis (prefix {self.settings.prefix!r}): never "
+                                  f"submitted, or its results expired (workers.result_ttl_s)")
         records: list[dict[str, Any]] = []
         last = "0-0"
         deadline = time.monotonic() + timeout
@@ -247,7 +251,7 @@ class Client:
             if not wait:
                 return records
             total = self.job_progress(job)["total"]
-            if total and len(records) >= total:
+            if len(records) >= total:  # an empty job (empty folder) is complete at once
                 return records
             if time.monotonic() >= deadline:
                 raise TaskTimeout(

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 
-from faec_rec.errors import AmbiguousPersonError, BackendUnavailable, GalleryError, UnknownPersonError, UnknownTemplateError, VectorError
+from faec_rec.errors import AmbiguousPersonError, BackendUnavailable, GalleryError, InvalidNameError, NameTakenError, UnknownPersonError, UnknownTemplateError, VectorError
 from faec_rec.files import atomic_write_bytes, display_name, private_dir
 from faec_rec.keys import Keys, safe_id
 
@@ -90,21 +90,21 @@ def clean_name(name: str) -> str:
     such names are almost always a mistake (a path passed as a name).
     """
     if not isinstance(name, str):
-        raise GalleryError("a person's name must be text")
+        raise InvalidNameError("a person's name must be text")
     nfc = unicodedata.normalize("NFC", name)
     tidy = " ".join(nfc.split())
     if not tidy:
-        raise GalleryError("a person's name cannot be empty")
+        raise InvalidNameError("a person's name cannot be empty")
     if len(tidy) > MAX_NAME_LEN:
-        raise GalleryError(f"name {tidy[:20]!r}... is longer than {MAX_NAME_LEN} characters")
+        raise InvalidNameError(f"name {tidy[:20]!r}... is longer than {MAX_NAME_LEN} characters")
     if "/" in tidy or "\\" in tidy:
-        raise GalleryError(f"name {tidy!r} holds a path separator ('/' or '\\'): give a plain name like 'Ada Lovelace'")
+        raise InvalidNameError(f"name {tidy!r} holds a path separator ('/' or '\\'): give a plain name like 'Ada Lovelace'")
     if any(unicodedata.category(c).startswith("C") and c not in NAME_JOINERS for c in nfc):
-        raise GalleryError(f"name {tidy!r} holds control characters")
+        raise InvalidNameError(f"name {tidy!r} holds control characters")
     if set(tidy) <= {"."}:
-        raise GalleryError(f"name {tidy!r} is only dots: give a real name")
+        raise InvalidNameError(f"name {tidy!r} is only dots: give a real name")
     if tidy.casefold().startswith((ID_PREFIX, NAME_PREFIX)):
-        raise GalleryError(f"name {tidy!r} starts with {ID_PREFIX!r} or {NAME_PREFIX!r}, kept for lookups")
+        raise InvalidNameError(f"name {tidy!r} starts with {ID_PREFIX!r} or {NAME_PREFIX!r}, kept for lookups")
     return tidy
 
 
@@ -435,7 +435,7 @@ class Store:
                 raise UnknownPersonError(f"no person with id {person_id!r} is enrolled")
             owner = _text(pipe.hget(k.person_names(), fold))
             if owner is not None and owner != person_id:
-                raise GalleryError(f"name {display!r} already belongs to person {owner}")
+                raise NameTakenError(f"name {display!r} already belongs to person {owner}")
             pipe.multi()
             pipe.hdel(k.person_names(), fold_name(old))
             pipe.hset(k.person_names(), fold, person_id)
