@@ -233,6 +233,11 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    from faec_rec.workers.commands import commands as worker_commands  # tasks dead-letter ...
+
+    for command in worker_commands:
+        if command.name not in cli.commands:
+            register(command)
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:

@@ -83,6 +83,10 @@ class WorkerConfig(_Section):
     tf_threads: int = Field(1, ge=0, le=256, description="TensorFlow threads per worker process; 1 suits a prefork pool with a process per core (parallelism comes from processes); 0 leaves TensorFlow's default")
     upload_ttl_s: int = Field(3600, ge=10, le=7 * 86_400, description="seconds image bytes uploaded by a client wait for a worker")
     result_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds enrolment reports, job results and task results are kept")
+    task_soft_time_limit_s: int = Field(120, ge=1, le=86_400, description="seconds a frame, image or enrolment task may run before it is interrupted (SoftTimeLimitExceeded: it fails, is acknowledged, not run again); keep below visibility_timeout_s")
+    task_time_limit_s: int = Field(180, ge=1, le=86_400, description="seconds after which a task still running has its worker process killed (prefork pool); keep below visibility_timeout_s")
+    max_deliveries: int = Field(3, ge=1, le=100, description="runs of one task that may end with their worker process dead (crash, OOM kill) before the next delivery parks it in the dead-letter stream instead of running it")
+    read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
 
 
 class ProducerConfig(_Section):
@@ -124,6 +128,8 @@ class TrainingConfig(_Section):
     min_gain: float = Field(0.0, ge=0, le=1, description="gallery TAR@1%FAR a candidate must gain over the head in service to be promoted")
     reference_dir: Path | None = Field(None, description="generic reference set: an LFW folder (<person>/<images> + pairs.txt); unset = <data_dir>/reference/lfw")
     lock_ttl_s: int = Field(3600, ge=10, le=86_400, description="seconds the training lock lives if a trainer dies holding it")
+    soft_time_limit_s: int = Field(3300, ge=60, le=7 * 86_400, description="seconds a training task may run before it is interrupted (and fails); keep below lock_ttl_s. Training is acknowledged when it starts, so a run longer than the broker's visibility timeout is never delivered twice")
+    time_limit_s: int = Field(3500, ge=60, le=7 * 86_400, description="seconds after which a training task still running has its process killed; keep below lock_ttl_s")
 
 
 class Settings(BaseSettings):

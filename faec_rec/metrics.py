@@ -133,6 +133,9 @@ class Metrics:
         self.model_version = Gauge(
             "faec_model_version_info", "1 for the model version a live process is serving, 0 for earlier ones",
             ["version"], multiprocess_mode="livemax", registry=r)
+        self.tasks_dead_lettered = Counter(
+            "faec_tasks_dead_lettered", "Tasks parked in the dead-letter stream after killing their worker "
+            "workers.max_deliveries times", ["task"], registry=r)
         self._version: str | None = None
         self._lock = threading.Lock()
 
@@ -205,6 +208,10 @@ def enrol_image(outcome: EnrolOutcome | str) -> None:
 def training_run(outcome: TrainingOutcome | str) -> None:
     """Training: one run ended as ``outcome`` (promoted, rejected, skipped, failed)."""
     get_metrics().training_runs.labels(outcome=_member(TrainingOutcome, outcome)).inc()
+
+
+def task_dead_lettered(task: str) -> None:
+    get_metrics().tasks_dead_lettered.labels(task=task).inc()
 
 
 def set_gallery_size(people: int, templates: int) -> None:
@@ -411,13 +418,16 @@ class RedisCollector:
             camera_families = _camera_stats_families(zip(valid, pipe.execute()))
             people = GaugeMetricFamily("faec_gallery_people", "People enrolled (Redis, the source of truth)")
             people.add_metric([], float(self.client.scard(self.keys.people())))
+            parked = GaugeMetricFamily("faec_dead_letter_tasks", "Tasks parked in the dead-letter stream "
+                                       "(`faec-rec tasks dead-letter list`)")
+            parked.add_metric([], float(self.client.xlen(self.keys.dead_letter())))
         except Exception as exc:
             log.warning("metrics: Redis did not answer the scrape: %s", type(exc).__name__)
             up.add_metric([], 0.0)
             yield up
             return
         up.add_metric([], 1.0)
-        yield from (up, depth, waiting, people, *camera_families)
+        yield from (up, depth, waiting, people, parked, *camera_families)
 
 
 # Counters the frame protocol keeps in each camera's stats hash (producers and workers HINCRBY).
