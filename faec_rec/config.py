@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from faec_rec.errors import ConfigError
@@ -152,6 +152,7 @@ class Settings(BaseSettings):
     producers: ProducerConfig = ProducerConfig()
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
+    redis_tls_insecure_skip_verify: bool = Field(False, description="INSECURE: accept a rediss:// URL whose ssl_cert_reqs is none/optional (or ssl_check_hostname=false), i.e. TLS without checking who answers; for a test bench only")
 
     @field_validator("redis_url")
     @classmethod
@@ -163,10 +164,33 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
-        if scheme == "rediss" and "ssl_cert_reqs=" not in value:
+        if scheme == "rediss" and "ssl_cert_reqs" not in _url_query(value):
             raise ValueError("a rediss:// URL needs ?ssl_cert_reqs=required "
                              "(and &ssl_ca_certs=/path/to/ca.pem for a private certificate authority)")
         return value
+
+    @model_validator(mode="after")
+    def _tls_verified(self) -> "Settings":
+        # Separate from the scheme check: it needs redis_tls_insecure_skip_verify too.
+        if self.redis_url is None or self.redis_tls_insecure_skip_verify or not self.redis_url.lower().startswith("rediss:"):
+            return self
+        query = _url_query(self.redis_url)
+        reqs = query.get("ssl_cert_reqs", [])
+        if len(set(v.lower().removeprefix("cert_") for v in reqs)) > 1:
+            raise ValueError("redis_url: ssl_cert_reqs is given more than once with different values")
+        for value in reqs:
+            level = value.strip().lower().removeprefix("ssl.").removeprefix("cert_")
+            if level != "required":
+                raise ValueError(
+                    f"redis_url: ssl_cert_reqs={level or '(empty)'} does not check the server's certificate, "
+                    "so anyone on the path can read the password and the faces: use ssl_cert_reqs=required "
+                    "(with &ssl_ca_certs=... for a private CA), or set redis_tls_insecure_skip_verify=true "
+                    "(FAEC_REDIS_TLS_INSECURE_SKIP_VERIFY) to accept that")
+        for value in query.get("ssl_check_hostname", []):
+            if value.strip().lower() in {"false", "0", "no", "off", "n", "f"}:
+                raise ValueError("redis_url: ssl_check_hostname=false accepts any host's certificate: drop it, "
+                                 "or set redis_tls_insecure_skip_verify=true to accept that")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -179,6 +203,21 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file (passed as init values), as documented above.
         return (env_settings, init_settings)
+
+
+def _url_query(url: str) -> dict[str, list[str]]:
+    """The query parameters of a URL, names lower-cased, values percent-decoded
+    (``?SSL_CERT_REQS=%6Eone`` is ``{"ssl_cert_reqs": ["none"]}``)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(name.strip().lower(), []).append(value)
+    return out
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -239,5 +278,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        field = ".".join(str(p) for p in first["loc"])
+        if not field:  # a check across fields: its message names them
+            raise ConfigError(f"invalid configuration: {str(first['msg']).removeprefix('Value error, ')}") from exc
         raise ConfigError(f"invalid configuration: {field}: {first['msg']}") from exc

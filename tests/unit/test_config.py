@@ -298,3 +298,28 @@ def test_logs_never_carry_url_passwords(capsys: pytest.CaptureFixture[str]) -> N
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
     err = capsys.readouterr().err
     assert "s3cret" not in err and err.count(":***@") == 3
+
+
+# ---- rediss:// must check the server certificate unless told loudly -----------------------
+
+@pytest.mark.parametrize("query", [
+    "ssl_cert_reqs=none", "ssl_cert_reqs=NONE", "ssl_cert_reqs=CERT_NONE", "ssl_cert_reqs=cert_none",
+    "SSL_CERT_REQS=none", "ssl_cert_reqs=%6Eone", "ssl_cert_reqs=optional", "ssl_cert_reqs=CERT_OPTIONAL",
+    "ssl_cert_reqs=", "ssl_cert_reqs=required&ssl_cert_reqs=none", "ssl_cert_reqs=required&ssl_check_hostname=false",
+])
+def test_rediss_without_certificate_checks_is_refused(query: str) -> None:
+    import traceback
+
+    url = f"rediss://:pw@redis.example.org:6380/0?{query}"
+    with pytest.raises(ConfigError, match="redis_url") as info:
+        load_settings(redis_url=url)
+    assert "redis_tls_insecure_skip_verify" in str(info.value) or "more than once" in str(info.value)
+    assert ":pw@" not in "".join(traceback.format_exception(info.value))
+    # Only the loudly named setting lets it through.
+    assert load_settings(redis_url=url, redis_tls_insecure_skip_verify=True).redis_url == url
+
+
+def test_rediss_with_required_certificate_checks_passes() -> None:
+    for reqs in ("required", "CERT_REQUIRED", "Required"):
+        url = f"rediss://:pw@redis.example.org:6380/0?ssl_cert_reqs={reqs}&ssl_ca_certs=/etc/ca.pem"
+        assert load_settings(redis_url=url).redis_url == url
