@@ -17,8 +17,8 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from faec_rec.errors import ConfigError
 
@@ -129,6 +129,7 @@ class TrainingConfig(_Section):
     reference_dir: Path | None = Field(None, description="generic reference set: an LFW folder (<person>/<images> + pairs.txt); unset = <data_dir>/reference/lfw")
     lock_ttl_s: int = Field(3600, ge=10, le=86_400, description="seconds the training lock lives if a trainer dies holding it")
     soft_time_limit_s: int = Field(3300, ge=60, le=7 * 86_400, description="seconds a training task may run before it is interrupted (and fails); keep below lock_ttl_s. Training is acknowledged when it starts, so a run longer than the broker's visibility timeout is never delivered twice")
+    signing_key: SecretStr | None = Field(None, description="secret key (HMAC-SHA256) that signs every registered comparison head; set, a head whose record is unsigned or signed with another key is refused (tampering with the file and its checksum in Redis is caught); unset, the checksum catches corruption only. Give it from a secret: FAEC_TRAINING__SIGNING_KEY or the file named by FAEC_TRAINING__SIGNING_KEY_FILE")
     time_limit_s: int = Field(3500, ge=60, le=7 * 86_400, description="seconds after which a training task still running has its process killed; keep below lock_ttl_s")
 
 
@@ -201,8 +202,29 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (passed as init values), as documented above.
-        return (env_settings, init_settings)
+        # Environment beats the file (passed as init values), as documented above;
+        # FAEC_<NAME>_FILE reads a secret's value from a file (Docker/Kubernetes secrets).
+        return (_EnvWithFileSecrets(settings_cls), init_settings)
+
+
+class _EnvWithFileSecrets(EnvSettingsSource):
+    """The environment, where ``FAEC_<NAME>_FILE=/path`` stands for ``FAEC_<NAME>`` = that
+    file's text (trailing newline removed): a password or key then never appears in the
+    environment, a command line or ``docker inspect``, only in a mounted file."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = dict(super()._load_env_vars())
+        for name in [n for n in env if n.lower().startswith("faec_") and n.lower().endswith("_file")]:
+            target = name[: -len("_file")]
+            path = env.pop(name)
+            if target in env:
+                raise ConfigError(f"both {target.upper()} and {name.upper()} are set: keep one")
+            try:
+                env[target] = Path(path or "").read_text().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{name.upper()}: cannot read the secret file {path!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from exc
+        return env
 
 
 def _url_query(url: str) -> dict[str, list[str]]:
@@ -255,6 +277,8 @@ def check_env_names(environ: Mapping[str, str] | None = None) -> None:
         upper = var.upper()
         if not upper.startswith("FAEC_") or upper.startswith(_ENV_NOT_SETTINGS):
             continue
+        if upper.endswith("_FILE"):  # FAEC_<NAME>_FILE: a secret read from a file
+            upper = upper[: -len("_FILE")]
         head, sep, rest = upper[len("FAEC_"):].partition("__")
         if head in heads:
             continue

@@ -323,3 +323,23 @@ def test_rediss_with_required_certificate_checks_passes() -> None:
     for reqs in ("required", "CERT_REQUIRED", "Required"):
         url = f"rediss://:pw@redis.example.org:6380/0?ssl_cert_reqs={reqs}&ssl_ca_certs=/etc/ca.pem"
         assert load_settings(redis_url=url).redis_url == url
+
+
+# ---- secrets from files: FAEC_<NAME>_FILE ---------------------------------------------------
+
+def test_secrets_are_read_from_files_named_by_file_variables(tmp_path: Path, monkeypatch) -> None:
+    url_file, key_file = tmp_path / "redis_url", tmp_path / "signing_key"
+    url_file.write_text("redis://:s3cret@redis.example.org:6379/0\n")
+    key_file.write_text("k3y")
+    monkeypatch.setenv("FAEC_REDIS_URL_FILE", str(url_file))
+    monkeypatch.setenv("FAEC_TRAINING__SIGNING_KEY_FILE", str(key_file))
+    settings = load_settings()
+    assert settings.redis_url == "redis://:s3cret@redis.example.org:6379/0"
+    assert settings.training.signing_key.get_secret_value() == "k3y"
+    monkeypatch.setenv("FAEC_REDIS_URL", "redis://other:6379/0")
+    with pytest.raises(ConfigError, match="both FAEC_REDIS_URL and FAEC_REDIS_URL_FILE"):
+        load_settings()
+    monkeypatch.delenv("FAEC_REDIS_URL")
+    monkeypatch.setenv("FAEC_REDIS_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
+        load_settings()
