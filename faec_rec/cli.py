@@ -847,7 +847,7 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
     import threading
 
     from faec_rec.logs import redact
-    from faec_rec.producers.camera import run_cameras
+    from faec_rec.producers.camera import close_tracks, run_cameras
 
     specs = camera_specs(sources, fps, loop)
     with _backend(state, worker_queues=("frames",)) as backend:
@@ -866,9 +866,13 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
         try:
             counters = run_cameras(specs, backend.redis, backend.keys, backend.app, settings.producers,
                                    settings.workers.frame_ttl_s, max_frames=max_frames, duration_s=duration_s,
-                                   stop=stop)
+                                   stop=stop, events=settings.events)
+            # Tracks still open when the run ends get their "left" events once the
+            # last frames were tracked (1 s: a frame a worker took but has not tracked yet).
+            _drain(backend, [s.camera_id for s in specs], wait_s=60)
+            time.sleep(1.0)
+            close_tracks(backend.redis, backend.keys, settings.events, [s.camera_id for s in specs])
             if backend.embedded:
-                _drain(backend, [s.camera_id for s in specs], wait_s=60)
                 time.sleep(1.0)  # let the printer catch the last events
         finally:
             stop.set()
