@@ -153,6 +153,7 @@ class Settings(BaseSettings):
     producers: ProducerConfig = ProducerConfig()
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
+    redis_require_noeviction: bool = Field(True, description="refuse to start a worker on a Redis whose maxmemory-policy evicts keys (it would drop queued tasks and gallery records silently); false only warns")
     redis_tls_insecure_skip_verify: bool = Field(False, description="INSECURE: accept a rediss:// URL whose ssl_cert_reqs is none/optional (or ssl_check_hostname=false), i.e. TLS without checking who answers; for a test bench only")
 
     @field_validator("redis_url")
