@@ -86,6 +86,7 @@ class WorkerConfig(_Section):
     task_soft_time_limit_s: int = Field(120, ge=1, le=86_400, description="seconds a frame, image or enrolment task may run before it is interrupted (SoftTimeLimitExceeded: it fails, is acknowledged, not run again); keep below visibility_timeout_s")
     task_time_limit_s: int = Field(180, ge=1, le=86_400, description="seconds after which a task still running has its worker process killed (prefork pool); keep below visibility_timeout_s")
     max_deliveries: int = Field(3, ge=1, le=100, description="runs of one task that may end with their worker process dead (crash, OOM kill) before the next delivery parks it in the dead-letter stream instead of running it")
+    liveness_stale_s: int = Field(120, ge=5, le=3600, description="/healthz of a worker fails when its consumer loop (which beats every 5 s) has not run for this long: stuck, or its broker connection lost")
     read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
 
 
@@ -215,8 +216,11 @@ class _EnvWithFileSecrets(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         env = dict(super()._load_env_vars())
+        fields = {f.lower() for f in Settings.model_fields}
         for name in [n for n in env if n.lower().startswith("faec_") and n.lower().endswith("_file")]:
             target = name[: -len("_file")]
+            if target.lower()[len("faec_"):].split("__", 1)[0] not in fields:
+                continue  # not a setting's secret (FAEC_CONFIG_FILE of compose, a test's own variable)
             path = env.pop(name)
             if target in env:
                 raise ConfigError(f"both {target.upper()} and {name.upper()} are set: keep one")

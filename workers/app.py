@@ -152,6 +152,10 @@ def make_app(settings: Settings | None = None) -> Celery:
     from faec_rec.workers import tasks
 
     tasks.register(app)
+    # /healthz follows the consumer loop's own heartbeat (workers/heartbeat.py).
+    from faec_rec.workers.heartbeat import ConsumerHeartbeat
+
+    app.steps["consumer"].add(ConsumerHeartbeat)
     # /metrics, /healthz, /readyz on workers.health_port once a worker starts (0 = off).
     metrics.install_worker_hooks()
     return app
