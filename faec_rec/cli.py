@@ -19,12 +19,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import unicodedata
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -224,6 +225,11 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    from faec_rec.workers.commands import commands as worker_commands  # tasks dead-letter ...
+
+    for command in worker_commands:
+        if command.name not in cli.commands:
+            register(command)
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -301,9 +307,16 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
 
             purge_stale_tasks(make_app(settings))
     else:
-        from faec_rec.embedded import connect
+        from faec_rec.embedded import connect, redact_url
+        from faec_rec.redis_checks import check_redis
 
-        connect(settings.redis_url).close()
+        client = connect(settings.redis_url)
+        try:
+            for text in check_redis(client, require_noeviction=settings.redis_require_noeviction,
+                                    where=redact_url(settings.redis_url)).warnings:
+                click.echo(f"warning: {text}", err=True)
+        finally:
+            client.close()
     try:
         from faec_rec.workers.app import make_app
 
@@ -852,6 +865,37 @@ def camera_specs(sources: Sequence[str], fps: float | None, loop: bool) -> list[
     return specs
 
 
+CAMERA_SOURCES_ENV = "FAEC_CAMERA_SOURCES"
+
+
+def camera_sources(arguments: Sequence[str], sources_file: Path | None,
+                   environ: Mapping[str, str] | None = None) -> list[str]:
+    """The camera sources of a run: arguments, else ``--sources-file`` (one ``ID=SOURCE`` a
+    line, ``#`` comments), else ``$FAEC_CAMERA_SOURCES`` (``ID=SOURCE`` separated by spaces,
+    commas or new lines). A file or the environment keeps credentials in stream URLs
+    (``rtsp://user:pass@...``) off the command line, where ``ps`` and ``/proc`` show them."""
+    environ = os.environ if environ is None else environ
+    given = [bool(arguments), sources_file is not None]
+    if sum(given) > 1:
+        raise click.UsageError("give camera sources as arguments or with --sources-file, not both")
+    if arguments:
+        return list(arguments)
+    if sources_file is not None:
+        try:
+            text = Path(sources_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.UsageError(f"cannot read --sources-file {sources_file}: {getattr(exc, 'strerror', None) or exc}") from exc
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        where = f"--sources-file {sources_file}"
+    else:
+        found = [part for part in re.split(r"[\s,]+", environ.get(CAMERA_SOURCES_ENV, "")) if part]
+        where = CAMERA_SOURCES_ENV
+    if not found:
+        raise click.UsageError(f"no camera source: give ID=SOURCE arguments, --sources-file FILE or {CAMERA_SOURCES_ENV}"
+                               + (f" ({where} holds none)" if sources_file is not None or CAMERA_SOURCES_ENV in environ else ""))
+    return found
+
+
 def _print_events_until(backend: Any, stop: Any, after: str) -> None:
     from faec_rec.workers.events import read_events
 
@@ -876,14 +920,17 @@ def _drain(backend: Any, cameras: Sequence[str], wait_s: float) -> None:
 
 
 @cli.command("camera")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
+@click.option("--sources-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="read ID=SOURCE lines from this file (keeps stream passwords off the command line); "
+                   "without arguments or this option, FAEC_CAMERA_SOURCES is read.")
 @click.option("--fps", type=click.FloatRange(0.01, 120), help="frames per second per camera (default: producers.fps).")
 @click.option("--loop", is_flag=True, help="replay video files from the start when they end.")
 @click.option("--duration", "duration_s", type=click.FloatRange(0.1, None), help="stop after this many seconds.")
 @click.option("--max-frames", type=click.IntRange(1, None), help="stop each camera after this many frames.")
 @pass_state
 def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: bool,
-               duration_s: float | None, max_frames: int | None) -> None:
+               duration_s: float | None, max_frames: int | None, sources_file: Path | None = None) -> None:
     """Stream cameras into the recognition queue (until Ctrl-C, --duration or --max-frames).
 
     SOURCE is ID=SOURCE or a bare source: a USB index (0), an rtsp:// or http://
@@ -894,9 +941,9 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
     import threading
 
     from faec_rec.logs import redact
-    from faec_rec.producers.camera import run_cameras
+    from faec_rec.producers.camera import close_tracks, run_cameras
 
-    specs = camera_specs(sources, fps, loop)
+    specs = camera_specs(camera_sources(sources, sources_file), fps, loop)
     with _backend(state, worker_queues=("frames",)) as backend:
         settings = backend.settings
         if not backend.embedded:
@@ -913,9 +960,13 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
         try:
             counters = run_cameras(specs, backend.redis, backend.keys, backend.app, settings.producers,
                                    settings.workers.frame_ttl_s, max_frames=max_frames, duration_s=duration_s,
-                                   stop=stop)
+                                   stop=stop, events=settings.events)
+            # Tracks still open when the run ends get their "left" events once the
+            # last frames were tracked (1 s: a frame a worker took but has not tracked yet).
+            _drain(backend, [s.camera_id for s in specs], wait_s=60)
+            time.sleep(1.0)
+            close_tracks(backend.redis, backend.keys, settings.events, [s.camera_id for s in specs])
             if backend.embedded:
-                _drain(backend, [s.camera_id for s in specs], wait_s=60)
                 time.sleep(1.0)  # let the printer catch the last events
         finally:
             stop.set()

@@ -381,6 +381,25 @@ class Client:
         """Give a person a new display name; raises :class:`UnknownPersonError`."""
         self.gallery.rename(id_or_name, new_name)
 
+    # ---- parked (dead-letter) tasks ---------------------------------------------------
+    def dead_letters(self) -> list[Any]:
+        """Tasks parked after killing their worker ``workers.max_deliveries`` times, oldest first."""
+        from faec_rec.workers import deadletter
+
+        return deadletter.list_parked(self.redis, self.keys)
+
+    def replay_dead_letter(self, entry: str) -> str:
+        """Queue a parked task again (fresh task id); returns the new id. Raises ``KeyError``."""
+        from faec_rec.workers import deadletter
+
+        return deadletter.replay(self.redis, self.keys, self.app, entry)
+
+    def drop_dead_letter(self, entry: str) -> Any:
+        """Delete a parked task for good; returns it. Raises ``KeyError``."""
+        from faec_rec.workers import deadletter
+
+        return deadletter.drop(self.redis, self.keys, entry)
+
 
 def _read_image(image: ImageInput, max_bytes: int, max_pixels: int) -> tuple[bytes, str]:
     """The bytes and display name of an image, refused (:class:`ImageError`) over

@@ -463,6 +463,22 @@ def run_cameras(
     return {p.spec.camera_id: p.counters for p in producers}
 
 
+def close_tracks(redis: Any, keys: Keys, events: EventsConfig, cameras: Sequence[str]) -> list[Any]:
+    """End of a run: "left" events for every track of ``cameras`` still open, published.
+
+    Call it once the run's frames were processed (nothing in flight): a camera run
+    that stops must not leave arrivals without departures in the event streams.
+    """
+    store = TrackStore.from_settings(redis, keys, events)
+    left: list[Any] = []
+    for camera in cameras:
+        left.extend(store.sweep(camera, now=float("inf")))  # every track is past its timeout
+    publish_many(redis, keys, left, events.stream_maxlen)
+    if left:
+        log.info("closed %d tracks at the end of the run", len(left))
+    return left
+
+
 class _Sweeper:
     """Closes stale tracks of a run's cameras now and then (see :func:`run_cameras`)."""
 

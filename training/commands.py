@@ -71,12 +71,9 @@ def _backend() -> Iterator[Any]:
 
 
 def _registry(backend: Any) -> Any:
-    from pathlib import Path
-
-    from faec_rec.keys import Keys
     from faec_rec.training.registry import ModelRegistry
 
-    return ModelRegistry(backend.redis, Keys(backend.settings.prefix), Path(backend.settings.data_dir) / "models")
+    return ModelRegistry.from_settings(backend.settings, backend.redis)
 
 
 def _fmt(value: Any) -> str:
