@@ -126,6 +126,29 @@ class TrainingConfig(_Section):
     lock_ttl_s: int = Field(3600, ge=10, le=86_400, description="seconds the training lock lives if a trainer dies holding it")
 
 
+class DurabilityConfig(_Section):
+    """How sure an enrolment reported "done" is to survive Redis going away (faec_rec.cluster.durability)."""
+
+    enrolments: str = Field("auto", pattern=r"^(auto|off|fsync|replicas)$", description="'auto': confirm with WAITAOF where Redis >= 7.2 has it (AOF fsynced, plus connected replicas), else take what the server's AOF policy gives and WAIT for connected replicas; 'fsync': refuse to report done until the AOF is fsynced (WAITAOF, or appendfsync always on Redis < 7.2); 'replicas': also wait for min_replicas replicas; 'off': no check")
+    min_replicas: int = Field(1, ge=0, le=16, description="replicas that must acknowledge an enrolment in 'replicas' mode (and at most this many are waited for in 'auto')")
+    wait_timeout_ms: int = Field(2000, ge=1, le=60_000, description="longest wait for WAITAOF/WAIT on one enrolment; short of the level, the enrol task retries")
+
+
+class RetentionConfig(_Section):
+    """How long things are kept; `faec-rec retention sweep` and the beat task enforce it (0 = keep forever)."""
+
+    events_days: float = Field(30.0, ge=0, le=3650, description="recognition events (per-camera and combined streams) older than this are trimmed")
+    event_features_days: float = Field(7.0, ge=0, le=90, description="face features stored for feedback on events (also capped by events.features_ttl_s at write time)")
+    job_results_days: float = Field(1.0, ge=0, le=365, description="folder/identify job progress and result streams")
+    enrolment_reports_days: float = Field(1.0, ge=0, le=365, description="enrolment reports kept for idempotency and `enrol_report`")
+    feedback_days: float = Field(365.0, ge=0, le=3650, description="feedback entries (confirmations/corrections) with the face features they hold")
+    crops_days: float = Field(0.0, ge=0, le=3650, description="crop files under data_dir/crops with no template left pointing at them are deleted once older than this; 0 = never (a template's own crop is kept while the template lives)")
+    snapshots_days: float = Field(0.0, ge=0, le=3650, description="gallery snapshot files older than this, other than the newest, are deleted; 0 = leave them to the gallery's own pruning")
+    unknown_faces_days: float = Field(30.0, ge=0, le=3650, description="unknown faces (visitors) older than this; enforced by the visitors part's own sweep step when it is installed")
+    audit_days: float = Field(365.0, ge=0, le=3650, description="audit entries older than this; enforced by the audit part's own sweep step when it is installed")
+    sweep_schedule: str = Field("17 * * * *", description="cron expression (UTC) of the periodic sweep sent by `faec-rec beat`; empty = no periodic sweep")
+
+
 class Settings(BaseSettings):
     """Everything configurable, with its default."""
 
@@ -146,6 +169,8 @@ class Settings(BaseSettings):
     producers: ProducerConfig = ProducerConfig()
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
+    durability: DurabilityConfig = DurabilityConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("redis_url")
     @classmethod

@@ -96,3 +96,12 @@ class TrackStateConflict(FaecError):
 
 class SourceError(FaecError):
     """A camera or video source cannot be opened, or stopped sending frames."""
+
+
+class DurabilityError(BackendUnavailable):
+    """Redis took a write but could not confirm it durable at the configured level
+    (``durability.enrolments``): the task retries, and the retry finds the data."""
+
+
+class ArchiveError(FaecError, ValueError):
+    """A gallery archive is damaged, of a foreign version, or does not fit the target."""

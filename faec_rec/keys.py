@@ -155,6 +155,16 @@ class Keys:
         """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
         return self._k("celery", "")
 
+    # ---- operations (cluster/) ------------------------------------------
+    def durability_probe(self) -> str:
+        """Counter written right before WAIT/WAITAOF so the waiting connection's own
+        write offset covers every earlier write (see faec_rec.cluster.durability)."""
+        return self._k("durability", "probe")
+
+    def retention_stats(self) -> str:
+        """Hash: per sweep step, items removed in total and at the last sweep."""
+        return self._k("retention", "stats")
+
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
         return self._k("*")
