@@ -233,6 +233,7 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    _register_from("faec_rec.cluster.commands")  # gallery export/import, retention sweep
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -242,6 +243,19 @@ def _register_plugins() -> None:
         if command.name not in cli.commands:
             register(command)
 
+
+def _register_from(module: str) -> None:
+    """Register ``module.commands`` (a list of click commands) when importable."""
+    import importlib
+
+    try:
+        found = importlib.import_module(module).commands
+    except ImportError as exc:
+        log.debug("%s not available: %s", module, exc)
+        return
+    for command in found:
+        if command.name not in cli.commands:
+            register(command)
 
 # ---- config -------------------------------------------------------------------------
 

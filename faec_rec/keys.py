@@ -161,6 +161,22 @@ class Keys:
         write offset covers every earlier write (see faec_rec.cluster.durability)."""
         return self._k("durability", "probe")
 
+    def camera_events_pattern(self) -> str:
+        """Glob of every camera's event stream (retention sweep)."""
+        return self._k("events", "*")
+
+    def event_features_pattern(self) -> str:
+        """Glob of every event-features key (retention sweep)."""
+        return self._k("event-features", "*")
+
+    def jobs_pattern(self) -> str:
+        """Glob of every job hash and job results stream (retention sweep)."""
+        return self._k("job", "*")
+
+    def enrolments_pattern(self) -> str:
+        """Glob of every enrolment report (retention sweep)."""
+        return self._k("enrolment", "*")
+
     def retention_stats(self) -> str:
         """Hash: per sweep step, items removed in total and at the last sweep."""
         return self._k("retention", "stats")
