@@ -57,7 +57,7 @@ def _text(value: Any) -> str:
 def _trim_stream(ctx: SweepContext, key: str, cutoff: float | None) -> int:
     if cutoff is None:
         return 0
-    return int(ctx.redis.xtrim(key, minid=f"{int(cutoff * 1000)}-0", approximate=False))
+    return int(ctx.redis.xtrim(key, minid=f"{max(0, int(cutoff * 1000))}-0", approximate=False))
 
 
 # ---- the steps ------------------------------------------------------------------
