@@ -82,7 +82,9 @@ class Client:
 
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis = redis_lib.Redis.from_url(settings.redis_url)
+        from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+        self.redis = redis_from_url(settings.redis_url)
         self._app: Celery | None = None
         self._gallery: Any = None
 

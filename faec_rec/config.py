@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = start a private Redis under data_dir")
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL, or redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB] for Redis Sentinel; unset = start a private Redis under data_dir")
     prefix: str = Field("faec", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="namespace of every Redis key")
     data_dir: Path = Field(default_factory=default_data_dir, description="crops, snapshots, models and the private Redis")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="logging level")
@@ -180,8 +180,16 @@ class Settings(BaseSettings):
         if value is None:
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme == "redis+sentinel":  # faec_rec.cluster.sentinel: sentinels, service name, db
+            from faec_rec.cluster.sentinel import parse
+
+            try:
+                parse(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            return value
         if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+            raise ValueError("must start with redis://, rediss:// (TLS), unix:// or redis+sentinel://")
         if scheme == "rediss" and "ssl_cert_reqs=" not in value:
             raise ValueError("a rediss:// URL needs ?ssl_cert_reqs=required "
                              "(and &ssl_ca_certs=/path/to/ca.pem for a private certificate authority)")

@@ -78,11 +78,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # twice is run twice, which the idempotent tasks allow.
         "unacked_mutex_expire": int(min(300, max(5, settings.workers.visibility_timeout_s))),
     }
+    backend_transport: dict[str, Any] = {"global_keyprefix": keyprefix}
+    from faec_rec.cluster.sentinel import celery_urls, is_sentinel_url
+
+    if is_sentinel_url(url):  # kombu's sentinel:// transport and Celery's sentinel backend
+        url, sentinel_options = celery_urls(url)
+        transport.update(sentinel_options)
+        backend_transport.update(sentinel_options)
     return {
         "broker_url": url,
         "result_backend": url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"global_keyprefix": keyprefix},
+        "result_backend_transport_options": backend_transport,
         "broker_connection_retry_on_startup": True,
         # JSON only: a message can never execute code on a worker.
         "task_serializer": "json",
