@@ -167,7 +167,9 @@ class ClusterRun:
             "frames_pushed": frames["pushed"], "frames_processed": frames["processed"],
             "frames_dropped": frames["dropped"], "frame_errors": frames["errors"],
             "frames_unsettled": frames_left(r, keys, CAMERA),
-            "frames_duplicated": max(0, frames["settled"] - frames["pushed"]),
+            # "dropped" also counts frames the producer never pushed (Redis unreachable), so
+            # settled may exceed pushed without any frame done twice; processed cannot
+            "frames_duplicated": max(0, frames["processed"] + frames["errors"] - frames["pushed"]),
             "events": sum(seen.values()), "events_duplicated": sum(n - 1 for n in seen.values() if n > 1),
         }
 
