@@ -45,7 +45,7 @@ import redis
 from faec_rec.errors import ArchiveError
 from faec_rec.keys import Keys
 
-from faec_rec.index.events import START, EventLog, GalleryEvent, id_before
+from faec_rec.index.events import START, EventLog, id_before
 from faec_rec.index.store import Store
 
 log = logging.getLogger(__name__)

@@ -330,14 +330,13 @@ class Client:
         """
         from faec_rec.cluster.archive import export_gallery
 
-        store = self.gallery.store
         if hasattr(out, "write"):
             return export_gallery(self.redis, self.keys, self.settings.data_dir, out, self.settings).to_json()
         path = Path(out)
         tmp = path.with_name(f".{path.name}.{_new_id()[:8]}.tmp")
         try:
             with open(tmp, "xb") as fh:
-                summary = export_gallery(store.client, self.keys, self.settings.data_dir, fh, self.settings)
+                summary = export_gallery(self.redis, self.keys, self.settings.data_dir, fh, self.settings)
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -9,7 +9,6 @@ through Redis's unix socket.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
