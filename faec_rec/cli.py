@@ -225,17 +225,25 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
-    from faec_rec.workers.commands import commands as worker_commands  # tasks dead-letter ...
+    # One module per room that owns commands; each exposes ``commands`` (a list).
+    for module in (
+        "faec_rec.workers.commands",   # tasks dead-letter ...
+        "faec_rec.cluster.commands",   # gallery export/import, retention sweep
+        "faec_rec.training.commands",  # models, train, feedback
+    ):
+        _register_from(module)
 
-    for command in worker_commands:
-        if command.name not in cli.commands:
-            register(command)
+
+def _register_from(module: str) -> None:
+    """Register ``module.commands`` (a list of click commands) when importable."""
+    import importlib
+
     try:
-        from faec_rec.training.commands import commands  # type: ignore[import-not-found]
+        found = importlib.import_module(module).commands
     except ImportError as exc:
-        log.debug("training commands not available: %s", exc)
+        log.debug("%s not available: %s", module, exc)
         return
-    for command in commands:
+    for command in found:
         if command.name not in cli.commands:
             register(command)
 

@@ -83,7 +83,9 @@ class Client:
 
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis = redis_lib.Redis.from_url(settings.redis_url)
+        from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+        self.redis = redis_from_url(settings.redis_url)
         self._app: Celery | None = None
         self._gallery: Any = None
 
@@ -400,6 +402,52 @@ class Client:
 
         return deadletter.drop(self.redis, self.keys, entry)
 
+    # ---- backup, restore, retention (faec_rec.cluster) ---------------------------------
+    def export_gallery(self, out: str | Path | Any) -> dict[str, Any]:
+        """Write the gallery (people, templates' features, crops, model registry and
+        heads) to an archive file, or a binary stream; returns what was written.
+
+        Consistent at one gallery-event id while workers keep writing; crops and
+        heads are read from this machine's ``data_dir``.
+        """
+        from faec_rec.cluster.archive import export_gallery
+
+        if hasattr(out, "write"):
+            return export_gallery(self.redis, self.keys, self.settings.data_dir, out, self.settings).to_json()
+        path = Path(out)
+        tmp = path.with_name(f".{path.name}.{_new_id()[:8]}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                summary = export_gallery(self.redis, self.keys, self.settings.data_dir, fh, self.settings)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return summary.to_json()
+
+    def import_gallery(self, src: str | Path | Any, *, merge: bool = False) -> dict[str, Any]:
+        """Restore an archive written by :meth:`export_gallery` (file or binary stream).
+
+        Into an empty gallery, or with ``merge`` into a live one. Raises
+        :class:`~faec_rec.errors.ArchiveError` (nothing written) for a damaged or
+        foreign-version archive, or a non-empty target without ``merge``.
+        """
+        from faec_rec.cluster.archive import import_gallery
+
+        def promote(version: str) -> None:
+            from faec_rec.training.registry import ModelRegistry
+
+            ModelRegistry.from_settings(self.settings, self.redis).promote(version, reason="restored from archive")
+
+        if hasattr(src, "read"):
+            return import_gallery(self.gallery.store, src, self.settings, merge=merge, promote=promote).to_json()
+        with open(src, "rb") as fh:
+            return import_gallery(self.gallery.store, fh, self.settings, merge=merge, promote=promote).to_json()
+
+    def retention_sweep(self, *, now: float | None = None) -> dict[str, int]:
+        """Delete what is older than the ``retention`` settings allow; returns items removed per step."""
+        from faec_rec.cluster.retention import sweep
+
+        return sweep(self.redis, self.keys, self.settings, now=now)
 
 def _read_image(image: ImageInput, max_bytes: int, max_pixels: int) -> tuple[bytes, str]:
     """The bytes and display name of an image, refused (:class:`ImageError`) over

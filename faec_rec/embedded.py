@@ -47,6 +47,10 @@ OWNER_WAIT_S = 15.0
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    if url.split("://", 1)[0].lower() == "redis+sentinel":  # several hosts: not urlsplit's shape
+        from faec_rec.cluster.sentinel import redact
+
+        return redact(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -61,7 +65,9 @@ def connect(url: str, timeout_s: float = 3.0) -> "redis_lib.Redis":
     import redis as redis_lib
 
     try:
-        client = redis_lib.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0))
+        from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+        client = redis_from_url(url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0))
         client.ping()
     except (redis_lib.RedisError, OSError, ValueError) as exc:
         raise BackendUnavailable(

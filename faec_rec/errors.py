@@ -139,3 +139,10 @@ class UnknownJobError(UsageError, KeyError):
 
 class InvalidNameError(GalleryError, UsageError, ValueError):
     """A person's name the gallery refuses (empty, too long, a path, control characters)."""
+class DurabilityError(BackendUnavailable):
+    """Redis took a write but could not confirm it durable at the configured level
+    (``durability.enrolments``): the task retries, and the retry finds the data."""
+
+
+class ArchiveError(FaecError, ValueError):
+    """A gallery archive is damaged, of a foreign version, or does not fit the target."""

@@ -654,8 +654,10 @@ def probe_client(redis_url: str, timeout_s: float = 1.0) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0))
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+    return redis_from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                          retry=Retry(NoBackoff(), 0))
 
 
 def serve(settings: Settings, port: int | None = None, checks: Sequence[str] = (),

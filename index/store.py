@@ -386,6 +386,74 @@ class Store:
             results.extend(self._transact([k.person_names()], body))
         return results
 
+    @backend
+    def restore_person(
+        self,
+        person_id: str,
+        person: dict[str, str],
+        templates: Sequence[tuple[str, dict[str, Any], bytes | None]],
+    ) -> EnrolResult:
+        """Write a person and their templates as a backup holds them (ids, features,
+        versions, crops kept), with one "add" event; for ``faec_rec.cluster.archive``.
+
+        ``person``: the person hash (``name``, ``metadata``, ``created``);
+        ``templates``: ``(template id, template hash fields, crop bytes or None)``.
+        Into a live gallery it merges: an existing person with this id, or else
+        with this name, receives the templates; a template whose image hash that
+        person already has is skipped (reported in ``duplicates``), and a template
+        id taken by another template gets a new id.
+        """
+        display = clean_name(person.get("name", ""))
+        safe_id(person_id, "person id")
+        k = self.keys
+        written: list[Path] = []
+
+        def undo() -> None:
+            for path in written:
+                path.unlink(missing_ok=True)
+            written.clear()
+
+        def body(pipe: redis.client.Pipeline) -> EnrolResult:
+            owner = _text(pipe.hget(k.person_names(), fold_name(display)))
+            exists_by_id = bool(pipe.exists(k.person(person_id)))
+            pid = person_id if exists_by_id or owner is None else owner
+            exists = exists_by_id or owner is not None
+            if exists_by_id and owner is not None and owner != person_id:
+                raise GalleryError(f"person {person_id} and the name {display!r} ({owner}) are two people here; "
+                                   "rename one before merging")
+            pipe.watch(k.person(pid), k.person_templates(pid))
+            name_now = _text(pipe.hget(k.person(pid), "name")) if exists else display
+            known = pipe.hmget(k.template_hashes(), [f"{pid}:{f.get('hash', '')}" for _, f, _ in templates]) if templates else []
+            keep: list[tuple[str, dict[str, Any], bytes | None]] = []
+            duplicates: list[str] = []
+            seen: set[str] = set()
+            for (tid, fields, crop), hit in zip(templates, known):
+                chash = str(fields.get("hash", ""))
+                if hit is not None or chash in seen:
+                    duplicates.append(chash)
+                    continue
+                seen.add(chash)
+                if pipe.exists(k.template(tid)):
+                    tid = uuid.uuid4().hex
+                keep.append((tid, fields, crop))
+            crops = {tid: self._write_crop(pid, tid, crop, written) for tid, _, crop in keep if crop}
+            pipe.multi()
+            if not exists:
+                pipe.hset(k.person(pid), mapping={"name": display, "metadata": person.get("metadata") or "{}",
+                                                  "created": person.get("created") or time.time()})
+                pipe.sadd(k.people(), pid)
+                pipe.hset(k.person_names(), fold_name(display), pid)
+            for tid, fields, _ in keep:
+                pipe.hset(k.template(tid), mapping={**fields, "person": pid, "crop": crops.get(tid, "")})
+                pipe.sadd(k.person_templates(pid), tid)
+                pipe.hset(k.template_hashes(), f"{pid}:{fields.get('hash', '')}", tid)
+            if keep or not exists:
+                self.events.append(pipe, GalleryEvent(EventOp.ADD, person=pid, name=name_now,
+                                                      templates=tuple(tid for tid, _, _ in keep)))
+            return EnrolResult(pid, name_now or display, tuple(tid for tid, _, _ in keep), tuple(duplicates), created=not exists)
+
+        return self._transact([k.person_names(), k.template_hashes()], body, undo)
+
     def _write_crop(self, pid: str, tid: str, data: bytes, written: list[Path]) -> str:
         """Write one crop atomically; returns its path relative to ``data_dir``."""
         rel = Path("crops") / pid / f"{tid}.jpg"
