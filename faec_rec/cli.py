@@ -674,10 +674,16 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
     """
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
+    max_bytes = client.settings.faces.max_image_bytes
     for path in images:
         try:
-            if path.stat().st_size == 0:
+            size = path.stat().st_size
+            if size == 0:
                 outcome.refused.append((str(path), "bad_image: empty file"))
+                continue
+            if size > max_bytes:  # refused here, per image, before it takes room in Redis
+                outcome.refused.append((str(path), f"too_large: {size} bytes, more than faces.max_image_bytes "
+                                                   f"({max_bytes})"))
                 continue
             with path.open("rb"):
                 present.append(path)

@@ -127,6 +127,7 @@ class PrivateRedisLease:
 
     def acquire(self) -> "PrivateRedisLease":
         try:
+            private_dir(self.directory.parent, tighten=False)  # the data folder: 0700 when made here
             private_dir(self.directory)
         except OSError as exc:
             raise ConfigError(f"cannot use {self.directory} for the private Redis: {exc.strerror or exc}; "

