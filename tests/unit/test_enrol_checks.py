@@ -43,9 +43,12 @@ def test_a_call_without_a_majority_is_refused_whole() -> None:
 
 class _Client:
     def __init__(self, images: list[dict]) -> None:
-        self.images = images
+        from faec_rec.config import Settings
 
-    def enrol(self, name, paths, wait=True, timeout=None):  # noqa: ANN001, ANN201
+        self.images = images
+        self.settings = Settings()
+
+    def enrol(self, name, paths, wait=True, timeout=None, **kw):  # noqa: ANN001, ANN003, ANN201
         return {"person_id": "p1", "images": self.images, "error": None}
 
 
