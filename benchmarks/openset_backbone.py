@@ -1,0 +1,115 @@
+"""``benchmarks.openset`` with another backbone: a TFLite face model and its card (benchmarks only).
+
+    python -m benchmarks.openset_backbone --model ../shared/data/models/mobilefacenet.tflite [--budget-s 240]
+
+Proves what a stronger backbone gives on the same protocol. The model card of the
+benchmark's MobileFaceNet (``../shared/data/models/README.md``): 112x112 RGB, raw 0..255
+input, ArcFace 5-point alignment (similarity transform), 128-d output, cosine. Faces
+come from the engine's detector (same central face as ``benchmarks.openset``); the gate
+fields are copied from the dlib cache (same detector, same gate). Features (plain and
+mirrored) are cached under ``.cache/openset/<model>-<sha>/lfw.npz``. The per-pair
+threshold is calibrated like the dlib model card (0.1 % of LFW View 2 impostor pairs)
+and lifted for the gallery size by the *dlib* search table's raise is NOT applied (that
+table is dlib's); figures at tuned thresholds are the comparable ones. The weights are
+research-only: never shipped, never used by tests.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from faec_rec.config import FacesConfig, GalleryConfig
+
+ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]])
+
+
+def _features(model: Path, data: Path, names: list[str], budget_s: float | None, cache: Path) -> tuple[dict, bool]:
+    import cv2
+    import tensorflow as tf
+
+    from benchmarks.lfw import central_face
+    from benchmarks.openset_data import _engine
+    from faec_rec.faces.image import load_image
+
+    arrays = dict(np.load(cache)) if cache.is_file() else {}
+    if arrays and list(arrays.pop("names")) != names:
+        arrays = {}
+    if not arrays:
+        n = len(names)
+        arrays = {"plain": np.zeros((n, 128), np.float32), "mirror": np.zeros((n, 128), np.float32),
+                  "found": np.zeros(n, bool), "done": np.zeros(n, bool)}
+    interp = tf.lite.Interpreter(model_path=str(model), num_threads=1)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    engine, fallback = _engine(FacesConfig())
+    started = time.perf_counter()
+    todo = np.flatnonzero(~arrays["done"])
+    for k, i in enumerate(todo.tolist()):
+        arrays["done"][i] = True
+        image = load_image(data / names[i])
+        faces = engine.detect(image) or fallback.detect(image)
+        if faces:
+            face = central_face(faces, image.shape)
+            m, _ = cv2.estimateAffinePartial2D(np.asarray(face.landmarks, np.float64), ARCFACE_112, method=cv2.LMEDS)
+            chip = cv2.warpAffine(image, m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT).astype(np.float32)
+            for key, x in (("plain", chip), ("mirror", chip[:, ::-1])):
+                interp.set_tensor(inp, np.ascontiguousarray(x[None]))
+                interp.invoke()
+                arrays[key][i] = interp.get_tensor(out)[0]
+            arrays["found"][i] = True
+        if k % 500 == 499 or k == len(todo) - 1 or (budget_s and time.perf_counter() - started > budget_s):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache.with_suffix(".tmp.npz"), names=np.array(names), **arrays)
+            os.replace(cache.with_suffix(".tmp.npz"), cache)
+            if budget_s and time.perf_counter() - started > budget_s:
+                break
+    return arrays, bool(arrays["done"].all())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import openset
+    from benchmarks.lfw import far_points, pair_scores, read_pairs, ten_fold
+    from benchmarks.openset_data import CACHE_ROOT, list_set, load_set
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/faces"))
+    parser.add_argument("--budget-s", type=float, default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sha = hashlib.sha256(args.model.read_bytes()).hexdigest()[:8]
+    names = list_set(args.data / "lfw")
+    arrays, complete = _features(args.model, args.data / "lfw", names, args.budget_s,
+                                 CACHE_ROOT / f"{args.model.stem}-{sha}" / "lfw.npz")
+    if not complete:
+        print(json.dumps({"incomplete": int(arrays["done"].sum()), "of": len(names)}))
+        return 3
+    _, dlib_arrays, _ = load_set(args.data, "lfw", FacesConfig())
+    for key in ("reason", "yaw", "sharpness", "face_px", "faces"):
+        arrays[key] = dlib_arrays[key]
+    pairs, fold = read_pairs(args.data / "lfw")
+    index = {n: i for i, n in enumerate(names)}
+    flip = (arrays["plain"] + arrays["mirror"]) / 2
+    scores = pair_scores(flip, arrays["found"], index, pairs)
+    same = np.array([p[2] for p in pairs])
+    acc, std, _ = ten_fold(scores, same, fold)
+    pair_threshold = far_points(scores, same)["0.001"]["threshold"]
+    protocol = openset.build_protocol((names, arrays), [])
+    result = {"model": args.model.name, "sha256_8": sha, "lfw_view2": {"accuracy": round(acc, 4), "std": round(std, 4)},
+              "pair_threshold_far_0.001": pair_threshold, "variants": {}}
+    for name, cfg in (("centroid_mix", GalleryConfig(search_far=None)), ("best_template", GalleryConfig(search_far=None, centroid_weight=0.0))):
+        result["variants"][name] = openset.evaluate(protocol, cfg, default_threshold=pair_threshold)
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
