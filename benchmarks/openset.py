@@ -210,7 +210,7 @@ class Evaluator:
             out["extra_strangers"] = int(len(self.extra))
         return out
 
-    def threshold_for(self, target: float, which: str | None, lo: float = 0.5, hi: float = 1.0, steps: int = 18) -> float:
+    def threshold_for(self, target: float, which: str | None, lo: float = -1.0, hi: float = 1.0, steps: int = 20) -> float:
         """Lowest global threshold (to ~2e-6) whose rejection on ``which`` strangers is >= ``target``."""
         if self.rejection(hi, which) < target:
             return hi
