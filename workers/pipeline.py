@@ -166,9 +166,17 @@ def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
     features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
     with metrics.stage("identify"):
         matches = _identify(runtime, features)
+    return [_face_result(a.face, m, features[i], quality=_chip_sharpness(a)) for i, (a, m) in enumerate(zip(analysed, matches))]
+
+
+def _chip_sharpness(analysed: Any) -> float | None:
+    """The aligned chip's sharpness (weighs the face in its track's vote); None without a chip."""
+    crop = getattr(analysed, "crop", None)
+    if crop is None:
+        return None
     from faec_rec.faces.quality import sharpness
 
-    return [_face_result(a.face, m, features[i], quality=sharpness(a.crop)) for i, (a, m) in enumerate(zip(analysed, matches))]
+    return sharpness(crop)
 
 
 def _identify(runtime: Runtime, features: np.ndarray) -> list[Any]:
