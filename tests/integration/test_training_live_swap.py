@@ -96,7 +96,9 @@ def test_worker_swaps_versions_live_while_processing_frames(redis_url: str, tmp_
         for n in range(1, FRAMES + 1):
             for _, fields in r.xrange(keys.events(f"cam{n}")):
                 event = json.loads(fields[b"event"])
-                if event["type"] == "arrived":
+                # Tony_Blair_0133 also shows someone else (0.9251 against Tony: "unknown" since
+                # the gallery-size rule); keep Tony's arrival where a frame has two
+                if event["type"] == "arrived" and (n not in events or event["person"] == "Tony"):
                     events[n] = event
         assert sorted(events) == list(range(1, FRAMES + 1)), "a frame gave no arrival"
         assert not [e for e in events.values() if e.get("error")]
@@ -106,7 +108,7 @@ def test_worker_swaps_versions_live_while_processing_frames(redis_url: str, tmp_
         switch = versions.index(version)
         assert versions[switch:] == [version] * (FRAMES - switch), versions  # never back
         assert all(events[n]["person"] == "Tony" and events[n]["decision"] == "known" for n in events), \
-            [(n, e["person"], e["score"]) for n, e in events.items()]
+            [(n, e["person"], e["score"], e["decision"]) for n, e in events.items() if e["person"] != "Tony" or e["decision"] != "known"]
         assert r.get(keys.model_current()).decode() == version
     finally:
         client.close()
