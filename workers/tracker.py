@@ -48,6 +48,9 @@ Box = tuple[float, float, float, float]
 SHARP_REFERENCE = 50.0
 MIN_QUALITY_WEIGHT = 0.1
 UNKNOWN_VOTE = ""  # the votes key of "unknown" observations
+# An "unknown" frame counts half: a face turned away is more often the same person than
+# a stranger, so one sharp named frame outweighs one sharp unknown one, two unknown ones do not.
+UNKNOWN_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,9 @@ class Observation:
     def weight(self) -> float:
         """How much this observation counts in its track's vote: its image quality
         (sharpness over ``SHARP_REFERENCE``, within [``MIN_QUALITY_WEIGHT``, 1]) times,
-        for a named face, its similarity score."""
+        for a named face, its similarity score, for an unknown one ``UNKNOWN_WEIGHT``."""
         q = 1.0 if self.quality is None else min(1.0, max(MIN_QUALITY_WEIGHT, self.quality / SHARP_REFERENCE))
-        return q * (max(float(self.score), 0.0) if self.identity is not None else 1.0)
+        return q * (max(float(self.score), 0.0) if self.identity is not None else UNKNOWN_WEIGHT)
 
 
 @dataclass

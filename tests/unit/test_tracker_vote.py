@@ -42,6 +42,11 @@ def test_a_blurry_frame_naming_someone_cannot_name_a_stranger() -> None:
     assert named(events) == [("arrived", None)]
 
 
+def test_one_sharp_named_frame_outweighs_one_sharp_unknown_frame_but_not_two() -> None:
+    assert named(run([seen("ada", 60.0), seen(None, 60.0)])) == [("arrived", "Ada")]
+    assert named(run([seen(None, 60.0), seen("ada", 60.0), seen(None, 60.0)], min_hits=3)) == [("arrived", None)]
+
+
 def test_without_quality_the_score_decides_between_two_names() -> None:
     events = run([seen("bob", quality=None, score=0.93), seen("ada", quality=None, score=0.97)])
     assert named(events) == [("arrived", "Ada")]
