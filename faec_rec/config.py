@@ -86,6 +86,7 @@ class WorkerConfig(_Section):
     task_soft_time_limit_s: int = Field(120, ge=1, le=86_400, description="seconds a frame, image or enrolment task may run before it is interrupted (SoftTimeLimitExceeded: it fails, is acknowledged, not run again); keep below visibility_timeout_s")
     task_time_limit_s: int = Field(180, ge=1, le=86_400, description="seconds after which a task still running has its worker process killed (prefork pool); keep below visibility_timeout_s")
     max_deliveries: int = Field(3, ge=1, le=100, description="runs of one task that may end with their worker process dead (crash, OOM kill) before the next delivery parks it in the dead-letter stream instead of running it")
+    cluster_metrics: bool = Field(False, description="serve the cluster metrics read from Redis (queue depths, cameras, people, parked tasks) on this worker's /metrics; turn it on in ONE process per deployment (the trainer in deploy/), not on every worker, or each scrape of each pod reads Redis again")
     liveness_stale_s: int = Field(120, ge=5, le=3600, description="/healthz of a worker fails when its consumer loop (which beats every 5 s) has not run for this long: stuck, or its broker connection lost")
     read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
 

@@ -284,6 +284,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     pipe.hincrby(stats, "processed", 1)
     pipe.hincrby(stats, "faces", len(results))
     pipe.hincrby(stats, _latency_field(latency_ms), 1)
+    pipe.hincrbyfloat(stats, "latency_ms_sum", round(latency_ms, 3))  # the histogram's _sum
     pipe.delete(payload.key)
     pipe.execute()
     metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)

@@ -640,3 +640,14 @@ def test_camera_credentials_stay_off_the_command_line(manifests) -> None:
     assert not any("$(" in a or "://" in a for a in container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["FAEC_CAMERA_SOURCES"]["valueFrom"]
+
+
+def test_cluster_metrics_are_served_from_exactly_one_place(manifests, compose) -> None:
+    serving = [obj["metadata"]["name"] for obj, spec in _pod_specs(manifests) for c in spec["containers"]
+               if any(e.get("name") == "FAEC_WORKERS__CLUSTER_METRICS" and e.get("value") == "true" for e in c.get("env", []))]
+    assert serving == ["faec-rec-trainer"]
+    trainer = _find(manifests, "Deployment", "faec-rec-trainer")
+    assert trainer["spec"]["replicas"] == 1
+    in_compose = [n for n, s in compose["services"].items()
+                  if str(s.get("environment", {}).get("FAEC_WORKERS__CLUSTER_METRICS")) == "true"]
+    assert in_compose == ["trainer"]
