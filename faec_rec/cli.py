@@ -342,12 +342,13 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
             purge_stale_tasks(make_app(settings))
     else:
         from faec_rec.embedded import connect, redact_url
-        from faec_rec.redis_checks import check_redis
+        from faec_rec.redis_checks import check_redis_once
 
         client = connect(settings.redis_url)
         try:
-            for text in check_redis(client, require_noeviction=settings.redis_require_noeviction,
-                                    where=redact_url(settings.redis_url)).warnings:
+            found = check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
+                                     where=redact_url(settings.redis_url))
+            for text in found.warnings if found is not None else ():
                 click.echo(f"warning: {text}", err=True)
         finally:
             client.close()
