@@ -110,3 +110,17 @@ def test_cluster_metrics_count_parked_tasks(redis_client, keys) -> None:
     registry = CollectorRegistry()
     registry.register(metrics.RedisCollector(redis_client, keys))
     assert "faec_dead_letter_tasks 1.0" in generate_latest(registry).decode()
+
+
+def test_the_python_client_lists_and_drops_parked_tasks(redis_url, prefix, redis_client, keys) -> None:
+    from faec_rec.client import Client
+    from faec_rec.workers import deadletter
+
+    entry = deadletter.park(redis_client, keys, task="faec_rec.enrol", task_id="t9", queue="enrol",
+                            args=[{"request_id": "r9"}], kwargs={}, deliveries=4, reason="r")
+    with Client(settings=load_settings(redis_url=redis_url, prefix=prefix)) as client:
+        assert [p.task_id for p in client.dead_letters()] == ["t9"]
+        assert client.drop_dead_letter(entry).task == "faec_rec.enrol"
+        assert client.dead_letters() == []
+        with pytest.raises(KeyError):
+            client.replay_dead_letter(entry)
