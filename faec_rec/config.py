@@ -135,6 +135,29 @@ class TrainingConfig(_Section):
     time_limit_s: int = Field(3500, ge=60, le=7 * 86_400, description="seconds after which a training task still running has its process killed; keep below lock_ttl_s")
 
 
+class DurabilityConfig(_Section):
+    """How sure an enrolment reported "done" is to survive Redis going away (faec_rec.cluster.durability)."""
+
+    enrolments: str = Field("auto", pattern=r"^(auto|off|fsync|replicas)$", description="'auto': confirm with WAITAOF where Redis >= 7.2 has it (AOF fsynced, plus connected replicas), else take what the server's AOF policy gives and WAIT for connected replicas; 'fsync': refuse to report done until the AOF is fsynced (WAITAOF, or appendfsync always on Redis < 7.2); 'replicas': also wait for min_replicas replicas; 'off': no check")
+    min_replicas: int = Field(1, ge=0, le=16, description="replicas that must acknowledge an enrolment in 'replicas' mode (and at most this many are waited for in 'auto')")
+    wait_timeout_ms: int = Field(2000, ge=1, le=60_000, description="longest wait for WAITAOF/WAIT on one enrolment; short of the level, the enrol task retries")
+
+
+class RetentionConfig(_Section):
+    """How long things are kept; `faec-rec retention sweep` and the beat task enforce it (0 = keep forever)."""
+
+    events_days: float = Field(30.0, ge=0, le=3650, description="recognition events (per-camera and combined streams) older than this are trimmed")
+    event_features_days: float = Field(7.0, ge=0, le=90, description="face features stored for feedback on events (also capped by events.features_ttl_s at write time)")
+    job_results_days: float = Field(1.0, ge=0, le=365, description="folder/identify job progress and result streams")
+    enrolment_reports_days: float = Field(1.0, ge=0, le=365, description="enrolment reports kept for idempotency and `enrol_report`")
+    feedback_days: float = Field(365.0, ge=0, le=3650, description="feedback entries (confirmations/corrections) with the face features they hold")
+    crops_days: float = Field(0.0, ge=0, le=3650, description="crop files under data_dir/crops with no template left pointing at them are deleted once older than this; 0 = never (a template's own crop is kept while the template lives)")
+    snapshots_days: float = Field(0.0, ge=0, le=3650, description="gallery snapshot files older than this, other than the newest, are deleted; 0 = leave them to the gallery's own pruning")
+    unknown_faces_days: float = Field(30.0, ge=0, le=3650, description="unknown faces (visitors) older than this; enforced by the visitors part's own sweep step when it is installed")
+    audit_days: float = Field(365.0, ge=0, le=3650, description="audit entries older than this; enforced by the audit part's own sweep step when it is installed")
+    sweep_schedule: str = Field("17 * * * *", description="cron expression (UTC) of the periodic sweep sent by `faec-rec beat`; empty = no periodic sweep")
+
+
 class Settings(BaseSettings):
     """Everything configurable, with its default."""
 
@@ -144,7 +167,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = start a private Redis under data_dir")
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL, or redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB] for Redis Sentinel; unset = start a private Redis under data_dir")
     prefix: str = Field("faec", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="namespace of every Redis key")
     data_dir: Path = Field(default_factory=default_data_dir, description="crops, snapshots, models and the private Redis")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="logging level")
@@ -157,6 +180,8 @@ class Settings(BaseSettings):
     training: TrainingConfig = TrainingConfig()
     redis_require_noeviction: bool = Field(True, description="refuse to start a worker on a Redis whose maxmemory-policy evicts keys (it would drop queued tasks and gallery records silently); false only warns")
     redis_tls_insecure_skip_verify: bool = Field(False, description="INSECURE: accept a rediss:// URL whose ssl_cert_reqs is none/optional (or ssl_check_hostname=false), i.e. TLS without checking who answers; for a test bench only")
+    durability: DurabilityConfig = DurabilityConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("redis_url")
     @classmethod
@@ -166,8 +191,16 @@ class Settings(BaseSettings):
         if value is None:
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme == "redis+sentinel":  # faec_rec.cluster.sentinel: sentinels, service name, db
+            from faec_rec.cluster.sentinel import parse
+
+            try:
+                parse(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            return value
         if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+            raise ValueError("must start with redis://, rediss:// (TLS), unix:// or redis+sentinel://")
         if scheme == "rediss" and "ssl_cert_reqs" not in _url_query(value):
             raise ValueError("a rediss:// URL needs ?ssl_cert_reqs=required "
                              "(and &ssl_ca_certs=/path/to/ca.pem for a private certificate authority)")
@@ -250,9 +283,11 @@ def _url_query(url: str) -> dict[str, list[str]]:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): give a TOML or JSON file") from exc
     try:
         if path.suffix == ".json":
             data = json.loads(text)

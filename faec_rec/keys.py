@@ -164,6 +164,49 @@ class Keys:
         """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
         return self._k("celery", "")
 
+    # ---- operations (cluster/) ------------------------------------------
+    def durability_probe(self) -> str:
+        """Counter written right before WAIT/WAITAOF so the waiting connection's own
+        write offset covers every earlier write (see faec_rec.cluster.durability)."""
+        return self._k("durability", "probe")
+
+    def camera_events_pattern(self) -> str:
+        """Glob of every camera's event stream (retention sweep)."""
+        return self._k("events", "*")
+
+    def event_features_pattern(self) -> str:
+        """Glob of every event-features key (retention sweep)."""
+        return self._k("event-features", "*")
+
+    def jobs_pattern(self) -> str:
+        """Glob of every job hash and job results stream (retention sweep)."""
+        return self._k("job", "*")
+
+    def enrolments_pattern(self) -> str:
+        """Glob of every enrolment report (retention sweep)."""
+        return self._k("enrolment", "*")
+
+    def retention_stats(self) -> str:
+        """Hash: per sweep step, items removed in total and at the last sweep."""
+        return self._k("retention", "stats")
+
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
         return self._k("*")
+
+    # ---- globs for erasure (index/erasure.py: forgetting a person) ----------
+    def events_pattern(self) -> str:
+        """Glob matching every camera's event stream."""
+        return self._k("events", "*")
+
+    def job_results_pattern(self) -> str:
+        """Glob matching every job's result stream."""
+        return self._k("job", "*", "results")
+
+    def enrolment_pattern(self) -> str:
+        """Glob matching every enrolment report."""
+        return self._k("enrolment", "*")
+
+    def celery_results_pattern(self) -> str:
+        """Glob matching Celery's task results (``celery-task-meta-<task id>``) of this deployment."""
+        return self.celery() + "celery-task-meta-*"

@@ -461,6 +461,12 @@ class RedisCollector:
             camera_families = _camera_stats_families(zip(valid, pipe.execute()))
             people = GaugeMetricFamily("faec_gallery_people", "People enrolled (Redis, the source of truth)")
             people.add_metric([], float(self.client.scard(self.keys.people())))
+            memory = self.client.info("memory")
+            used = GaugeMetricFamily("faec_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
+            used.add_metric([], float(memory.get("used_memory", 0)))
+            cap = GaugeMetricFamily("faec_redis_memory_max_bytes",
+                                    "Redis maxmemory (0: no limit; writes are refused past it under noeviction)")
+            cap.add_metric([], float(memory.get("maxmemory", 0)))
             parked = GaugeMetricFamily("faec_dead_letter_tasks", "Tasks parked in the dead-letter stream "
                                        "(`faec-rec tasks dead-letter list`)")
             parked.add_metric([], float(self.client.xlen(self.keys.dead_letter())))
@@ -470,7 +476,7 @@ class RedisCollector:
             yield up
             return
         up.add_metric([], 1.0)
-        yield from (up, depth, waiting, people, parked, *camera_families)
+        yield from (up, depth, waiting, people, used, cap, parked, *camera_families)
 
 
 # Counters the frame protocol keeps in each camera's stats hash (producers and workers HINCRBY).
@@ -675,8 +681,10 @@ def probe_client(redis_url: str, timeout_s: float = 1.0) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0))
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+    return redis_from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                          retry=Retry(NoBackoff(), 0))
 
 
 def serve(settings: Settings, port: int | None = None, checks: Sequence[str] = (),

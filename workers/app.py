@@ -25,6 +25,7 @@ TASK_RECOGNISE = "faec_rec.recognise_frame"
 TASK_IDENTIFY = "faec_rec.identify_image"
 TASK_ENROL = "faec_rec.enrol"
 TASK_TRAIN = "faec_rec.train_head"
+TASK_RETENTION = "faec_rec.retention_sweep"
 
 QUEUE_FRAMES = "frames"
 QUEUE_ENROL = "enrol"
@@ -37,6 +38,7 @@ ROUTES: dict[str, dict[str, str]] = {
     TASK_IDENTIFY: {"queue": QUEUE_FRAMES},
     TASK_ENROL: {"queue": QUEUE_ENROL},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
+    TASK_RETENTION: {"queue": QUEUE_ENROL},  # light; every default worker serves "enrol"
 }
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -76,11 +78,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # twice is run twice, which the idempotent tasks allow.
         "unacked_mutex_expire": int(min(300, max(5, settings.workers.visibility_timeout_s))),
     }
+    backend_transport: dict[str, Any] = {"global_keyprefix": keyprefix}
+    from faec_rec.cluster.sentinel import celery_urls, is_sentinel_url
+
+    if is_sentinel_url(url):  # kombu's sentinel:// transport and Celery's sentinel backend
+        url, sentinel_options = celery_urls(url)
+        transport.update(sentinel_options)
+        backend_transport.update(sentinel_options)
     return {
         "broker_url": url,
         "result_backend": url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"global_keyprefix": keyprefix},
+        "result_backend_transport_options": backend_transport,
         "broker_connection_retry_on_startup": True,
         # JSON only: a message can never execute code on a worker.
         "task_serializer": "json",
@@ -122,11 +131,14 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
     That module must stay light (no TensorFlow import): this configuration is
     also read by producers and clients. Empty when training is not installed.
     """
+    from faec_rec.cluster.schedule import retention_beat
+
+    schedule = retention_beat(settings)  # the periodic retention sweep (retention.sweep_schedule)
     try:
         from faec_rec.training.schedule import beat_schedule  # type: ignore[import-not-found]
     except ImportError:
-        return {}
-    return dict(beat_schedule(settings))
+        return schedule
+    return {**dict(beat_schedule(settings)), **schedule}
 
 
 def make_app(settings: Settings | None = None) -> Celery:

@@ -118,8 +118,17 @@ def register(app: "Celery") -> dict[str, "Task"]:
         result = retrain.run(app_settings(self.app), **(payload or {}))
         return result if isinstance(result, dict) else {"result": str(result)}
 
+    from faec_rec.workers.app import TASK_RETENTION
+
+    @app.task(name=TASK_RETENTION, shared=False, bind=True, ignore_result=True)
+    def retention_sweep(self: "Task", payload: dict[str, Any] | None = None) -> dict[str, int]:
+        from faec_rec.cluster.retention import sweep
+
+        runtime = _runtime(self)
+        return sweep(runtime.redis, runtime.keys, runtime.settings)
+
     identify_image.on_parked = _identify_parked(app)
-    return {t.name: t for t in (recognise_frame, identify_image, enrol, train_head)}
+    return {t.name: t for t in (recognise_frame, identify_image, enrol, train_head, retention_sweep)}
 
 
 def _identify_parked(app: "Celery") -> Any:
