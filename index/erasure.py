@@ -14,7 +14,8 @@ and is erased here (:func:`erase_person_traces`):
 - enrolment reports (``keys.enrolment``) and Celery's task results
   (``celery-task-meta-*``: enrol reports, identify records) naming them: deleted;
 - per-image records of identify jobs (``keys.job_results``) naming them: deleted;
-- feedback entries naming them (with the features they hold): deleted.
+- feedback entries naming them (with the features they hold): deleted;
+- parked tasks (the dead-letter stream, ``keys.dead_letter()``) whose payload names them: deleted.
 
 An entry "names" the person when its stored bytes hold their person id, or their
 display name as a JSON string (``"Ada Lovelace"``, quotes included, so a longer
@@ -51,10 +52,12 @@ class Erased:
     enrolment_reports: int = 0
     task_results: int = 0
     job_records: int = 0
+    parked_tasks: int = 0
     streams: list[str] = field(default_factory=list)
 
     def total(self) -> int:
-        return self.events + self.features + self.enrolment_reports + self.task_results + self.job_records
+        return (self.events + self.features + self.enrolment_reports + self.task_results + self.job_records
+                + self.parked_tasks)
 
 
 def _needles(person_id: str, names: Iterable[str]) -> list[bytes]:
@@ -129,6 +132,9 @@ def erase_person_traces(redis: Any, keys: Keys, person_id: str, names: Iterable[
     for stream in _scan(redis, keys.job_results_pattern()):
         if redis.type(stream) in (b"stream", "stream"):
             erased.job_records += _scrub_stream(redis, stream, needles)[0]
+    # tasks parked after killing their worker (an enrolment's payload holds the name)
+    if redis.type(keys.dead_letter()) in (b"stream", "stream"):
+        erased.parked_tasks += _scrub_stream(redis, keys.dead_letter(), needles)[0]
     # enrolment reports (hashes) and Celery's task results (strings)
     for key in _scan(redis, keys.enrolment_pattern()):
         if redis.type(key) in (b"hash", "hash") and _names_them(redis.hvals(key), needles):

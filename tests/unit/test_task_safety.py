@@ -124,3 +124,16 @@ def test_the_python_client_lists_and_drops_parked_tasks(redis_url, prefix, redis
         assert client.dead_letters() == []
         with pytest.raises(KeyError):
             client.replay_dead_letter(entry)
+
+
+def test_forget_erases_parked_tasks_that_name_the_person(redis_client, keys) -> None:
+    from faec_rec.index.erasure import erase_person_traces
+    from faec_rec.workers import deadletter
+
+    deadletter.park(redis_client, keys, task="faec_rec.enrol", task_id="t1", queue="enrol",
+                    args=[{"request_id": "r1", "name": "Ada Lovelace", "images": []}], kwargs={}, deliveries=4, reason="r")
+    deadletter.park(redis_client, keys, task="faec_rec.enrol", task_id="t2", queue="enrol",
+                    args=[{"request_id": "r2", "name": "Ada Lovelace Byron", "images": []}], kwargs={}, deliveries=4, reason="r")
+    erased = erase_person_traces(redis_client, keys, "p-ada", ["Ada Lovelace"])
+    assert erased.parked_tasks == 1
+    assert [p.task_id for p in deadletter.list_parked(redis_client, keys)] == ["t2"]  # a longer name is kept
