@@ -211,14 +211,19 @@ def _check_broker(app: Celery | None) -> None:
         return
     import redis as redis_lib
 
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
     from faec_rec.embedded import redact_url
     from faec_rec.redis_checks import check_redis_once
 
-    client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client = redis_from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    except (redis_lib.RedisError, OSError, ValueError) as exc:
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+        return
     try:
         check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
                          where=redact_url(settings.redis_url))
-    except redis_lib.RedisError as exc:  # unreachable now: Celery's own retries report it
+    except (redis_lib.RedisError, OSError) as exc:  # unreachable now: Celery's own retries report it
         log.warning("could not check the Redis configuration: %s", type(exc).__name__)
     finally:
         client.close()
