@@ -331,6 +331,8 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
         lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
         # Environment, so that forked pool processes and the module-level app agree.
         os.environ["FAEC_REDIS_URL"] = lease.url
+        if not settings.workers.read_roots:  # only this user's commands reach the private Redis
+            os.environ["FAEC_WORKERS__READ_ROOTS"] = '["/"]'
         state._settings = None
         settings = state.settings()
         click.echo(f"embedded mode: private Redis at {redact_url(lease.url)} (data in {lease.directory})", err=True)

@@ -387,8 +387,8 @@ def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: 
 
     At most ``faces.max_image_bytes`` are read (a larger image is refused before it
     fills memory). A ``path`` must be a regular file inside ``workers.read_roots``
-    (symlinks resolved); with no roots configured, paths are only accepted on the
-    private Redis, where only this user can queue tasks.
+    (symlinks resolved); the embedded backend and ``faec-rec worker`` on the private
+    Redis (which only this user's commands reach) set ``/`` when none are configured.
 
     Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``too_large``,
     ``not_allowed``, ``not_found`` or ``unreadable``.
