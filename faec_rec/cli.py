@@ -233,6 +233,9 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    from faec_rec.sinks.commands import commands as sink_commands  # noqa: PLC0415 (light: click only)
+    for command in sink_commands:
+        cli.commands.get(command.name) or register(command)
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -255,6 +258,10 @@ def config_cmd(state: State, describe: bool) -> None:
     settings = state.settings()
     if settings.redis_url:  # never print a password
         settings = settings.model_copy(update={"redis_url": redact_url(settings.redis_url)})
+    if settings.mqtt.url:  # nor the broker's
+        settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"url": redact_url(settings.mqtt.url)})})
+    if any(w.secret for w in settings.webhooks):  # nor a webhook secret
+        settings = settings.model_copy(update={"webhooks": [w.model_copy(update={"secret": "***" if w.secret else None}) for w in settings.webhooks]})
     if not describe:
         _echo_json(settings.model_dump(mode="json"))
         return

@@ -151,6 +151,31 @@ class Keys:
         """String with TTL: image bytes uploaded by a client for a task."""
         return self._k("upload", safe_id(upload_id, "upload id"))
 
+    # ---- sinks (sinks/) ------------------------------------------------------
+    def sink_group(self, sink: str) -> str:
+        """Consumer-group name (not a key) of one sink on the combined events stream."""
+        return "sink:" + safe_id(sink, "sink name")
+
+    def sink_dead_letter(self, sink: str) -> str:
+        """Stream of one sink's parked events (fields: event_id, event, error, attempts, parked_at)."""
+        return self._k("sinks", safe_id(sink, "sink name"), "dead-letter")
+
+    def sink_stats(self) -> str:
+        """Hash of counters ``<sink>:<outcome>`` (delivered, failed, dead_lettered, malformed...)."""
+        return self._k("sinks", "stats")
+
+    def mqtt_people(self) -> str:
+        """Hash: person id -> the person's MQTT topic name (so a forget can clear it)."""
+        return self._k("sinks", "mqtt", "people")
+
+    def mqtt_tracks(self) -> str:
+        """Hash: ``<camera>:<track id>`` -> person id of each known track seen on MQTT."""
+        return self._k("sinks", "mqtt", "tracks")
+
+    def mqtt_presence(self, person_id: str) -> str:
+        """Set of ``<camera>:<track id>`` where a person is now; empty = away."""
+        return self._k("sinks", "mqtt", "presence", safe_id(person_id, "person id"))
+
     def celery(self) -> str:
         """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
         return self._k("celery", "")
