@@ -60,9 +60,16 @@ def _sink_named(settings: Any, redis: Any, name: str) -> Any:
                                  "runners sharing a host need distinct names.")
 @click.pass_context
 def sinks(ctx: click.Context, consumer: str | None) -> None:
-    """Deliver events to MQTT and webhooks (runs until stopped), or manage them."""
-    if ctx.invoked_subcommand is not None:
-        return
+    """Deliver events to MQTT and webhooks (`faec-rec sinks` = `faec-rec sinks run`), or manage them."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run, consumer=consumer)
+
+
+@sinks.command("run")
+@click.option("--consumer", help="this runner's consumer name (default: the host name); "
+                                 "runners sharing a host need distinct names.")
+def run(consumer: str | None) -> None:
+    """Deliver every new event to every configured sink until stopped (SIGTERM, Ctrl-C)."""
     from faec_rec.keys import Keys
     from faec_rec.metrics import serve
     from faec_rec.sinks.runner import SinkRunner, default_consumer

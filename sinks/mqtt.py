@@ -170,6 +170,9 @@ class MqttSink(Sink):
         client.loop_start()
         log.info("mqtt sink connecting to %s as %s", self.where, client_id)
         if self.settings.discovery:
+            from faec_rec.sinks.runner import ensure_group
+
+            ensure_group(self.redis, self.keys.gallery_events(), self.keys.sink_group(self.name + "-gallery"))
             self._watcher = threading.Thread(target=self._watch_gallery, name=f"{self.name}-gallery", daemon=True)
             self._watcher.start()
 

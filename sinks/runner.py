@@ -365,6 +365,9 @@ class SinkRunner:
         self.workers = [SinkWorker(s, redis, keys, settings, self.consumer, self.stop_event) for s in self.sinks]
 
     def start(self) -> "SinkRunner":
+        # Groups exist before start() returns: an event published after it is never missed.
+        for worker in self.workers:
+            ensure_group(worker.redis, worker.stream, worker.group)
         for worker in self.workers:
             worker.start()
         log.info("sink runner %s delivering to %s", self.consumer, ", ".join(s.name for s in self.sinks))

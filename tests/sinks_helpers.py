@@ -1,0 +1,156 @@
+"""Real things the sink tests share: an MQTT subscriber (paho), a local HTTP receiver that
+records requests (and can be told to fail), events written the workers' way, and settings."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from faec_rec.config import MqttConfig, SinksConfig, WebhookConfig
+from faec_rec.workers.events import Event, publish
+
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+
+
+def broker_up(port: int = MQTT_PORT) -> bool:
+    from faec_rec.sinks.broker import answers
+
+    return answers(MQTT_HOST, port)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def fast_sinks(**overrides: Any) -> SinksConfig:
+    """Short backoffs and blocks, so retries and dead-lettering happen in test time."""
+    values = dict(block_ms=100, backoff_base_s=0.05, backoff_max_s=0.2, max_attempts=3, claim_idle_ms=1000)
+    values.update(overrides)
+    return SinksConfig(**values)
+
+
+def mqtt_settings(port: int = MQTT_PORT, **overrides: Any) -> MqttConfig:
+    """A private topic space on the shared broker: prefix, discovery prefix and node id unique."""
+    tag = "t" + uuid.uuid4().hex[:8]
+    values = dict(url=f"mqtt://{MQTT_HOST}:{port}", prefix=f"faec_rec_{tag}", discovery_prefix=f"ha_{tag}",
+                  node_id=f"node_{tag}", connect_timeout_s=2.0)
+    values.update(overrides)
+    return MqttConfig(**values)
+
+
+class Subscriber:
+    """A real paho subscriber that records (topic, payload, retain) in arrival order."""
+
+    def __init__(self, topics: list[str], port: int = MQTT_PORT) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool, float]] = []
+        self.lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id="sub-" + uuid.uuid4().hex[:8])
+        self.topics = topics
+
+        def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            client.subscribe([(t, 1) for t in self.topics])
+
+        def on_subscribe(*_: Any) -> None:
+            self._subscribed.set()
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            with self.lock:
+                self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect(MQTT_HOST, port)
+        self.client.loop_start()
+        assert self._subscribed.wait(5), "subscriber did not subscribe"
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _r, _ts in self.messages if t == topic]
+
+    def last(self, topic: str) -> bytes | None:
+        got = self.on(topic)
+        return got[-1] if got else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Receiver:
+    """A local HTTP server recording every POST; ``status`` is what it answers."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        self.delay_s = 0.0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if owner.delay_s:
+                    time.sleep(owner.delay_s)
+                status = owner.status
+                owner.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                                       "body": body, "status": status, "at": time.time(), "path": self.path})
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """Bodies (JSON) of the requests answered 2xx."""
+        return [json.loads(r["body"]) for r in list(self.requests) if 200 <= r["status"] < 300]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def webhook(url: str, **overrides: Any) -> WebhookConfig:
+    return WebhookConfig(url=url, name=overrides.pop("name", "hook"), **overrides)
+
+
+def event(kind: str = "arrived", camera: str = "door", track: int = 1, person: str | None = "Ada Lovelace",
+          person_id: str | None = "p-ada", frame: int = 1) -> Event:
+    known = person is not None
+    return Event(type=kind, camera=camera, frame=frame, captured_at=time.time(), processed_at=time.time(),
+                 box=[1, 2, 3, 4] if kind != "left" else None, person_id=person_id if known else None,
+                 person=person, score=0.95 if known else 0.3, decision="known" if known else "unknown",
+                 model_version="dlib-resnet-v1/base", track_id=track)
+
+
+def emit(redis: Any, keys: Any, *events: Event) -> None:
+    for e in events:
+        publish(redis, keys, e, maxlen=100_000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
