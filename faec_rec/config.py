@@ -132,12 +132,12 @@ class SinksConfig(_Section):
     batch: int = Field(100, ge=1, le=10_000, description="events read from the stream per XREADGROUP")
     block_ms: int = Field(1000, ge=10, le=60_000, description="how long one read waits for new events, ms")
     max_attempts: int = Field(8, ge=1, le=1000, description="delivery attempts of one event to one sink before it is parked in that sink's dead-letter stream (a broker that is down does not count: the sink waits for it)")
-    backoff_base_s: float = Field(0.5, gt=0, le=3600, description="first retry delay; doubles each attempt, with full jitter")
+    backoff_base_s: float = Field(0.5, gt=0, le=3600, description="first retry delay; doubles each attempt, half of each delay random (jitter)")
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay (also the longest wait between checks of a sink that is down)")
     claim_idle_ms: int = Field(30_000, ge=100, le=86_400_000, description="a delivery pending this long in a runner that died is reclaimed (XAUTOCLAIM) by another runner or the restarted one; must exceed the longest delivery with its retries in flight")
     dead_letter_maxlen: int = Field(100_000, ge=100, description="approximate length cap of each sink's dead-letter stream")
     health_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz and /readyz port of `faec-rec sinks`; 0 = off")
-    allow_networks: list[str] = Field(default_factory=list, description="CIDRs webhooks may reach although they are loopback, private, link-local or otherwise internal (e.g. ['10.0.0.0/8']); by default only public addresses are allowed")
+    allow_networks: list[str] = Field([], description="CIDRs webhooks may reach although they are loopback, private, link-local or otherwise internal (e.g. ['10.0.0.0/8']); by default only public addresses are allowed")
 
 
 class MqttConfig(_Section):
@@ -161,7 +161,7 @@ class MqttConfig(_Section):
     def _mqtt_url(cls, value: str | None) -> str | None:
         from urllib.parse import urlsplit
 
-        if value is None:
+        if not value:  # an empty FAEC_MQTT__URL (compose's ${VAR:-}) means unset
             return None
         parts = urlsplit(value)
         if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
