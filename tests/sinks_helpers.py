@@ -154,3 +154,67 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PrivateBroker:
+    """A Mosquitto of our own on a free port (so a fault test can stop it without touching the
+    shared one), with persistence so a subscriber's session and queue survive a restart."""
+
+    def __init__(self, directory: Any, port: int | None = None, anonymous: bool = True) -> None:
+        import shutil
+        from pathlib import Path
+
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous {'true' if anonymous else 'false'}\n"
+            f"persistence true\npersistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n")
+        self.process: Any = None
+
+    def start(self) -> "PrivateBroker":
+        import subprocess
+
+        self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for(lambda: broker_up(self.port) or self.process.poll() is not None, 10, "private mosquitto")
+        assert self.process.poll() is None, (self.dir / "mosquitto.log").read_text()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
+            self.process.wait(10)
+        self.process = None
+
+
+class DurableSubscriber(Subscriber):
+    """A subscriber with a persistent session (clean_session False, QoS 1): the broker queues
+    messages for it while it is away, so 'received' means every message the broker took."""
+
+    def __init__(self, topics: list[str], port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages = []
+        self.lock = threading.Lock()
+        self.topics = topics
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id="durable-" + uuid.uuid4().hex[:8], clean_session=False)
+
+        def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            client.subscribe([(t, 1) for t in self.topics])
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            with self.lock:
+                self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect_async(MQTT_HOST, port)
+        self.client.loop_start()
+        assert self._subscribed.wait(5), "subscriber did not subscribe"
