@@ -106,6 +106,8 @@ class EventsConfig(_Section):
     track_switch_frames: int = Field(2, ge=1, le=100, description="matched frames in a row naming another person before a track's identity changes")
     track_min_hits: int = Field(2, ge=1, le=100, description="frames a face must be tracked in before its 'arrived' event (1 = at once)")
     features_ttl_s: int = Field(7 * 86_400, ge=0, le=90 * 86_400, description="seconds the face features of an 'arrived'/'updated' event are kept so feedback on it can train the head (0 = not stored); also how long a forgotten person's face may stay in those keys")
+    snapshot_ttl_s: int = Field(86_400, ge=0, le=90 * 86_400, description="seconds the face crop and downscaled frame of an 'arrived' event (its `snapshot` key) are kept; 0 = no snapshots")
+    snapshot_max_side: int = Field(640, ge=64, le=8192, description="longest side, pixels, of the frame kept with an 'arrived' event")
 
 
 class TrainingConfig(_Section):

@@ -127,6 +127,11 @@ class Keys:
         face made an "arrived"/"updated" event; the event names it as ``features_key``."""
         return self._k("event-features", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
 
+    def event_snapshot(self, camera_id: str, frame_no: int, face: int) -> str:
+        """Hash with TTL: face crop and downscaled frame (JPEG) of the face that made an
+        "arrived" event; the event names it as ``snapshot`` (workers/snapshots.py)."""
+        return self._k("event-snapshot", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
+
     def events_channel(self) -> str:
         """Pub/sub channel mirroring the combined event stream."""
         return self._k("events", "live")

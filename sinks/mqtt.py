@@ -5,6 +5,8 @@ Topics (``<p>`` = ``mqtt.prefix``, default ``faec_rec``):
 - ``<p>/events``: every event as JSON (the event's fields plus ``event_id``);
 - ``<p>/<camera>/event``: the same, per camera;
 - ``<p>/<camera>/person``: the name of the last known person recognised there (retained);
+- ``<p>/<camera>/snapshot``: JPEG face crop of the last arrival there (retained), from the
+  event's ``snapshot`` (see :mod:`faec_rec.workers.snapshots`);
 - ``<p>/person/<name>``: ``{"state": "home"|"away", "camera", "at", "person_id", "person",
   "event_id"}`` (retained); a person is ``away`` once every track naming them has left;
 - ``<p>/available``: ``online`` (retained) while connected, ``offline`` by the broker's
@@ -82,6 +84,9 @@ class Topics:
 
     def camera_person(self, camera: str) -> str:
         return f"{self.p}/{topic_part(camera)}/person"
+
+    def camera_snapshot(self, camera: str) -> str:
+        return f"{self.p}/{topic_part(camera)}/snapshot"
 
     def person(self, name: str) -> str:
         return f"{self.p}/person/{topic_part(name)}"
@@ -249,6 +254,10 @@ class MqttSink(Sink):
         known = event.get("decision") == "known" and event.get("person_id") and event.get("person")
         if event.get("type") in ("arrived", "updated") and known:
             messages.append((self.topics.camera_person(camera), str(event["person"]).encode(), self.settings.retain))
+        if event.get("type") == "arrived" and event.get("snapshot"):
+            face = self.redis.hget(event["snapshot"], "face")  # None once expired: nothing to show
+            if face:
+                messages.append((self.topics.camera_snapshot(camera), bytes(face), self.settings.retain))
         messages += self._presence(event_id, event, camera, announce)
         self.publish_all(messages)
         with self._lock:

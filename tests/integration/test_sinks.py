@@ -3,6 +3,7 @@ subscriber) and a real local HTTP receiver."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -60,14 +61,17 @@ def test_mqtt_topics_presence_discovery_and_forget(redis_client, keys):
     runner = SinkRunner(redis_client, keys, fast_sinks(), [sink], consumer="c1").start()
     try:
         wait_for(lambda: sub.last(f"{ms.prefix}/available") == b"online", 10, "online")
+        snap = keys.event_snapshot("door", 1, 0)
+        redis_client.hset(snap, mapping={"face": b"\xff\xd8jpeg-bytes", "frame": b"\xff\xd8..."})
         emit(redis_client, keys,
-             event("arrived", "door", 1), event("arrived", "lab", 7),          # Ada on two cameras
+             replace(event("arrived", "door", 1), snapshot=snap), event("arrived", "lab", 7),  # Ada on two cameras
              event("left", "door", 1, person=None), event("arrived", "door", 2, person=None))
         wait_for(lambda: len(sub.on(f"{ms.prefix}/events")) == 4, 10, "4 events")
         ids = [json.loads(p)["event_id"] for p in sub.on(f"{ms.prefix}/events")]
         assert len(set(ids)) == 4 and all("-" in i for i in ids)
         assert len(sub.on(f"{ms.prefix}/door/event")) == 3 and len(sub.on(f"{ms.prefix}/lab/event")) == 1
         assert sub.last(f"{ms.prefix}/door/person") == b"Ada Lovelace"
+        assert sub.last(f"{ms.prefix}/door/snapshot") == b"\xff\xd8jpeg-bytes"
         person_topic = f"{ms.prefix}/person/Ada_Lovelace"
         state = json.loads(sub.last(person_topic))
         assert state["state"] == "home" and state["camera"] == "lab"  # still on lab after leaving door
