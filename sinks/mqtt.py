@@ -165,7 +165,7 @@ class MqttSink(Sink):
                            cert_reqs=ssl.CERT_REQUIRED)
             client.tls_insecure_set(self.settings.tls_insecure)
         client.will_set(self.topics.available, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)  # a returning broker is found within 5 s
         client.max_queued_messages_set(10_000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

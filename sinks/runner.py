@@ -249,7 +249,9 @@ class SinkWorker(threading.Thread):
                 if waits == 1 or waits % 10 == 0:
                     log.warning("sink %s unavailable (%s); event %s waits", self.sink.name, exc, entry.entry_id)
                 count(self.redis, self.keys, self.sink.name, Outcome.UNAVAILABLE)
-                self.stop_event.wait(self._delay(waits))
+                # deliver() itself waited for the sink to come back: retry soon, so a broker
+                # that returns is used within a second, not after a grown backoff
+                self.stop_event.wait(self._delay(1))
                 continue
             except DeliveryRefused as exc:
                 log.error("sink %s refused event %s: %s; parked", self.sink.name, entry.entry_id, exc)
