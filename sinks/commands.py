@@ -16,15 +16,16 @@ import click
 log = logging.getLogger(__name__)
 
 
-def build_sinks(settings: Any, redis: Any, consumer: str | None = None) -> list[Any]:
-    """Every sink the settings configure: MQTT when ``mqtt.url`` is set, one per webhook."""
+def build_sinks(settings: Any, redis: Any, consumer: str | None = None, runner: bool = True) -> list[Any]:
+    """Every sink the settings configure: MQTT when ``mqtt.url`` is set, one per webhook.
+    ``runner=False`` (replay, status): the MQTT sink does not follow the gallery stream."""
     from faec_rec.keys import Keys
     from faec_rec.sinks.mqtt import MqttSink
     from faec_rec.sinks.webhook import WebhookSink
 
     sinks: list[Any] = []
     if settings.mqtt.url:
-        sinks.append(MqttSink(settings.mqtt, redis, Keys(settings.prefix), consumer=consumer))
+        sinks.append(MqttSink(settings.mqtt, redis, Keys(settings.prefix), consumer=consumer, watch_gallery=runner))
     for hook in settings.webhooks:
         sinks.append(WebhookSink(hook, settings.sinks.allow_networks))
     return sinks
@@ -40,8 +41,10 @@ def _redis() -> Iterator[tuple[Any, Any]]:
 
     settings = load_settings()
     with open_backend(settings) as backend:
+        # reads block up to sinks.block_ms; a dead connection still fails within 10 s after that
         client = redis_lib.Redis.from_url(backend.settings.redis_url, socket_connect_timeout=5,
-                                          health_check_interval=30)
+                                          socket_timeout=settings.sinks.block_ms / 1000 + 10,
+                                          socket_keepalive=True, health_check_interval=30)
         try:
             yield backend.settings, client
         finally:
@@ -49,7 +52,7 @@ def _redis() -> Iterator[tuple[Any, Any]]:
 
 
 def _sink_named(settings: Any, redis: Any, name: str) -> Any:
-    for sink in build_sinks(settings, redis):
+    for sink in build_sinks(settings, redis, runner=False):
         if sink.name == name:
             return sink
     raise click.UsageError(f"no sink named {name!r} is configured")
@@ -104,7 +107,7 @@ def status() -> None:
         with contextlib.suppress(Exception):
             groups = {g["name"].decode(): g for g in client.xinfo_groups(keys.events())}
         out = {}
-        for sink in build_sinks(settings, client):
+        for sink in build_sinks(settings, client, runner=False):
             g = groups.get(keys.sink_group(sink.name), {})
             out[sink.name] = {"pending": int(g.get("pending", 0) or 0), "lag": g.get("lag"),
                               "dead_letters": int(client.xlen(keys.sink_dead_letter(sink.name))),

@@ -128,7 +128,7 @@ class MqttSink(Sink):
     """Publishes events to an MQTT broker; see the module docstring."""
 
     def __init__(self, settings: MqttConfig, redis: Any, keys: Keys, name: str = "mqtt",
-                 consumer: str | None = None) -> None:
+                 consumer: str | None = None, watch_gallery: bool = True) -> None:
         if not settings.url:
             raise SinkError("mqtt.url is not set")
         self.name = name
@@ -151,6 +151,7 @@ class MqttSink(Sink):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.client: Any = None
+        self.watch_gallery = watch_gallery and settings.discovery
 
     # ---- connection ------------------------------------------------------------------
     def start(self) -> None:
@@ -174,7 +175,7 @@ class MqttSink(Sink):
         client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
         client.loop_start()
         log.info("mqtt sink connecting to %s as %s", self.where, client_id)
-        if self.settings.discovery:
+        if self.watch_gallery:
             from faec_rec.sinks.runner import ensure_group
 
             ensure_group(self.redis, self.keys.gallery_events(), self.keys.sink_group(self.name + "-gallery"))

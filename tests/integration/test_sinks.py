@@ -191,3 +191,38 @@ def test_restart_resumes_and_two_runners_share(redis_client, keys, receiver):
             r.stop()
     tracks = [b["track_id"] for b in receiver.delivered()]
     assert sorted(set(tracks)) == list(range(1, 40)) and len(tracks) == 39  # none lost, none twice
+
+
+def test_cli_status_and_dead_letter_list_and_replay(redis_client, keys, receiver, monkeypatch, redis_url):
+    from click.testing import CliRunner
+
+    from faec_rec import cli
+    from faec_rec.sinks.runner import ensure_group, park
+
+    monkeypatch.setenv("FAEC_REDIS_URL", redis_url)
+    monkeypatch.setenv("FAEC_PREFIX", keys.prefix)
+    monkeypatch.setenv("FAEC_WEBHOOKS", json.dumps([{"url": receiver.url, "name": "hook"}]))
+    monkeypatch.setenv("FAEC_SINKS__ALLOW_NETWORKS", '["127.0.0.1/32"]')
+    ensure_group(redis_client, keys.events(), keys.sink_group("hook"))
+    emit(redis_client, keys, event("arrived", "door", 5))
+    [(entry_id, fields)] = redis_client.xrange(keys.events())
+    park(redis_client, keys, "hook", entry_id.decode(), fields[b"event"], "SinkError: 500", 8, 1000)
+    cli._register_plugins()
+    runner = CliRunner()
+
+    status = json.loads(runner.invoke(cli.cli, ["sinks", "status"]).output)
+    assert status["hook"]["dead_letters"] == 1 and status["hook"]["pending"] == 0
+    listed = runner.invoke(cli.cli, ["sinks", "dead-letter", "list", "hook"])
+    [item] = [json.loads(line) for line in listed.output.splitlines()]
+    assert item["event_id"] == entry_id.decode() and item["attempts"] == 8 and item["event"]["track_id"] == 5
+
+    receiver.status = 500
+    failed = runner.invoke(cli.cli, ["sinks", "dead-letter", "replay", "hook"])
+    assert failed.exit_code == 1 and "0 delivered, 1 still parked" in failed.output
+    receiver.status = 200
+    done = runner.invoke(cli.cli, ["sinks", "dead-letter", "replay", "hook", item["id"]])
+    assert done.exit_code == 0 and "1 delivered" in done.output
+    assert [b["event_id"] for b in receiver.delivered()] == [entry_id.decode()]
+    assert redis_client.xlen(keys.sink_dead_letter("hook")) == 0
+    nothing = runner.invoke(cli.cli, ["sinks", "dead-letter", "replay", "nosuch"])
+    assert nothing.exit_code != 0 and "no sink named 'nosuch'" in nothing.output
