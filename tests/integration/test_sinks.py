@@ -226,3 +226,19 @@ def test_cli_status_and_dead_letter_list_and_replay(redis_client, keys, receiver
     assert redis_client.xlen(keys.sink_dead_letter("hook")) == 0
     nothing = runner.invoke(cli.cli, ["sinks", "dead-letter", "replay", "nosuch"])
     assert nothing.exit_code != 0 and "no sink named 'nosuch'" in nothing.output
+
+
+def test_events_left_pending_by_a_dead_runner_are_reclaimed(redis_client, keys, receiver):
+    from faec_rec.sinks.runner import ensure_group
+
+    ensure_group(redis_client, keys.events(), keys.sink_group("hook"))
+    emit(redis_client, keys, event("arrived", "door", 1), event("arrived", "door", 2))
+    # a runner on another host read both, then died before acknowledging them
+    taken = redis_client.xreadgroup(keys.sink_group("hook"), "dead-host", {keys.events(): ">"}, count=10)
+    assert len(taken[0][1]) == 2
+    hook = WebhookSink(webhook(receiver.url, name="hook"), ["127.0.0.1/32"])
+    with SinkRunner(redis_client, keys, fast_sinks(claim_idle_ms=200), [hook], consumer="alive"):
+        wait_for(lambda: len(receiver.delivered()) == 2, 10, "the reclaimed events")
+    assert [b["track_id"] for b in receiver.delivered()] == [1, 2]
+    assert stats(redis_client, keys)["hook"]["reclaimed"] == 2
+    assert redis_client.xpending(keys.events(), keys.sink_group("hook"))["pending"] == 0
