@@ -185,6 +185,7 @@ class WebhookConfig(_Section):
     secret_file: Path | None = Field(None, description="file holding the secret (trailing newline stripped)")
     secret_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description="environment variable holding the secret")
     timeout_s: float = Field(5.0, gt=0, le=300, description="connect and response timeout of one POST")
+    ca_file: Path | None = Field(None, description="CA bundle that signs an https:// receiver's certificate (unset = system CAs)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (e.g. Authorization)")
 
     @field_validator("url")

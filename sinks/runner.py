@@ -170,6 +170,7 @@ class SinkWorker(threading.Thread):
                     if self.stop_event.is_set():
                         break
                     log.error("sink %s: reading the events stream failed: %s; retrying", self.sink.name, exc)
+                    self._own_pending = True  # an entry delivered but not acknowledged goes again
                     self.stop_event.wait(self.settings.backoff_base_s)
         except BaseException as exc:  # pragma: no cover (reported by the runner)
             self.crashed = exc

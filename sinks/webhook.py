@@ -113,8 +113,8 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS to a fixed address; the certificate is still checked against the host name."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
         self.address = address
 
     def connect(self) -> None:
@@ -158,6 +158,8 @@ class WebhookSink(Sink):
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.where = f"{parts.scheme}://{self.host}:{self.port}{parts.path or '/'}"  # no query, no user info
         self._people = set(config.people)
+        self._tls = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None) \
+            if self.https else None
 
     def wants(self, event: dict[str, Any]) -> bool:
         c = self.config
@@ -179,8 +181,11 @@ class WebhookSink(Sink):
         if self.secret is not None:
             headers["X-Faec-Signature"] = sign(self.secret, timestamp, body)
         address = resolve_checked(self.host, self.port, self.allowed)  # at every delivery: DNS may change
-        cls = _PinnedHTTPSConnection if self.https else _PinnedHTTPConnection
-        conn = cls(self.host, self.port, address, self.config.timeout_s)
+        conn: http.client.HTTPConnection
+        if self._tls is not None:
+            conn = _PinnedHTTPSConnection(self.host, self.port, address, self.config.timeout_s, self._tls)
+        else:
+            conn = _PinnedHTTPConnection(self.host, self.port, address, self.config.timeout_s)
         try:
             conn.request("POST", self.path, body=body, headers=headers)
             response = conn.getresponse()

@@ -218,3 +218,23 @@ class DurableSubscriber(Subscriber):
         self.client.connect_async(MQTT_HOST, port)
         self.client.loop_start()
         assert self._subscribed.wait(5), "subscriber did not subscribe"
+
+
+def tls_receiver(directory: Any) -> tuple[Receiver, str]:
+    """A :class:`Receiver` serving HTTPS with a fresh self-signed certificate for ``localhost``;
+    returns it and the certificate's path (the CA bundle a client must trust)."""
+    import ssl
+    import subprocess
+    from pathlib import Path
+
+    d = Path(directory)
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    receiver = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    receiver.url = f"https://localhost:{receiver.port}/hook"
+    return receiver, str(cert)

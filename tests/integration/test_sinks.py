@@ -242,3 +242,50 @@ def test_events_left_pending_by_a_dead_runner_are_reclaimed(redis_client, keys, 
     assert [b["track_id"] for b in receiver.delivered()] == [1, 2]
     assert stats(redis_client, keys)["hook"]["reclaimed"] == 2
     assert redis_client.xpending(keys.events(), keys.sink_group("hook"))["pending"] == 0
+
+
+def test_https_webhook_checks_the_certificate_against_the_host_name(redis_client, keys, tmp_path):
+    import shutil
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    from tests.sinks_helpers import tls_receiver
+
+    receiver, ca = tls_receiver(tmp_path)
+    try:
+        local = ["127.0.0.0/8", "::1/128"]
+        trusted = WebhookSink(webhook(receiver.url, name="tls", ca_file=ca), local)
+        untrusted = WebhookSink(webhook(receiver.url, name="tls-untrusted"), local)  # system CAs only
+        with SinkRunner(redis_client, keys, fast_sinks(max_attempts=1), [trusted, untrusted], consumer="c"):
+            emit(redis_client, keys, event("arrived", "door", 1))
+            wait_for(lambda: receiver.delivered() and dead_letters(redis_client, keys, "tls-untrusted"), 10,
+                     "one delivery and one refusal")
+        assert receiver.delivered()[0]["track_id"] == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in dead_letters(redis_client, keys, "tls-untrusted")[0]["error"]
+    finally:
+        receiver.close()
+
+
+def test_delivery_connects_to_the_address_it_checked(redis_client, keys, receiver, monkeypatch):
+    """The name is resolved once per delivery and that very address is used: a DNS answer
+    that turns into a metadata address is refused, and a checked one carries the URL's Host."""
+    import socket
+
+    answers = {"hooks.example.test": "127.0.0.1"}
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        if host in answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    hook = WebhookSink(webhook(f"http://hooks.example.test:{receiver.port}/hook", name="dns"), ["127.0.0.1/32"])
+    hook.deliver("1-0", {"type": "arrived", "camera": "door"})
+    assert receiver.requests[-1]["headers"]["host"] == f"hooks.example.test:{receiver.port}"
+    answers["hooks.example.test"] = "169.254.169.254"  # rebinding to the metadata service
+    from faec_rec.errors import DeliveryRefused
+
+    with pytest.raises(DeliveryRefused, match="metadata"):
+        hook.deliver("2-0", {"type": "arrived", "camera": "door"})
+    assert len(receiver.requests) == 1
