@@ -256,7 +256,13 @@ class MqttSink(Sink):
         if event.get("type") in ("arrived", "updated") and known:
             messages.append((self.topics.camera_person(camera), str(event["person"]).encode(), self.settings.retain))
         if event.get("type") == "arrived" and event.get("snapshot"):
-            face = self.redis.hget(event["snapshot"], "face")  # None once expired: nothing to show
+            from faec_rec.workers.snapshots import read_snapshot
+
+            try:  # None once expired: nothing to show
+                face = read_snapshot(self.redis, self.keys, str(event["snapshot"]), "face")
+            except ValueError as exc:  # only snapshot keys can reach the broker
+                log.warning("mqtt: event %s: %s; no snapshot published", event_id, exc)
+                face = None
             if face:
                 messages.append((self.topics.camera_snapshot(camera), bytes(face), self.settings.retain))
         messages += self._presence(event_id, event, camera, announce)

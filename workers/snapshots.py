@@ -84,8 +84,14 @@ def store_snapshots(redis: Any, keys: Any, settings: Any, camera: str, frame_no:
         return events
 
 
-def read_snapshot(redis: Any, key: str, part: str = "face") -> bytes | None:
-    """The JPEG bytes of ``part`` (``face`` or ``frame``) of a snapshot, or None once expired."""
+def read_snapshot(redis: Any, keys: Any, key: str, part: str = "face") -> bytes | None:
+    """The JPEG bytes of ``part`` (``face`` or ``frame``) of the snapshot ``key`` (an event's
+    ``snapshot``), or None once expired. ``key`` must be a snapshot key of this deployment
+    (it may come from a client: no other key can be read through it)."""
     if part not in ("face", "frame"):
         raise ValueError(f"snapshot part {part!r} must be 'face' or 'frame'")
+    parts = key.split(":") if isinstance(key, str) else []
+    if len(parts) != 5 or key != keys.event_snapshot(parts[2], int(parts[3]) if parts[3].isdigit() else -1,
+                                                       int(parts[4]) if parts[4].isdigit() else -1):
+        raise ValueError(f"{key!r} is not an event snapshot key of prefix {keys.prefix!r}")
     return redis.hget(key, part)

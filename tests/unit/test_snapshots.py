@@ -27,11 +27,11 @@ def test_arrived_events_get_a_snapshot_with_face_and_downscaled_frame(redis_clie
     assert out[0].snapshot == keys.event_snapshot("door", 5, 1) and out[2].snapshot == keys.event_snapshot("door", 5, 0)
     assert out[1].snapshot is None
     assert 0 < redis_client.ttl(out[0].snapshot) <= 86_400
-    face = cv2.imdecode(np.frombuffer(read_snapshot(redis_client, out[0].snapshot, "face"), np.uint8), cv2.IMREAD_COLOR)
+    face = cv2.imdecode(np.frombuffer(read_snapshot(redis_client, keys, out[0].snapshot, "face"), np.uint8), cv2.IMREAD_COLOR)
     assert face.shape[:2] == (150, 120)  # the box grown by a quarter each side
     centre = face[55:95, 45:75].reshape(-1, 3).mean(axis=0)  # BGR after imdecode: red face
     assert centre[2] > 200 and centre[0] < 60
-    frame = cv2.imdecode(np.frombuffer(read_snapshot(redis_client, out[0].snapshot, "frame"), np.uint8),
+    frame = cv2.imdecode(np.frombuffer(read_snapshot(redis_client, keys, out[0].snapshot, "frame"), np.uint8),
                          cv2.IMREAD_COLOR)
     assert frame.shape[:2] == (300, 400)
     assert json.loads(redis_client.hget(out[0].snapshot, "box")) == [150.0, 50.0, 190.0, 100.0]
@@ -43,3 +43,23 @@ def test_snapshots_off_with_ttl_zero(redis_client, keys, rng):
     out = store_snapshots(redis_client, keys, EventsConfig(snapshot_ttl_s=0), "door", 1, _image(rng),
                           [[1, 1, 20, 20]], events)
     assert out[0].snapshot is None and not redis_client.keys(f"{keys.prefix}:event-snapshot:*")
+
+
+def test_client_reads_snapshots_and_only_snapshot_keys(redis_client, keys, redis_url, rng):
+    import pytest
+
+    from faec_rec.client import Client
+    from faec_rec.config import load_settings
+
+    events = [Event(type="arrived", camera="door", frame=3, box=[300, 100, 380, 200], track_id=1)]
+    [ev] = store_snapshots(redis_client, keys, EventsConfig(), "door", 3, _image(rng), [[300, 100, 380, 200]], events)
+    redis_client.set(f"{keys.prefix}:secret", b"not a picture")
+    with Client(settings=load_settings(redis_url=redis_url, prefix=keys.prefix)) as client:
+        assert client.event_snapshot(json.loads(ev.dumps()), "frame")[:2] == b"\xff\xd8"
+        assert client.event_snapshot(ev.snapshot) == redis_client.hget(ev.snapshot, "face")
+        assert client.event_snapshot({"type": "left", "snapshot": None}) is None
+        for bad in (f"{keys.prefix}:secret", "other:event-snapshot:door:3:0", f"{keys.prefix}:event-snapshot:door:3:0:x"):
+            with pytest.raises(ValueError):
+                client.event_snapshot(bad)
+        with pytest.raises(ValueError):
+            client.event_snapshot(ev.snapshot, "everything")
