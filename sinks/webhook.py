@@ -176,8 +176,9 @@ class WebhookSink(Sink):
     def deliver(self, event_id: str, event: dict[str, Any]) -> None:
         body = payload(event_id, event)
         timestamp = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "User-Agent": "faec-rec-webhook/1",
-                   "X-Faec-Event-Id": event_id, "X-Faec-Timestamp": timestamp, **self.config.headers}
+        # configured headers first: they may add (Authorization) but never replace ours
+        headers = {**self.config.headers, "Content-Type": "application/json", "User-Agent": "faec-rec-webhook/1",
+                   "X-Faec-Event-Id": event_id, "X-Faec-Timestamp": timestamp}
         if self.secret is not None:
             headers["X-Faec-Signature"] = sign(self.secret, timestamp, body)
         address = resolve_checked(self.host, self.port, self.allowed)  # at every delivery: DNS may change
