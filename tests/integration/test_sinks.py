@@ -289,3 +289,26 @@ def test_delivery_connects_to_the_address_it_checked(redis_client, keys, receive
     with pytest.raises(DeliveryRefused, match="metadata"):
         hook.deliver("2-0", {"type": "arrived", "camera": "door"})
     assert len(receiver.requests) == 1
+
+
+@needs_broker
+def test_mqtt_identity_switch_moves_presence_and_rename_updates_discovery(redis_client, keys):
+    ms = mqtt_settings()
+    sub = Subscriber([f"{ms.prefix}/person/#", f"{ms.discovery_prefix}/#"])
+    runner = SinkRunner(redis_client, keys, fast_sinks(), [MqttSink(ms, redis_client, keys, consumer="c")],
+                        consumer="c").start()
+    ada, bob = f"{ms.prefix}/person/Ada_Lovelace", f"{ms.prefix}/person/Bob"
+    try:
+        emit(redis_client, keys, event("arrived", "door", 1))
+        wait_for(lambda: json.loads(sub.last(ada) or b"{}").get("state") == "home", 10, "Ada home")
+        # the track turns out to be Bob: Ada was never there after all
+        emit(redis_client, keys, event("updated", "door", 1, person="Bob", person_id="p-bob"))
+        wait_for(lambda: json.loads(sub.last(ada) or b"{}").get("state") == "away"
+                 and json.loads(sub.last(bob) or b"{}").get("state") == "home", 10, "Ada away, Bob home")
+        redis_client.xadd(keys.gallery_events(), GalleryEvent(EventOp.RENAME, person="p-bob", name="Robert").to_fields())
+        topic = f"{ms.discovery_prefix}/device_tracker/{ms.node_id}/person_p-bob/config"
+        wait_for(lambda: json.loads(sub.last(topic) or b"{}").get("name") == "Robert", 10, "renamed entity")
+        assert json.loads(sub.last(topic))["state_topic"] == bob  # same topic: HA keeps its history
+    finally:
+        runner.stop()
+        sub.close()
