@@ -32,8 +32,9 @@ from typing import Any
 
 import click
 
-from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, ImageError, TaskTimeout, UnknownPersonError
-from faec_rec.files import IMAGE_SUFFIXES, is_image_path, walk_images
+from faec_rec.errors import (BackendUnavailable, ConfigError, FaecError, GalleryError, ImageError, TaskTimeout,
+                              UnknownPersonError, UsageError)
+from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class CommandFailed(click.ClickException):
 def _exit_code_for(exc: FaecError) -> ExitCode:
     if isinstance(exc, (BackendUnavailable, TaskTimeout)):
         return ExitCode.BACKEND
-    if isinstance(exc, (ConfigError, UnknownPersonError)):
+    if isinstance(exc, (ConfigError, UnknownPersonError, UsageError)):
         return ExitCode.USAGE
     return ExitCode.PARTIAL
 
@@ -91,24 +92,14 @@ class FaecGroup(click.Group):
 # ---- names and files --------------------------------------------------------
 
 def check_person_name(raw: str) -> str:
-    """A display name safe to store, or :class:`CommandFailed` saying why not.
+    """A display name safe to store, or :class:`CommandFailed` saying why not
+    (the gallery's one validator, :func:`faec_rec.index.store.clean_name`)."""
+    from faec_rec.index.store import clean_name
 
-    Names are shown, never used as paths (the gallery files crops under person
-    ids), but a name with a path separator, a control character or only dots is
-    almost always a mistake (a path passed as a name), so it is refused.
-    """
-    name = unicodedata.normalize("NFC", raw).strip()
-    if not name:
-        raise CommandFailed("a person's name cannot be empty")
-    if len(name) > MAX_NAME_LEN:
-        raise CommandFailed(f"name {name[:20]!r}... is longer than {MAX_NAME_LEN} characters")
-    if "/" in name or "\\" in name:
-        raise CommandFailed(f"name {name!r} holds a path separator ('/' or '\\'): give a plain name like 'Ada Lovelace'")
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        raise CommandFailed(f"name {name!r} holds control characters")
-    if set(name) <= {"."}:
-        raise CommandFailed(f"name {name!r} is only dots: give a real name")
-    return name
+    try:
+        return clean_name(raw)
+    except GalleryError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 def list_images(root: Path) -> tuple[list[Path], list[Path]]:
@@ -297,7 +288,7 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
     Embedded mode (no FAEC_REDIS_URL): starts the private Redis and keeps it up
     while the worker runs, so other faec-rec commands on this machine share it.
     """
-    from faec_rec.embedded import PrivateRedisLease
+    from faec_rec.embedded import PrivateRedisLease, redact_url
 
     settings = state.settings()
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -310,7 +301,7 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
         os.environ["FAEC_REDIS_URL"] = lease.url
         state._settings = None
         settings = state.settings()
-        click.echo(f"embedded mode: private Redis at {lease.url} (data in {lease.directory})", err=True)
+        click.echo(f"embedded mode: private Redis at {redact_url(lease.url)} (data in {lease.directory})", err=True)
         if lease.owner:
             from faec_rec.embedded import purge_stale_tasks
             from faec_rec.workers.app import make_app
@@ -435,7 +426,7 @@ def people_forget(state: State, person: str, yes: bool) -> None:
         record = _person_json(client.person(person))  # raises UnknownPersonError first
         if not yes:
             click.confirm(f"forget {record.get('name')} ({_templates_of(record)} templates)?", abort=True)
-        client.forget(_person_id(record) or person)
+        client.forget(f"id:{_person_id(record)}" if _person_id(record) else person)
     click.echo(f"forgot {record.get('name')} ({_person_id(record)})")
 
 
@@ -547,6 +538,11 @@ def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeou
                               "model_version": None}
                     results[name] = record
                     on_result(record)
+                if getattr(backend, "worker_here", False):
+                    raise BackendUnavailable(
+                        f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                        "the worker inside this command is still busy (a loaded machine, very large photos); "
+                        "raise --timeout, or run `faec-rec worker` in another terminal")
                 raise BackendUnavailable(
                     f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
                     "is a worker consuming queue 'frames'? start one with `faec-rec worker`, or raise --timeout"
@@ -600,9 +596,10 @@ def identify_cmd(state: State, folder: Path, report_path: Path, html_path: Path 
     """
     images, others = list_images(folder)
     for other in others:
-        click.echo(f"skipped (not an image): {other}", err=True)
+        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
     if not images:
         raise CommandFailed(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    check_outputs({"--report": report_path, "--html": html_path}, [folder, *images])  # before any work
     code = _identify_and_report(state, images, others, folder, report_path, html_path, timeout_s)
     raise click.exceptions.Exit(int(code))
 
@@ -653,11 +650,13 @@ def _attr(record: Any, name: str, default: Any = None) -> Any:
     return record.get(name, default) if isinstance(record, dict) else getattr(record, name, default)
 
 
-def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float) -> EnrolOutcome:
+def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float,
+                 request_id: str | None = None, worker_here: bool = False) -> EnrolOutcome:
     """Enrol ``images`` of ``name`` through the queue and wait for the verdicts.
 
     Files missing here are refused locally; the worker judges the rest (the
-    quality gate: one clear, large enough, frontal face).
+    quality gate: one clear, large enough, frontal face). ``request_id`` names
+    the request (to look for its report after an interruption).
     """
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
@@ -674,15 +673,26 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
         outcome.error = "no readable image"
         return outcome
     try:
-        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s)
+        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
+                              request_id=request_id)
     except ImageError as exc:  # a file that became unreadable after the check above
         outcome.error = f"{exc.source}: {exc.reason}"
         return outcome
     except TaskTimeout as exc:
+        if worker_here:  # the worker is ours and running: it is slow, not missing
+            raise BackendUnavailable(
+                f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
+                "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
+                f"in another terminal; check later with `faec-rec people show {name!r}`"
+            ) from exc
         raise BackendUnavailable(
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
             "start one with `faec-rec worker`, or raise --timeout"
         ) from exc
+    return _outcome_from_report(outcome, report)
+
+
+def _outcome_from_report(outcome: EnrolOutcome, report: Any) -> EnrolOutcome:
     outcome.person_id = _attr(report, "person_id")
     for image in _attr(report, "images", []) or []:
         label = str(_attr(image, "name"))
@@ -703,8 +713,8 @@ def _print_outcome(outcome: EnrolOutcome, root: Path | None = None) -> None:
         try:
             rel = os.path.relpath(p, os.path.abspath(root or Path.cwd()))
         except ValueError:  # another drive
-            return p
-        return p if rel.startswith("..") else rel
+            return display_name(p)
+        return display_name(p if rel.startswith("..") else rel)  # a name may not be valid UTF-8
 
     for image in outcome.accepted:
         click.echo(f"  accepted  {short(image)}")
@@ -781,12 +791,51 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
         client = _client(backend)
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
         for person, files in people:
-            outcome = enrol_person(client, person, files, timeout_s)
+            request_id = uuid.uuid4().hex
+            try:
+                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id,
+                                       worker_here=bool(getattr(backend, "worker_here", False)))
+            except KeyboardInterrupt:
+                bar.clear()
+                _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
+                raise click.exceptions.Exit(130) from None
             bar.clear()
             _print_outcome(outcome, root)
             bar.update()
             outcomes.append(outcome)
     return outcomes
+
+
+INTERRUPT_GRACE_S = 30.0
+
+
+def _report_interrupted(client: Any, person: str, request_id: str, done: int, total: int,
+                        root: Path | None) -> None:
+    """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
+    already hold that request; wait a little for its report (a second Ctrl-C stops
+    waiting) so a person enrolled meanwhile is never enrolled unreported."""
+    from faec_rec.workers.enrolment import stored_report
+
+    click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
+               "photo in hand (Ctrl-C again to stop now)", err=True)
+    report = None
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    try:
+        while report is None and time.monotonic() < deadline:
+            report = stored_report(client.redis, client.keys, request_id)
+            if report is None:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # Redis gone: say so, do not trace back
+        log.debug("no report after interruption: %s", exc)
+    if report is not None:
+        _print_outcome(_outcome_from_report(EnrolOutcome(name=person), report), root)
+        done += 1
+        click.echo(f"interrupted: {done} of {total} people done (the last, {person}, finished meanwhile)", err=True)
+    else:
+        click.echo(f"interrupted: {done} of {total} people done; {person} not enrolled (a queued request is "
+                   f"dropped; check with `faec-rec people show {person}`)", err=True)
 
 
 # ---- camera ----------------------------------------------------------------------------------
@@ -804,6 +853,9 @@ def camera_specs(sources: Sequence[str], fps: float | None, loop: bool) -> list[
             # a bare source (a URL may hold '=' in its query: then it is bare too)
             spec = CameraSpec(f"cam{number}", text, loop=loop)
         specs.append(CameraSpec(spec.camera_id, spec.source, fps=fps, loop=loop))
+    ids = [s.camera_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise CommandFailed(f"camera ids must be unique, got {', '.join(ids)}: write ID=SOURCE with distinct ids")
     return specs
 
 
@@ -909,13 +961,14 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     out_dir = out_dir or workdir
     from faec_rec.demo import demo_plan
 
+    check_outputs({"--out report.json": out_dir / "report.json", "--out report.html": out_dir / "report.html"})
     plan = demo_plan(workdir)
     click.echo(f"demo data: {plan.description}")
     click.echo(f"embedded mode: private Redis and gallery under {workdir} (starting; the first photo loads the model)")
     with open_backend(settings, worker_queues=("enrol", "frames")) as backend:
         client = _client(backend)
         for person in client.people():  # a fresh demo every run
-            client.forget(_person_id(person))
+            client.forget(f"id:{_person_id(person)}")
         click.echo(f"enrolling {len(plan.enrol)} {'person' if len(plan.enrol) == 1 else 'people'}:")
         _enrol_all(state_demo, plan.enrol, timeout_s, backend=backend)
         click.echo(f"identifying {len(plan.identify)} other photos (of them, of strangers, without a face):")

@@ -269,9 +269,11 @@ class Settings(BaseSettings):
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): give a TOML or JSON file") from exc
     try:
         if path.suffix == ".json":
             data = json.loads(text)

@@ -188,3 +188,20 @@ class Keys:
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
         return self._k("*")
+
+    # ---- globs for erasure (index/erasure.py: forgetting a person) ----------
+    def events_pattern(self) -> str:
+        """Glob matching every camera's event stream."""
+        return self._k("events", "*")
+
+    def job_results_pattern(self) -> str:
+        """Glob matching every job's result stream."""
+        return self._k("job", "*", "results")
+
+    def enrolment_pattern(self) -> str:
+        """Glob matching every enrolment report."""
+        return self._k("enrolment", "*")
+
+    def celery_results_pattern(self) -> str:
+        """Glob matching Celery's task results (``celery-task-meta-<task id>``) of this deployment."""
+        return self.celery() + "celery-task-meta-*"

@@ -411,13 +411,19 @@ class RedisCollector:
             camera_families = _camera_stats_families(zip(valid, pipe.execute()))
             people = GaugeMetricFamily("faec_gallery_people", "People enrolled (Redis, the source of truth)")
             people.add_metric([], float(self.client.scard(self.keys.people())))
+            memory = self.client.info("memory")
+            used = GaugeMetricFamily("faec_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
+            used.add_metric([], float(memory.get("used_memory", 0)))
+            cap = GaugeMetricFamily("faec_redis_memory_max_bytes",
+                                    "Redis maxmemory (0: no limit; writes are refused past it under noeviction)")
+            cap.add_metric([], float(memory.get("maxmemory", 0)))
         except Exception as exc:
             log.warning("metrics: Redis did not answer the scrape: %s", type(exc).__name__)
             up.add_metric([], 0.0)
             yield up
             return
         up.add_metric([], 1.0)
-        yield from (up, depth, waiting, people, *camera_families)
+        yield from (up, depth, waiting, people, used, cap, *camera_families)
 
 
 # Counters the frame protocol keeps in each camera's stats hash (producers and workers HINCRBY).

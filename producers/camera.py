@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import redis as redis_lib
 
 from faec_rec.config import EventsConfig, ProducerConfig
-from faec_rec.errors import SourceError
+from faec_rec.errors import DuplicateCameraError, SourceError
 from faec_rec.keys import Keys, safe_id
 from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_RECOGNISE
@@ -428,7 +428,7 @@ def run_cameras(
     """
     ids = [c.camera_id for c in cameras]
     if len(set(ids)) != len(ids):
-        raise SourceError(f"camera ids must be unique, got {ids}")
+        raise DuplicateCameraError(f"camera ids must be unique, got {ids}")
     stop = stop or threading.Event()
     deadline = time.monotonic() + duration_s if duration_s is not None else None
     producers = [

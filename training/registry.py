@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from faec_rec.errors import ModelError
+from faec_rec.errors import ModelError, NothingToRollBackError, UnknownVersionError
 from faec_rec.keys import Keys
 from faec_rec.files import sha256_file
 
@@ -160,7 +160,7 @@ class ModelRegistry:
         raw = self.redis.hget(self.keys.models(), version)
         if raw is None or raw.decode() == _PLACEHOLDER:
             known = ", ".join(r.version for r in self.records()) or "none yet"
-            raise ModelError(f"no model version {version!r} in the registry (known: {BASE_VERSION}, {known})")
+            raise UnknownVersionError(f"no model version {version!r} in the registry (known: {BASE_VERSION}, {known})")
         return ModelRecord.from_json(raw)
 
     def records(self) -> list[ModelRecord]:
@@ -269,7 +269,7 @@ class ModelRegistry:
         """Return to the version that was in service before the current one's promotion."""
         stack = self._stack()
         if len(stack) < 2:
-            raise ModelError(f"nothing to roll back to: {self.current()} has been in service since the start")
+            raise NothingToRollBackError(f"nothing to roll back to: {self.current()} has been in service since the start")
         target = stack[-2]
         if target != BASE_VERSION:
             self.verify(target)

@@ -401,7 +401,9 @@ def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: 
 
 
 def _seen_field(name: str) -> str:
-    return "seen:" + hashlib.sha1(name.encode()).hexdigest()[:20]
+    # surrogateescape: a file name that is not valid UTF-8 arrives with lone
+    # surrogates ('\udce9' for byte 0xe9); hash its exact bytes
+    return "seen:" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
