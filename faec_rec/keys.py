@@ -202,6 +202,14 @@ class Keys:
         """Glob matching every enrolment report."""
         return self._k("enrolment", "*")
 
+    def event_snapshots_pattern(self) -> str:
+        """Glob matching every event snapshot (face crop + frame)."""
+        return self._k("event-snapshot", "*")
+
+    def sink_dead_letters_pattern(self) -> str:
+        """Glob matching every sink's dead-letter stream."""
+        return self._k("sinks", "*", "dead-letter")
+
     def celery_results_pattern(self) -> str:
         """Glob matching Celery's task results (``celery-task-meta-<task id>``) of this deployment."""
         return self.celery() + "celery-task-meta-*"

@@ -57,6 +57,7 @@ class Outcome:
     REFUSED = "refused"
     FILTERED = "filtered"
     RECLAIMED = "reclaimed"
+    DELETED = "deleted"  # gone from the stream before delivery: trimmed, or erased by a forget
     REPLAYED = "replayed"
 
 
@@ -134,6 +135,7 @@ def default_consumer() -> str:
 class _Entry:
     entry_id: str
     raw: bytes | None
+    deleted: bool = False  # the stream entry itself is gone (pending entries only)
 
 
 class SinkWorker(threading.Thread):
@@ -211,10 +213,10 @@ class SinkWorker(threading.Thread):
         # Redis itself (reply[2]): nothing left to deliver.
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:
-            log.error("sink %s: %d pending events were trimmed from the stream before delivery "
-                      "(raise events.stream_maxlen)", self.sink.name, len(deleted))
-            count(self.redis, self.keys, self.sink.name, Outcome.MALFORMED, len(deleted))
-        entries = [_Entry(_text(eid), (fields or {}).get(EVENT_FIELD)) for eid, fields in raw_entries]
+            log.warning("sink %s: %d pending events left the stream before delivery (trimmed: raise "
+                        "events.stream_maxlen; or erased when their person was forgotten)", self.sink.name, len(deleted))
+            count(self.redis, self.keys, self.sink.name, Outcome.DELETED, len(deleted))
+        entries = [_Entry(_text(eid), (fields or {}).get(EVENT_FIELD), deleted=not fields) for eid, fields in raw_entries]
         if entries:
             log.warning("sink %s: reclaimed %d events left pending by another runner", self.sink.name, len(entries))
             count(self.redis, self.keys, self.sink.name, Outcome.RECLAIMED, len(entries))
@@ -225,10 +227,17 @@ class SinkWorker(threading.Thread):
         if not reply:
             return []
         _stream, entries = reply[0]
-        return [_Entry(_text(eid), (fields or {}).get(EVENT_FIELD)) for eid, fields in entries]
+        return [_Entry(_text(eid), (fields or {}).get(EVENT_FIELD), deleted=not fields) for eid, fields in entries]
 
     def handle(self, entry: _Entry) -> None:
         """Deliver one entry (with retries), then acknowledge or park it."""
+        if entry.raw is None and entry.deleted:
+            # A pending entry whose data is gone (XDEL by a forget, or trimmed): nothing to send.
+            log.warning("sink %s: event %s left the stream before delivery (erased or trimmed)",
+                        self.sink.name, entry.entry_id)
+            self.redis.xack(self.stream, self.group, entry.entry_id)
+            count(self.redis, self.keys, self.sink.name, Outcome.DELETED)
+            return
         event = _decode(entry.raw)
         if event is None:
             log.error("sink %s: stream entry %s is not a JSON event object (%r); parked in %s",
