@@ -3,6 +3,7 @@ records requests (and can be told to fail), events written the workers' way, and
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -52,7 +53,8 @@ def mqtt_settings(port: int = MQTT_PORT, **overrides: Any) -> MqttConfig:
 class Subscriber:
     """A real paho subscriber that records (topic, payload, retain) in arrival order."""
 
-    def __init__(self, topics: list[str], port: int = MQTT_PORT) -> None:
+    def __init__(self, topics: list[str], port: int = MQTT_PORT, host: str = MQTT_HOST,
+                 ca_file: str | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool, float]] = []
@@ -75,7 +77,9 @@ class Subscriber:
         self.client.on_connect = on_connect
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
-        self.client.connect(MQTT_HOST, port)
+        if ca_file:
+            self.client.tls_set(ca_certs=ca_file)
+        self.client.connect(host, port)
         self.client.loop_start()
         assert self._subscribed.wait(5), "subscriber did not subscribe"
 
@@ -160,7 +164,8 @@ class PrivateBroker:
     """A Mosquitto of our own on a free port (so a fault test can stop it without touching the
     shared one), with persistence so a subscriber's session and queue survive a restart."""
 
-    def __init__(self, directory: Any, port: int | None = None, anonymous: bool = True) -> None:
+    def __init__(self, directory: Any, port: int | None = None, anonymous: bool = True,
+                 tls: tuple[str, str] | None = None) -> None:
         import shutil
         from pathlib import Path
 
@@ -171,7 +176,11 @@ class PrivateBroker:
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous {'true' if anonymous else 'false'}\n"
-            f"persistence true\npersistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n")
+            f"persistence true\npersistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n"
+            + (f"certfile {tls[0]}\nkeyfile {tls[1]}\n" if tls else "")
+            # as root mosquitto would switch to its own user, who cannot read pytest's 0700 folders
+            + ("user root\n" if os.geteuid() == 0 else ""))
+        self.tls = tls is not None
         self.process: Any = None
 
     def start(self) -> "PrivateBroker":
@@ -179,7 +188,8 @@ class PrivateBroker:
 
         self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        wait_for(lambda: broker_up(self.port) or self.process.poll() is not None, 10, "private mosquitto")
+        wait_for(lambda: (port_open(self.port) if self.tls else broker_up(self.port)) or self.process.poll() is not None,
+                 10, "private mosquitto")
         assert self.process.poll() is None, (self.dir / "mosquitto.log").read_text()
         return self
 
@@ -220,6 +230,28 @@ class DurableSubscriber(Subscriber):
         assert self._subscribed.wait(5), "subscriber did not subscribe"
 
 
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection((MQTT_HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def self_signed(directory: Any) -> tuple[str, str]:
+    """A fresh certificate and key for ``localhost`` (the certificate is its own CA)."""
+    import subprocess
+    from pathlib import Path
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
 def tls_receiver(directory: Any) -> tuple[Receiver, str]:
     """A :class:`Receiver` serving HTTPS with a fresh self-signed certificate for ``localhost``;
     returns it and the certificate's path (the CA bundle a client must trust)."""
@@ -227,11 +259,7 @@ def tls_receiver(directory: Any) -> tuple[Receiver, str]:
     import subprocess
     from pathlib import Path
 
-    d = Path(directory)
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = self_signed(directory)
     receiver = Receiver()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

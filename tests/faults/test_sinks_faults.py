@@ -156,3 +156,28 @@ def test_refused_credentials_and_unreachable_broker_wait_without_losing(redis_cl
         assert groups[f"sink:{name}"]["pending"] + (groups[f"sink:{name}"]["lag"] or 0) >= 1
         assert dead_letters(redis_client, keys, name) == []
         assert stats(redis_client, keys)[name].get("delivered", 0) == 0
+
+
+@needs_mosquitto
+def test_mqtts_checks_the_brokers_certificate(redis_client, keys, tmp_path):
+    from tests.sinks_helpers import Subscriber, self_signed
+
+    cert, key = self_signed(tmp_path / "tls")
+    broker = PrivateBroker(tmp_path / "broker", tls=(cert, key)).start()
+    try:
+        url = f"mqtts://localhost:{broker.port}"
+        trusted = mqtt_settings(url=url, ca_file=cert, discovery=False)
+        untrusted = mqtt_settings(url=url, discovery=False)  # system CAs: the self-signed broker is refused
+        sub = Subscriber([f"{trusted.prefix}/events"], port=broker.port, host="localhost", ca_file=cert)
+        sinks = [MqttSink(trusted, redis_client, keys, name="tls", consumer="c"),
+                 MqttSink(untrusted, redis_client, keys, name="tls-untrusted", consumer="c")]
+        with SinkRunner(redis_client, keys, fast_sinks(), sinks, consumer="c"):
+            emit(redis_client, keys, event("arrived", "door", 1))
+            wait_for(lambda: sub.on(f"{trusted.prefix}/events"), 10, "the event over TLS")
+            wait_for(lambda: stats(redis_client, keys).get("tls-untrusted", {}).get("unavailable_waits"), 15,
+                     "the untrusted broker waited on")
+        sub.close()
+        assert json.loads(sub.on(f"{trusted.prefix}/events")[0])["track_id"] == 1
+        assert stats(redis_client, keys)["tls-untrusted"].get("delivered", 0) == 0
+    finally:
+        broker.stop()
