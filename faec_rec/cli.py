@@ -226,7 +226,8 @@ def register(command: click.Command) -> None:
 def _register_plugins() -> None:
     from faec_rec.sinks.commands import commands as sink_commands  # noqa: PLC0415 (light: click only)
     for command in sink_commands:
-        cli.commands.get(command.name) or register(command)
+        if command.name not in cli.commands:
+            register(command)
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:
