@@ -230,6 +230,7 @@ def _register_plugins() -> None:
         "faec_rec.workers.commands",   # tasks dead-letter ...
         "faec_rec.cluster.commands",   # gallery export/import, retention sweep
         "faec_rec.training.commands",  # models, train, feedback
+        "faec_rec.sinks.commands",     # sinks run|status|dead-letter
     ):
         _register_from(module)
 
@@ -260,6 +261,10 @@ def config_cmd(state: State, describe: bool) -> None:
     settings = state.settings()
     if settings.redis_url:  # never print a password
         settings = settings.model_copy(update={"redis_url": redact_url(settings.redis_url)})
+    if settings.mqtt.url:  # nor the broker's
+        settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"url": redact_url(settings.mqtt.url)})})
+    if any(w.secret for w in settings.webhooks):  # nor a webhook secret
+        settings = settings.model_copy(update={"webhooks": [w.model_copy(update={"secret": "***" if w.secret else None}) for w in settings.webhooks]})
     if not describe:
         _echo_json(settings.model_dump(mode="json"))
         return

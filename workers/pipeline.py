@@ -36,6 +36,7 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+from faec_rec.workers.snapshots import store_snapshots
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -276,6 +277,8 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     with metrics.stage("track_publish"):
         events = track(runtime, payload, results)
         store_event_features(runtime, payload, results, events)
+        events = store_snapshots(r, keys, runtime.settings.events, payload.camera, payload.frame, image,
+                                 [f.box for f in results], events)
         ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 

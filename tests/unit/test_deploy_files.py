@@ -354,6 +354,8 @@ def _container_env(manifests, container: dict[str, Any]) -> dict[str, str]:
             secret = _find(manifests, "Secret", ref["name"])
             assert ref["key"] in secret["stringData"], f"secret {ref['name']} has no key {ref['key']}"
             env[item["name"]] = "s3cret" if "password" in ref["key"] else "rtsp://cam.example/stream"
+            if ref["name"] == "faec-rec-mqtt":  # the sink runner's broker URL: the template's own
+                env[item["name"]] = secret["stringData"][ref["key"]]
     return env
 
 
@@ -374,7 +376,7 @@ def test_kustomization_builds() -> None:
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-    assert kinds.count("Deployment") == 5 and "ScaledObject" in kinds and "StatefulSet" in kinds
+    assert kinds.count("Deployment") == 6 and "ScaledObject" in kinds and "StatefulSet" in kinds
 
 
 def test_pods_run_as_non_root_with_their_references_in_place(manifests) -> None:
@@ -673,3 +675,16 @@ def test_cluster_metrics_are_served_from_exactly_one_place(manifests, compose) -
     in_compose = [n for n, s in compose["services"].items()
                   if str(s.get("environment", {}).get("FAEC_WORKERS__CLUSTER_METRICS")) == "true"]
     assert in_compose == ["trainer"]
+            if "--requirepass" in line:
+                assert shlex.split(line.strip())[-1] in {"$REDIS_PASSWORD", "$$REDIS_PASSWORD"}
+
+
+def test_sinks_runner_has_a_compose_service_and_a_deployment(compose, manifests) -> None:
+    service = compose["services"]["sinks"]
+    assert service["command"] == ["sinks", "run"] and "redis" in service["depends_on"]
+    check_cli(service["command"])
+    sinks = _find(manifests, "Deployment", "faec-rec-sinks")
+    container = sinks["spec"]["template"]["spec"]["containers"][0]
+    check_cli(container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FAEC_MQTT__URL"]["valueFrom"]["secretKeyRef"]["optional"] is True  # the URL holds a password
