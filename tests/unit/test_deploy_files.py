@@ -675,8 +675,6 @@ def test_cluster_metrics_are_served_from_exactly_one_place(manifests, compose) -
     in_compose = [n for n, s in compose["services"].items()
                   if str(s.get("environment", {}).get("FAEC_WORKERS__CLUSTER_METRICS")) == "true"]
     assert in_compose == ["trainer"]
-            if "--requirepass" in line:
-                assert shlex.split(line.strip())[-1] in {"$REDIS_PASSWORD", "$$REDIS_PASSWORD"}
 
 
 def test_sinks_runner_has_a_compose_service_and_a_deployment(compose, manifests) -> None:
