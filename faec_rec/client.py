@@ -53,11 +53,13 @@ class FaceResult:
     score: float | None
     decision: str
     runner_up: str | None = None
+    visitor: str | None = None  # the visitor an unknown face was grouped into (faec_rec.visitors)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaceResult:
         return cls(box=list(data["box"]), person=data.get("person"), person_id=data.get("person_id"),
-                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"))
+                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"),
+                   visitor=data.get("visitor"))
 
 
 def _new_id() -> str:
@@ -312,6 +314,11 @@ class Client:
         person_id = self.gallery.store.resolve(id_or_name)
         count = int(self.gallery.forget(person_id))
         forget_feedback(self.redis, self.keys, person_id)
+        from faec_rec.training.negatives import forget_negative_pairs
+        from faec_rec.visitors.corrections import forget_person_collisions
+
+        forget_negative_pairs(self.redis, self.keys, person_id)  # faces corrected as not them
+        forget_person_collisions(self.redis, self.keys, person_id)
         return count
 
     def rename(self, id_or_name: str, new_name: str) -> None:
