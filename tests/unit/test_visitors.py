@@ -287,3 +287,23 @@ def test_retention_expires_old_and_excess_faces_but_not_named_ones(redis_client,
     assert vis.expire(now=now) == 3
     assert sorted(vis.store.all_face_ids()) == ["new1", "new2"]
     assert not list((tmp_path / "unknown").glob("old*"))
+
+
+def test_report_groups_strangers_by_visitor_with_crops():
+    from faec_rec.report import build_report, render_html
+
+    def face(visitor, decision="unknown", person=None):
+        return {"box": [10, 10, 60, 60], "decision": decision, "person": person, "score": 0.5, "visitor": visitor}
+
+    records = [
+        {"path": "a.jpg", "faces": [face("v-3"), face(None, "known", "Ada")]},
+        {"path": "b.jpg", "faces": [face("v-3")]},
+        {"path": "c.jpg", "faces": [face("v-7")]},
+    ]
+    report = build_report(records)
+    assert report["summary"]["visitors"] == {"v-3": 2, "v-7": 1}
+    assert report["images"][0]["faces"][1]["visitor"] is None  # a known face names no visitor
+    page = render_html(report, loader=lambda path: np.full((100, 100, 3), 128, np.uint8))
+    assert "<b>visitor v-3</b>: 2 photos" in page and "<b>visitor v-7</b>: 1 photo " in page
+    assert page.index("visitor v-3</b>") < page.index("visitor v-7</b>")
+    assert page.count('class="vc"') == 3
