@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLLISION_CACHE_S = 2.0
 
 
 def apply_feedback(client: Client, event_id: str, *, is_: str | None = None, not_: str | None = None) -> dict[str, Any]:
@@ -89,27 +87,26 @@ def record_negative(redis: Any, keys: Any, event_id: str, person_id: str, featur
 
 # ---- the worker side: a person's collisions raise their threshold locally -------------
 class Collisions:
-    """Per-process cache of every person's corrected faces (unit vectors), refreshed every few seconds."""
+    """Reads every person's corrected faces (unit vectors) from Redis.
+
+    Not cached: a correction must act on the very next face, and the read is
+    one round trip per frame with known faces (HVALS of the few people matched).
+    """
 
     def __init__(self, redis: Any, keys: Any) -> None:
         self.redis, self.keys = redis, keys
-        self._cache: dict[str, tuple[float, np.ndarray]] = {}
-        self._lock = threading.Lock()
 
-    def of(self, person_id: str) -> np.ndarray:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(person_id)
-            if hit is not None and now - hit[0] < COLLISION_CACHE_S:
-                return hit[1]
-        raw = self.redis.hvals(self.keys.person_collisions(person_id))
-        rows = [np.frombuffer(v, np.float32) for v in raw if len(v) == 512]
-        vecs = np.stack(rows) if rows else np.zeros((0, 128), np.float32)
-        if len(vecs):
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        with self._lock:
-            self._cache[person_id] = (now, vecs)
-        return vecs
+    def of_many(self, person_ids: list[str]) -> dict[str, np.ndarray]:
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in person_ids:
+            pipe.hvals(self.keys.person_collisions(pid))
+        out = {}
+        for pid, raw in zip(person_ids, pipe.execute()):
+            rows = [np.frombuffer(v, np.float32) for v in raw if len(v) == 512]
+            if rows:
+                vecs = np.stack(rows)
+                out[pid] = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return out
 
 
 def check_collisions(collisions: Collisions, features: np.ndarray, matches: list[Any]) -> list[Any]:
@@ -120,10 +117,14 @@ def check_collisions(collisions: Collisions, features: np.ndarray, matches: list
     """
     from faec_rec.index.decision import Decision
 
+    known = sorted({m.person_id for m in matches if getattr(m, "decision", None) == Decision.KNOWN and m.person_id})
+    if not known:
+        return matches
+    held = collisions.of_many(known)
     out = []
     for row, match in zip(features, matches):
-        if getattr(match, "decision", None) == Decision.KNOWN and match.person_id:
-            vecs = collisions.of(match.person_id)
+        if getattr(match, "decision", None) == Decision.KNOWN and match.person_id in held:
+            vecs = held[match.person_id]
             if len(vecs):
                 q = row / max(float(np.linalg.norm(row)), 1e-12)
                 closest = float((vecs @ q).max())
