@@ -212,18 +212,169 @@ def dbscan(feats: np.ndarray, eps_cos: float, min_samples: int = 2) -> np.ndarra
     return labels
 
 
+def synthetic(n: int, per: int = 10, seed: int = 0) -> np.ndarray:
+    """``n`` face-like raw vectors: identities of ``per`` faces around a shared mean (impostor cosine ~0.8)."""
+    rng = np.random.default_rng(seed)
+    ids = max(1, n // per)
+    mean = rng.normal(size=128).astype(np.float32)
+    mean /= np.linalg.norm(mean)
+    centres = rng.normal(size=(ids, 128)).astype(np.float32)
+    centres = mean + 0.6 * centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    noise = rng.normal(size=(n, 128)).astype(np.float32)
+    noise = 0.15 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    return centres[np.arange(n) % ids] + noise
+
+
+def join_latency(n: int, queries: int = 500) -> dict[str, float]:
+    """ms per join (rule decision + add to the replica, no Redis) with ``n`` good faces stored."""
+    from faec_rec.visitors.replica import VisitorReplica
+
+    feats = synthetic(n + queries, seed=n)
+    replica = VisitorReplica()
+    t0 = time.perf_counter()
+    groups = [f"v-{i % max(1, n // 10)}" for i in range(n)]
+    replica.load_bulk([f"f{i}" for i in range(n)], feats[:n], groups, np.ones(n, bool))
+    build = time.perf_counter() - t0
+    times = []
+    for i in range(n, n + queries):
+        t = time.perf_counter()
+        d = replica.decide(feats[i], True)
+        replica.add(f"f{i}", feats[i], d.visitor or f"new-{i}", True)
+        times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1000
+    return {"stored": n, "index": replica.index_kind, "build_s": round(build, 1), "p50_ms": round(float(np.median(ms)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3)}
+
+
+def join_latency_redis(n: int, queries: int = 200) -> dict[str, float]:
+    """ms per join through Redis (WATCH/MULTI transaction + rule) with ``n`` faces stored in a real Redis."""
+    import uuid
+
+    import redis
+
+    from faec_rec.keys import Keys
+    from faec_rec.visitors.service import Visitors
+    from faec_rec.visitors.store import NewFace
+
+    url = os.environ.get("FAEC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+    client = redis.Redis.from_url(url)
+    keys = Keys("bv" + uuid.uuid4().hex[:8])
+    feats = synthetic(n + queries, seed=7)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(n):  # bulk load, as if joined earlier
+            vid = f"v-{i % max(1, n // 10) + 1}"
+            pipe.hset(keys.unknown_face(f"f{i}"), mapping={"features": feats[i].tobytes(), "visitor": vid, "good": 1, "at": i})
+            pipe.zadd(keys.unknown_faces(), {f"f{i}": i})
+            pipe.sadd(keys.visitor_faces(vid), f"f{i}")
+            pipe.sadd(keys.visitors(), vid)
+            if i % 5000 == 4999:
+                pipe.execute()
+        pipe.execute()
+        client.set(keys.visitor_counter(), n)
+        visitors = Visitors(client, keys, data_dir=CACHE_DIR / "bench-crops")
+        t0 = time.perf_counter()
+        visitors.replica
+        boot = time.perf_counter() - t0
+        times = []
+        for i in range(n, n + queries):
+            t = time.perf_counter()
+            visitors.join(NewFace(face_id=f"q{i}", features=feats[i], good=True, at=float(i)))
+            times.append(time.perf_counter() - t)
+        ms = np.array(times) * 1000
+        return {"stored": n, "bootstrap_s": round(boot, 1), "p50_ms": round(float(np.median(ms)), 3),
+                "p95_ms": round(float(np.percentile(ms, 95)), 3)}
+    finally:
+        for key in client.scan_iter(match=f"{keys.prefix}:*", count=5000):
+            client.delete(key)
+        client.close()
+
+
+def regroup_time(n: int) -> dict[str, float]:
+    """Seconds to regroup ``n`` faces from scratch (the rule over every face; no Redis)."""
+    from faec_rec.config import VisitorsConfig
+    from faec_rec.visitors.service import regroup_faces
+
+    feats = synthetic(n, seed=3)
+    ids = [f"f{i}" for i in range(n)]
+    counter = iter(range(1, 10**9))
+    t0 = time.perf_counter()
+    groups, alone = regroup_faces(VisitorsConfig(), ids, feats, [None] * n, np.ones(n, bool), set(), {},
+                                  new_id=lambda: f"v-{next(counter)}")
+    return {"faces": n, "seconds": round(time.perf_counter() - t0, 1), "visitors": len(groups), "alone": len(alone)}
+
+
+def quality(feats: np.ndarray, good: np.ndarray, labels: np.ndarray) -> dict[str, object]:
+    """Grouping figures: one at a time, in two halves (a restart between), dlib, DBSCAN."""
+    from faec_rec.config import VisitorsConfig
+    from faec_rec.visitors.replica import VisitorReplica
+
+    cfg = VisitorsConfig()
+    out: dict[str, object] = {"faces": len(feats), "people": int(len(np.unique(labels))),
+                              "good_share": round(float(good.mean()), 4)}
+    t0 = time.perf_counter()
+    replica, _ = feed_incremental(feats, good, cfg)
+    ids = [f"f{i}-{i}" for i in range(len(feats))]
+    out["visitors_one_at_a_time"] = {**scores(clusters_of(replica, ids), labels), "seconds": round(time.perf_counter() - t0, 1)}
+    # two halves, two runs: the second starts from the first's stored state (a restart)
+    half = len(feats) // 2
+    first, _ = feed_incremental(feats[:half], good[:half], cfg)
+    groups = first.groups()
+    restarted = VisitorReplica(cfg)
+    kept = [f for fs in groups.values() for f in fs] + [f"f{i}-{i}" for i in range(half) if first.visitor_of(f"f{i}-{i}") is None]
+    index = {f"f{i}-{i}": i for i in range(half)}
+    restarted.load_bulk(kept, feats[[index[f] for f in kept]], [first.visitor_of(f) for f in kept], good[[index[f] for f in kept]])
+    second, _ = feed_incremental(feats[half:], good[half:], cfg, replica=restarted)
+    ids2 = [f"f{i}-{i}" for i in range(half)] + [f"f{half + i}-{i}" for i in range(len(feats) - half)]
+    out["visitors_two_halves"] = scores(clusters_of(second, ids2), labels)
+    t0 = time.perf_counter()
+    cw = chinese_whispers(feats, 0.5)
+    out["dlib_chinese_whispers_0.5"] = None if cw is None else {**scores(cw, labels), "seconds": round(time.perf_counter() - t0, 1)}
+    for eps in (0.94, 0.95):
+        out[f"dbscan_cos{eps}_min2"] = scores(dbscan(feats, eps, 2), labels)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/faces/lfw")
     parser.add_argument("--limit-people", type=int, default=0)
     parser.add_argument("--features-only", action="store_true")
+    parser.add_argument("--sizes", default="100000,1000000", help="stored faces for the join latency, comma-separated")
+    parser.add_argument("--redis-size", type=int, default=100_000, help="stored faces for the join through Redis (0: skip)")
+    parser.add_argument("--regroup", type=int, default=100_000, help="faces regrouped from scratch (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
     paths, labels = lfw_people(args.data, limit_people=args.limit_people)
     arrays = cached_features(args.data, paths)
     if args.features_only:
         print(json.dumps({"images": len(paths), "found": int(arrays["found"].sum()),
                           "good": int(arrays["quality"][:, 3].sum())}))
         return
+    found = arrays["found"]
+    feats = arrays["features"][found]
+    good = arrays["quality"][found, 3] > 0
+    names = np.array(labels)[found]
+    order = np.random.default_rng(args.seed).permutation(len(feats))
+    feats, good, names = feats[order], good[order], names[order]
+    label_ids = np.unique(names, return_inverse=True)[1]
+    from faec_rec.config import VisitorsConfig
+
+    result: dict[str, object] = {
+        "benchmark": "visitors",
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "rule": VisitorsConfig().model_dump(),
+        "lfw": {"images_with_2plus": len(paths), "faces_found": int(found.sum()), "seed": args.seed,
+                **quality(feats, good, label_ids)},
+    }
+    result["join_in_memory"] = [join_latency(int(n)) for n in args.sizes.split(",") if n]
+    if args.redis_size:
+        result["join_through_redis"] = join_latency_redis(args.redis_size)
+    if args.regroup:
+        result["regroup_in_memory"] = regroup_time(args.regroup)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ class VisitorReplica:
         self._index: VectorIndex = FlatIndex(self.dim)
         self._indexed = 0
         self._dead_in_index = 0
-        self._gcfg = GalleryConfig(hnsw_above=self.config.approximate_above, approximate="ivf")
+        self._gcfg = GalleryConfig(hnsw_above=self.config.approximate_above, approximate="ivf",
+                                   ivf_nprobe=self.config.ivf_nprobe)
 
     # ---- sizes and reads ------------------------------------------------------
     @property
@@ -147,15 +148,27 @@ class VisitorReplica:
         return float(self._sum[a] @ self._sum[b]) / (na * nb)
 
     # ---- the rule ---------------------------------------------------------------
-    def decide(self, features: np.ndarray, good: bool) -> JoinDecision:
-        """Where a face with raw ``(128,)`` float32 ``features`` goes (see the module docstring)."""
+    def decide(self, features: np.ndarray, good: bool,
+               neighbours: tuple[list[float], list[str]] | None = None) -> JoinDecision:
+        """Where a face with raw ``(128,)`` float32 ``features`` goes (see the module docstring).
+
+        ``neighbours``: precomputed ``(scores, face ids)`` of its nearest faces
+        (regrouping searches every face at once); faces not held, or poor, are skipped.
+        """
         c = self.config
         q = unit(features)
         cands: dict[str, _Candidate] = {}
-        if len(self._index):
+        if neighbours is not None:
+            slots = [self._slot_of.get(f, -1) for f in neighbours[1]]
+            pairs = [(sc, sl) for sc, sl in zip(neighbours[0], slots) if sl >= 0 and self._good[sl]][: c.search_k]
+        elif len(self._index):
             k = min(c.search_k, len(self._index))
             scores, labels = self._index.search(q[None, :], k)
-            for score, slot in zip(scores[0].tolist(), labels[0].tolist()):
+            pairs = list(zip(scores[0].tolist(), labels[0].tolist()))
+        else:
+            pairs = []
+        if pairs:
+            for score, slot in pairs:
                 if slot < 0 or score < c.link_threshold or not self._alive[slot]:
                     continue
                 vid = self._vid[slot]
@@ -234,8 +247,11 @@ class VisitorReplica:
         self.__post_init__()
         self.position = position
 
-    def add(self, face_id: str, features: np.ndarray, visitor: str | None, good: bool) -> None:
-        """Store one face (idempotent: a face already held is moved to ``visitor`` instead)."""
+    def add(self, face_id: str, features: np.ndarray, visitor: str | None, good: bool, *, index: bool = True) -> None:
+        """Store one face (idempotent: a face already held is moved to ``visitor`` instead).
+
+        ``index=False`` leaves it out of the vector index (regrouping passes neighbours itself).
+        """
         if face_id in self._slot_of:
             self.assign([face_id], visitor)
             return
@@ -250,7 +266,7 @@ class VisitorReplica:
         self._fid.append(face_id)
         self._vid.append(None)
         self._slot_of[face_id] = slot
-        if good:
+        if good and index:
             self._index.add(vec[None, :], np.array([slot], np.int64))
             self._indexed += 1
         self._join(slot, visitor)

@@ -327,15 +327,18 @@ def regroup_faces(config: VisitorsConfig, ids: list[str], feats: np.ndarray, vid
     replica.persons.update(persons)
     counter = 0
     temp_of: dict[str, str] = {}
+    # Every face's neighbours at once (one batched search over all good faces); then the
+    # faces are replayed in arrival order, each seeing only the faces already placed.
+    neighbours = _all_neighbours(config, ids, feats, good)
     for i, fid in enumerate(ids):
         if vids[i] in fixed:
             continue
-        decision = replica.decide(feats[i], bool(good[i]))
+        decision = replica.decide(feats[i], bool(good[i]), neighbours=neighbours[i])
         vid = decision.visitor
         if vid is None and decision.new:
             counter += 1
             vid = f"tmp-{counter}"
-        replica.add(fid, feats[i], vid, bool(good[i]))
+        replica.add(fid, feats[i], vid, bool(good[i]), index=False)
         for other in decision.merge:
             replica.assign(replica.faces_of(other), vid)
     groups = replica.groups()
@@ -361,6 +364,32 @@ def regroup_faces(config: VisitorsConfig, ids: list[str], feats: np.ndarray, vid
         out[final] = faces
     alone = sorted(f for f in ids if replica.visitor_of(f) is None)
     return out, alone
+
+
+def _all_neighbours(config: VisitorsConfig, ids: list[str], feats: np.ndarray, good: np.ndarray,
+                    batch: int = 4096) -> list[tuple[list[float], list[str]]]:
+    """For each face, ``(scores, face ids)`` of its nearest good faces at cosine >= the link
+    threshold (4x ``search_k`` looked up, so faces placed later can be skipped)."""
+    from faec_rec.config import GalleryConfig
+    from faec_rec.index.vectors import build_index
+
+    from faec_rec.visitors.replica import unit
+
+    vecs = unit(feats) if len(feats) else np.zeros((0, 128), np.float32)
+    good_idx = np.flatnonzero(good).astype(np.int64)
+    out: list[tuple[list[float], list[str]]] = [([], []) for _ in ids]
+    if not len(good_idx):
+        return out
+    kind = "ivf" if len(good_idx) > config.approximate_above else "flat"
+    gcfg = GalleryConfig(hnsw_above=config.approximate_above, approximate="ivf", ivf_nprobe=config.ivf_nprobe)
+    index = build_index(vecs[good_idx], good_idx, gcfg, kind=kind)
+    k = min(len(good_idx), 4 * config.search_k)
+    for start in range(0, len(ids), batch):
+        scores, labels = index.search(vecs[start:start + batch], k)
+        for row in range(len(scores)):
+            keep = scores[row] >= config.link_threshold
+            out[start + row] = (scores[row][keep].tolist(), [ids[j] for j in labels[row][keep].tolist() if j >= 0])
+    return out
 
 
 def _float(value: Any) -> float | None:
