@@ -273,14 +273,26 @@ class Client:
         if after == "$":
             newest = self.redis.xrevrange(self.keys.events(camera), count=1)
             after = newest[0][0].decode() if newest else "0-0"
+        named: dict[str, str | None] = {}  # visitor -> person name, once per call
         while True:
             batch = read_events(self.redis, self.keys, camera, after=after, count=500,
                                 block_ms=block_ms if follow else None)
             for stream_id, event in batch:
                 after = stream_id
-                yield {"id": stream_id, **event.to_json()}
+                data = {"id": stream_id, **event.to_json()}
+                if data.get("visitor"):  # a stranger named since resolves to the person
+                    data["visitor_person"] = self._visitor_person(data["visitor"], named)
+                yield data
             if not follow and len(batch) < 500:
                 return
+
+    def _visitor_person(self, visitor_id: str, cache: dict[str, str | None]) -> str | None:
+        if visitor_id not in cache:
+            try:
+                cache[visitor_id] = self.visitors_store.list_one(visitor_id).get("person")
+            except Exception:  # noqa: BLE001 - a forgotten visitor resolves to nobody
+                cache[visitor_id] = None
+        return cache[visitor_id]
 
     # ---- people ------------------------------------------------------------------------
     @property

@@ -30,13 +30,18 @@ log = logging.getLogger(__name__)
 
 SORTS = ("faces", "last_seen", "first_seen", "id")
 LOCK_TTL_S = 600
+EXPIRE_EVERY_S = 600.0
 
 
 class Visitors:
-    """Unknown faces and visitors of one deployment (``keys`` prefix) and ``data_dir``."""
+    """Unknown faces and visitors of one deployment (``keys`` prefix) and ``data_dir``.
+
+    ``auto_expire``: :meth:`join` applies the retention settings every
+    ``EXPIRE_EVERY_S`` (workers do; tests of retention call :meth:`expire`).
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys, config: VisitorsConfig | None = None,
-                 data_dir: Path | str = ".", backbone_version: str = "dlib-resnet-v1") -> None:
+                 data_dir: Path | str = ".", backbone_version: str = "dlib-resnet-v1", *, auto_expire: bool = True) -> None:
         self.redis = client
         self.keys = keys
         self.config = config or VisitorsConfig()
@@ -44,6 +49,7 @@ class Visitors:
         self.store = VisitorStore(client, keys, self.data_dir, backbone_version)
         self._replica: VisitorReplica | None = None
         self._lock = threading.RLock()
+        self._next_expire = 0.0 if auto_expire else float("inf")
 
     # ---- the replica ----------------------------------------------------------------
     @property
@@ -119,7 +125,26 @@ class Visitors:
             replica = self.replica
             joined = self.store.add_face(face, replica, self.sync)
             self._catch_up(replica)  # apply our own change now (one read)
-            return joined
+        self._maybe_expire()
+        return joined
+
+    def _maybe_expire(self) -> None:
+        """Workers apply retention as they join: at most every ``EXPIRE_EVERY_S`` per process,
+        one process at a time (the visitor lock)."""
+        now = time.monotonic()
+        if now < self._next_expire:
+            return
+        self._next_expire = now + EXPIRE_EVERY_S
+        token = f"expire:{id(self)}:{time.time()}"
+        if not self.redis.set(self.keys.visitor_lock(), token, nx=True, ex=LOCK_TTL_S):
+            return
+        try:
+            self.expire()
+        except Exception:  # noqa: BLE001 - retention must never fail a join
+            log.exception("visitor retention sweep failed; retried later")
+        finally:
+            if self.redis.get(self.keys.visitor_lock()) == token.encode():
+                self.redis.delete(self.keys.visitor_lock())
 
     # ---- management (app layer) ----------------------------------------------------------
     def list(self, *, limit: int = 50, offset: int = 0, sort: str = "faces", named: bool | None = None) -> list[dict[str, Any]]:
@@ -160,6 +185,14 @@ class Visitors:
             return None
         raw = self.redis.hget(self.keys.person(person_id), "name")
         return raw.decode() if raw else None
+
+    def list_one(self, visitor_id: str) -> dict[str, Any]:
+        """One visitor's summary (as in :meth:`list`), without its faces."""
+        safe_id(visitor_id, "visitor id")
+        [row] = self.store.records([visitor_id])
+        if not row.get("created") and not row["face_count"]:
+            raise UnknownVisitorError(f"no visitor {visitor_id!r}")
+        return self._summary(row)
 
     def get(self, visitor_id: str) -> dict[str, Any]:
         """One visitor with every face: ``{"id", "faces": [face dicts], ...summary}``."""
@@ -271,6 +304,7 @@ class Visitors:
         deleted = 0
         for start in range(0, len(doomed), 1000):
             deleted += self.store.remove_faces(doomed[start:start + 1000])
+        self._sync_if_loaded()
         if deleted:
             log.info("retention deleted %d unknown face(s)", deleted)
         return deleted

@@ -31,6 +31,7 @@ N_FACES = 240
 
 JOINER = textwrap.dedent("""
     import sys
+    import time
     import numpy as np
     import redis
     from faec_rec.keys import Keys
@@ -40,7 +41,7 @@ JOINER = textwrap.dedent("""
     feats = np.load(data_dir + "/feats.npy")
     v = Visitors(redis.Redis.from_url(url), Keys(prefix), data_dir=data_dir)
     for i in range(start, len(feats)):
-        v.join(NewFace(face_id=f"f{i}", features=feats[i], good=True, at=float(i), crop=b"jpeg"))
+        v.join(NewFace(face_id=f"f{i}", features=feats[i], good=True, at=time.time(), crop=b"jpeg"))
         print(i, flush=True)
 """)
 
@@ -110,13 +111,13 @@ def test_forgetting_a_visitor_while_faces_join_it_is_all_or_nothing(redis_client
     a = Visitors(redis_client, keys, VisitorsConfig(), tmp_path)
     b = Visitors(redis_client, keys, VisitorsConfig(), tmp_path)
     for i in range(30):
-        a.join(NewFace(face_id=f"f{i}", features=feats[i], good=True, at=float(i)))
+        a.join(NewFace(face_id=f"f{i}", features=feats[i], good=True, at=time.time()))
     b.replica  # b's replica is current now ...
     victim = a.face("f0")["visitor"]
     same = [i for i in range(30, 40) if a.replica.decide(feats[i], True).visitor == victim]
     a.forget(victim)  # ... and stale from here
     for i in range(30, 40):
-        joined = b.join(NewFace(face_id=f"f{i}", features=feats[i], good=True, at=float(i)))
+        joined = b.join(NewFace(face_id=f"f{i}", features=feats[i], good=True, at=time.time()))
         assert joined.visitor != victim
     assert victim not in a.store.visitor_ids()
     for i in same:

@@ -135,7 +135,10 @@ def test_replay_gives_the_same_grouping(rng):
 
 # ---- the store (real Redis) ------------------------------------------------------------
 
-def _face(fid: str, f: np.ndarray, at: float = 1000.0, good: bool = True, camera: str | None = "door") -> NewFace:
+NOW = __import__("time").time()
+
+
+def _face(fid: str, f: np.ndarray, at: float = NOW, good: bool = True, camera: str | None = "door") -> NewFace:
     return NewFace(face_id=fid, features=f, good=good, quality={"score": 0.5}, source=f"door/{fid}",
                    camera=camera, at=at, crop=b"\xff\xd8jpeg" + fid.encode())
 
@@ -272,7 +275,7 @@ def test_regroup_keeps_names_manual_groups_and_ids(visitors, rng):
 
 def test_retention_expires_old_and_excess_faces_but_not_named_ones(redis_client, keys, tmp_path, rng):
     feats, _ = people(rng, 2, 3)
-    vis = Visitors(redis_client, keys, VisitorsConfig(retention_days=1, max_faces=5), tmp_path)
+    vis = Visitors(redis_client, keys, VisitorsConfig(retention_days=1, max_faces=5), tmp_path, auto_expire=False)
     now = 10 * 86400.0
     for i in range(3):  # old
         vis.join(_face(f"old{i}", feats[i], at=now - 3 * 86400 + i))
@@ -307,3 +310,12 @@ def test_report_groups_strangers_by_visitor_with_crops():
     assert "<b>visitor v-3</b>: 2 photos" in page and "<b>visitor v-7</b>: 1 photo " in page
     assert page.index("visitor v-3</b>") < page.index("visitor v-7</b>")
     assert page.count('class="vc"') == 3
+
+
+def test_workers_apply_retention_as_they_join(redis_client, keys, tmp_path, rng):
+    feats, _ = people(rng, 1, 2)
+    vis = Visitors(redis_client, keys, VisitorsConfig(retention_days=1), tmp_path)  # auto_expire, as workers run
+    vis.join(_face("old", feats[0], at=NOW - 3 * 86400))
+    assert vis.store.all_face_ids() == []  # the sweep after the join removed the too-old face
+    vis.join(_face("new", feats[1]))
+    assert vis.store.all_face_ids() == ["new"] and vis.replica.size == 1
