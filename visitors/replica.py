@@ -232,8 +232,7 @@ class VisitorReplica:
             if event.manual and event.visitor:
                 self.manual.add(event.visitor)
         elif op is VisitorOp.REMOVE:
-            for fid in event.faces:
-                self.remove(fid)
+            self.remove_many(event.faces)
         elif op is VisitorOp.NAME and event.visitor:
             if event.person:
                 self.persons[event.visitor] = event.person
@@ -306,16 +305,24 @@ class VisitorReplica:
                 self._join(slot, visitor)
 
     def remove(self, face_id: str) -> None:
-        slot = self._slot_of.pop(face_id, None)
-        if slot is None:
-            return
-        self._join(slot, None)
-        self._alive[slot] = False
-        if self._good[slot]:
-            self._index.remove(np.array([slot], np.int64))
-            self._indexed -= 1
-        self._vec[slot] = 0.0  # a forgotten face leaves memory now
-        self._fid[slot] = ""
+        self.remove_many([face_id])
+
+    def remove_many(self, face_ids: Iterable[str]) -> None:
+        """Drop faces (unknown ids ignored); one index removal for all (IVF removal costs ~2 ms a call)."""
+        unindex = []
+        for face_id in face_ids:
+            slot = self._slot_of.pop(face_id, None)
+            if slot is None:
+                continue
+            self._join(slot, None)
+            self._alive[slot] = False
+            if self._good[slot]:
+                unindex.append(slot)
+                self._indexed -= 1
+            self._vec[slot] = 0.0  # a forgotten face leaves memory now
+            self._fid[slot] = ""
+        if unindex:
+            self._index.remove(np.array(unindex, np.int64))
 
     def _grow(self, capacity: int) -> None:
         vec = np.zeros((capacity, self.dim), np.float32)
