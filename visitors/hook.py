@@ -5,7 +5,8 @@ loads until a worker first joins a face).
 
 * Camera frames: a face that makes an "arrived" or "updated" event with the
   decision "unknown" (one face per track and identity change, not every
-  frame) is stored and joined; the event carries its ``visitor``. Face id
+  frame) is stored and joined; the event carries its ``visitor``, and so does
+  that track's "left" event when a worker publishes it (``keys.visitor_tracks``). Face id
   ``cam-<camera>-<frame>-<n>``: a redelivered frame stores nothing twice.
 * Folder images: every unknown face is stored and joined; its entry in the
   job's result record gets ``visitor`` and ``face_id``. Face id
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+TRACKS_TTL_S = 3600  # how long a camera's track -> visitor map outlives its last unknown arrival
 
 
 def _enabled(runtime: Runtime) -> bool:
@@ -87,8 +90,13 @@ def join_frame(runtime: Runtime, payload: Any, results: list[Any], events: list[
     if not _enabled(runtime) or not events:
         return events
     out = []
+    tracks_key = runtime.keys.visitor_tracks(payload.camera)
     for event in events:
-        if event.type in ("arrived", "updated") and event.decision == "unknown" and event.box is not None:
+        if event.type == "left" and event.decision == "unknown" and event.track_id is not None:
+            raw = runtime.redis.hget(tracks_key, str(event.track_id))
+            if raw:
+                event = replace(event, visitor=raw.decode())
+        elif event.type in ("arrived", "updated") and event.decision == "unknown" and event.box is not None:
             i = _nearest(results, event.box)
             if i is not None and results[i].features is not None:
                 try:
@@ -96,6 +104,11 @@ def join_frame(runtime: Runtime, payload: Any, results: list[Any], events: list[
                                     source=f"{payload.camera}/{payload.frame}", at=payload.captured_at,
                                     camera=payload.camera, frame=payload.frame, track=event.track_id)
                     event = replace(event, visitor=_join(runtime, face))
+                    if event.visitor and event.track_id is not None:
+                        pipe = runtime.redis.pipeline(transaction=False)
+                        pipe.hset(tracks_key, str(event.track_id), event.visitor)
+                        pipe.expire(tracks_key, TRACKS_TTL_S)
+                        pipe.execute()
                 except Exception:  # noqa: BLE001
                     log.exception("could not keep unknown face of camera %s frame %s", payload.camera, payload.frame)
         out.append(event)

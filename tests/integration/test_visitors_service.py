@@ -115,6 +115,13 @@ def test_strangers_become_visitors_that_can_be_named_and_corrected(service: dict
     arrived = [e for e in arrived if e["type"] == "arrived"]
     assert [(e["decision"], e["visitor"]) for e in arrived] == [("unknown", vg)]
     assert client.visitor(vg)["cameras"] == ["door"]
+    # ...and so does that track's "left" event (a later frame without him, past the track timeout)
+    time.sleep(2.5)
+    empty = sorted((faces_dir / "no_face").glob("*.jpg"))[0].read_bytes()
+    client.app.send_task(TASK_RECOGNISE, args=[_frame(r, keys, "door", 3, empty)], queue="frames")
+    wait_for(lambda: int(r.hget(keys.camera_stats("door"), "processed") or 0) >= 3, what="empty door frame")
+    left = [json.loads(v[b"event"]) for _, v in r.xrange(keys.events("door"))]
+    assert [(e["decision"], e["visitor"]) for e in left if e["type"] == "left"] == [("unknown", vg)]
 
     # 3. Naming: Hillary's visitor is enrolled through the queue; her next photo is recognised.
     with pytest.raises(Exception, match="into_existing"):
