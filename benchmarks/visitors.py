@@ -313,6 +313,58 @@ def regroup_time(n: int) -> dict[str, float]:
     return {"faces": n, "seconds": round(time.perf_counter() - t0, 1), "visitors": len(groups), "alone": len(alone)}
 
 
+def naming_gain(feats: np.ndarray, good: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, object]:
+    """Known-person recognition of held-out photos before and after naming visitors.
+
+    People with >= 4 good photos: each is enrolled from their first photo; their
+    last photo is held out. "After naming": the photos in between, grouped by the
+    rule into visitors as a camera would see them, are named, i.e. the good faces
+    of each visitor whose majority is that person become their templates (as
+    ``name_visitor`` enrols them). Identification: best template's person if its
+    cosine >= the model card's threshold.
+    """
+    from faec_rec.faces.engine import FaceEngine  # noqa: F401 - the card lives with the engine
+    from faec_rec.visitors.replica import VisitorReplica, unit
+
+    if threshold is None:
+        card = json.loads((Path(__file__).resolve().parent.parent / "faec_rec/faces/model_card.json").read_text())
+        threshold = float(card["projections"]["base"]["threshold"])
+    u = unit(feats)
+    people = [p for p in np.unique(labels) if good[labels == p].sum() >= 4]
+    enrol, held, middle = [], [], []
+    for p in people:
+        idx = np.flatnonzero((labels == p) & good)
+        enrol.append(idx[0])
+        held.append(idx[-1])
+        middle.extend(idx[1:-1].tolist())
+    replica = VisitorReplica()
+    for n, i in enumerate(middle):
+        d = replica.decide(feats[i], True)
+        replica.add(f"m{n}", feats[i], d.visitor or (f"v{n}" if d.new else None), True)
+    extra_idx, extra_lab = [], []
+    for vid, faces in replica.groups().items():
+        members = [middle[int(f[1:])] for f in faces]
+        votes = np.bincount(labels[members])
+        owner = int(np.argmax(votes))
+        if labels[enrol].tolist().count(owner):  # named as the person of most of its faces
+            extra_idx.extend(members)
+            extra_lab.extend([owner] * len(members))
+
+    def rate(template_idx: list[int], template_lab: list[int]) -> dict[str, float]:
+        sims = u[held] @ u[template_idx].T
+        best = sims.argmax(1)
+        ok = (np.array(template_lab)[best] == labels[held]) & (sims.max(1) >= threshold)
+        wrong = (np.array(template_lab)[best] != labels[held]) & (sims.max(1) >= threshold)
+        return {"recognised": round(float(ok.mean()), 4), "wrongly_named": round(float(wrong.mean()), 4),
+                "templates": len(template_idx)}
+
+    before = rate(enrol, labels[enrol].tolist())
+    after = rate(list(enrol) + extra_idx, labels[enrol].tolist() + extra_lab)
+    wrong_templates = int(sum(labels[i] != l for i, l in zip(extra_idx, extra_lab)))
+    return {"people": len(people), "threshold": threshold, "before_naming": before, "after_naming": after,
+            "templates_from_visitors": len(extra_idx), "of_which_another_person": wrong_templates}
+
+
 def quality(feats: np.ndarray, good: np.ndarray, labels: np.ndarray) -> dict[str, object]:
     """Grouping figures: one at a time, in two halves (a restart between), dlib, DBSCAN."""
     from faec_rec.config import VisitorsConfig
@@ -341,6 +393,7 @@ def quality(feats: np.ndarray, good: np.ndarray, labels: np.ndarray) -> dict[str
     out["dlib_chinese_whispers_0.5"] = None if cw is None else {**scores(cw, labels), "seconds": round(time.perf_counter() - t0, 1)}
     for eps in (0.94, 0.95):
         out[f"dbscan_cos{eps}_min2"] = scores(dbscan(feats, eps, 2), labels)
+    out["naming_gain"] = naming_gain(feats, good, labels)
     return out
 
 
