@@ -85,12 +85,14 @@ def test_killed_joiner_loses_and_duplicates_no_face(redis_client, redis_url, key
     while start < len(feats):
         proc = subprocess.Popen([sys.executable, "-c", JOINER, redis_url, keys.prefix, str(tmp_path), str(start)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+        first = b""
         if kills < 6:
-            time.sleep(float(rng.uniform(1.5, 3.0)))  # import + bootstrap take ~1 s, then joins
+            first = proc.stdout.readline()  # it is joining now (its first face is in)
+            time.sleep(float(rng.uniform(0.0, 0.3)))
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1
         out, err = proc.communicate(timeout=240)
-        done = [int(x) for x in out.split()]
+        done = [int(x) for x in (first + out).split()]
         if proc.returncode not in (0, -signal.SIGKILL):
             raise AssertionError(err.decode()[-2000:])
         if proc.returncode == 0:
