@@ -90,7 +90,9 @@ class Visitors:
                 return 0
             return self._catch_up(self._replica)
 
-    def _catch_up(self, replica: VisitorReplica) -> int:
+    def _catch_up(self, replica: VisitorReplica, known: dict[str, np.ndarray] | None = None) -> int:
+        """Apply the events after ``replica.position``; ``known`` features (the face this
+        process just stored) are not fetched again."""
         total = 0
         while True:
             events = self.store.log.read(replica.position)
@@ -103,8 +105,10 @@ class Visitors:
                 fresh.position = events[last_reset][0]
                 replica.__dict__.update(fresh.__dict__)
                 events = events[last_reset + 1:]
-            added = [e.face for _, e in events if e.op is VisitorOp.ADD and e.face]
-            features = self.store.fetch_features(added) if added else {}
+            known = known or {}
+            added = [e.face for _, e in events if e.op is VisitorOp.ADD and e.face and e.face not in known]
+            features = {**(self.store.fetch_features(added) if added else {}),
+                        **{f: v for f, v in known.items() if any(e.face == f for _, e in events)}}
             total += replica.apply(events, features) if events else 0
 
     def _bootstrap_records(self) -> VisitorReplica:
@@ -124,7 +128,8 @@ class Visitors:
         with self._lock:
             replica = self.replica
             joined = self.store.add_face(face, replica, self.sync)
-            self._catch_up(replica)  # apply our own change now (one read)
+            if joined.stored:  # apply our own change now (one read; its features are here)
+                self._catch_up(replica, {face.face_id: np.ascontiguousarray(face.features, np.float32).reshape(-1)})
         self._maybe_expire()
         return joined
 
