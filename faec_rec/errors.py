@@ -159,3 +159,14 @@ class SinkUnavailable(SinkError):
 class DeliveryRefused(SinkError):
     """Delivery can never succeed as configured (e.g. a webhook host resolves to a forbidden
     address): the event is parked in the dead-letter stream at once."""
+
+
+class VisitorError(FaecError):
+    """A visitor operation that cannot be done as asked (merge into itself, split out every face...)."""
+
+
+class UnknownVisitorError(VisitorError, KeyError):
+    """No visitor (or unknown face) with that id is stored."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
