@@ -233,10 +233,25 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    _register_from("faec_rec.web.commands")
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:
         log.debug("training commands not available: %s", exc)
+        return
+    for command in commands:
+        if command.name not in cli.commands:
+            register(command)
+
+
+def _register_from(module: str) -> None:
+    """Register ``module.commands`` when the module imports (its extra may be missing)."""
+    import importlib
+
+    try:
+        commands = importlib.import_module(module).commands
+    except ImportError as exc:
+        log.debug("%s not available: %s", module, exc)
         return
     for command in commands:
         if command.name not in cli.commands:

@@ -1,0 +1,240 @@
+// faec_rec pages: every change goes through the REST API with the session's CSRF token.
+// Text from the server is put in the page with textContent only (never innerHTML).
+(function () {
+  "use strict";
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  const $ = (sel, root) => (root || document).querySelector(sel);
+
+  function toast(text, isError) {
+    const t = $("#toast");
+    if (!t) return;
+    t.textContent = text;
+    t.className = "show" + (isError ? " err" : "");
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { t.className = ""; }, 3500);
+  }
+
+  async function api(method, url, body) {
+    const opts = { method, headers: { "X-CSRF-Token": csrf, "Accept": "application/json" }, credentials: "same-origin" };
+    if (body instanceof FormData) opts.body = body;
+    else if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
+    const r = await fetch(url, opts);
+    let data = null;
+    try { data = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) throw new Error((data && data.error && data.error.message) || ("HTTP " + r.status));
+    return data;
+  }
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function when(ts) {
+    if (!ts) return "";
+    return new Date(ts * 1000).toLocaleString();
+  }
+
+  // ---- logout
+  const logout = $("#logout");
+  if (logout) logout.addEventListener("click", async () => {
+    await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
+    location.href = "/login";
+  });
+
+  // ---- live: camera tiles and arrivals
+  const arrivals = $("#arrivals");
+  if (arrivals) {
+    const state = $("#live-state");
+    const tileLast = {};
+    function addArrival(ev) {
+      const none = $("#no-arrivals");
+      if (none) none.remove();
+      if (arrivals.querySelector('[data-id="' + CSS.escape(ev.id) + '"]')) return;
+      const li = el("li", "arrival fresh " + (ev.decision === "known" ? "known" : "unknown"));
+      li.dataset.id = ev.id;
+      const img = el("img", "crop");
+      img.alt = "";
+      img.src = "/api/v1/events/" + encodeURIComponent(ev.id) + "/crop";
+      img.addEventListener("error", () => { img.style.visibility = "hidden"; });
+      const div = el("div");
+      div.append(el("strong", "", ev.person || "Stranger"));
+      const score = ev.score == null ? "" : " · " + Number(ev.score).toFixed(3);
+      div.append(el("span", "small muted", ev.camera + " · " + when(ev.captured_at || ev.processed_at) + score));
+      li.append(img, div);
+      arrivals.prepend(li);
+      while (arrivals.children.length > 60) arrivals.lastElementChild.remove();
+      (tileLast[ev.camera] = tileLast[ev.camera] || []).unshift(ev.person || "stranger");
+      tileLast[ev.camera] = tileLast[ev.camera].slice(0, 4);
+      const tile = document.querySelector('.tile[data-camera="' + CSS.escape(ev.camera) + '"] [data-field="last"]');
+      if (tile) tile.textContent = "last: " + tileLast[ev.camera].join(", ");
+    }
+    const source = new EventSource(arrivals.dataset.stream);
+    source.addEventListener("open", () => { state.textContent = "live"; state.className = "live-dot on"; });
+    source.addEventListener("error", () => { state.textContent = "reconnecting…"; state.className = "live-dot"; });
+    source.addEventListener("arrived", (m) => addArrival(JSON.parse(m.data)));
+
+    const tiles = $("#cameras");
+    async function refreshCameras() {
+      try {
+        const data = await api("GET", "/api/v1/cameras");
+        for (const cam of data.cameras) {
+          let tile = tiles.querySelector('.tile[data-camera="' + CSS.escape(cam.camera) + '"]');
+          if (!tile) {
+            const none = $("#no-cameras");
+            if (none) none.remove();
+            tile = el("article", "tile card");
+            tile.dataset.camera = cam.camera;
+            const h = el("header");
+            h.append(el("strong", "", cam.camera), " ");
+            const b = el("span", "badge"); b.dataset.field = "status"; h.append(b);
+            const dl = el("dl");
+            for (const [f, label] of [["processed_fps", "frames/s"], ["processed", "processed"], ["dropped", "dropped"], ["faces", "faces"]]) {
+              const d = el("div"); d.append(el("dt", "", label)); const dd = el("dd"); dd.dataset.field = f; d.append(dd); dl.append(d);
+            }
+            const last = el("p", "small muted last-faces", "no faces yet"); last.dataset.field = "last";
+            tile.append(h, dl, last);
+            tiles.append(tile);
+          }
+          for (const f of ["processed", "dropped", "faces"]) tile.querySelector('[data-field="' + f + '"]').textContent = cam[f];
+          tile.querySelector('[data-field="processed_fps"]').textContent = cam.processed_fps == null ? "…" : cam.processed_fps;
+          const badge = tile.querySelector('[data-field="status"]');
+          badge.textContent = cam.status || "unknown";
+          badge.className = "badge status-" + (cam.status || "unknown");
+        }
+      } catch (e) { /* next round */ }
+    }
+    refreshCameras();
+    setInterval(refreshCameras, 3000);
+  }
+
+  // ---- people: enrol by dropping photos
+  const enrolForm = $("#enrol-form");
+  if (enrolForm) {
+    const drop = $("#drop"), files = $("#enrol-files");
+    ["dragenter", "dragover"].forEach((n) => drop.addEventListener(n, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((n) => drop.addEventListener(n, () => drop.classList.remove("over")));
+    drop.addEventListener("drop", (e) => { e.preventDefault(); files.files = e.dataTransfer.files; });
+    enrolForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const list = $("#verdicts");
+      list.replaceChildren(el("li", "muted", "Enrolling " + files.files.length + " photo(s)…"));
+      const button = enrolForm.querySelector("button");
+      button.disabled = true;
+      const thumbs = {};
+      for (const f of files.files) thumbs[f.name] = URL.createObjectURL(f);
+      try {
+        const report = await api("POST", "/api/v1/people", new FormData(enrolForm));
+        list.replaceChildren();
+        for (const img of report.images) {
+          const li = el("li");
+          if (thumbs[img.name]) { const t = el("img"); t.src = thumbs[img.name]; t.alt = ""; li.append(t); }
+          const d = el("div");
+          d.append(el("strong", img.accepted ? "ok" : "bad", img.accepted ? "✓ accepted" : "✗ " + img.reason.replace(/_/g, " ")));
+          d.append(el("div", "small muted", img.name + (img.detail ? " — " + img.detail : "")));
+          li.append(d);
+          list.append(li);
+        }
+        const n = report.images.filter((i) => i.accepted).length;
+        toast(n ? (report.name + ": " + n + " photo(s) enrolled") : "No photo was accepted", !n);
+        if (n) {
+          const a = el("a", "", "Open " + report.name + " →");
+          a.href = "/people/" + encodeURIComponent(report.person_id);
+          const li = el("li"); li.append(a); list.append(li);
+          setTimeout(() => location.reload(), 2500);
+        }
+      } catch (err) {
+        list.replaceChildren(el("li", "bad", err.message));
+        toast(err.message, true);
+      } finally { button.disabled = false; }
+    });
+  }
+
+  // ---- identify a photo
+  const idForm = $("#identify-form");
+  if (idForm) idForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const out = $("#identify-result");
+    const file = $("#identify-file").files[0];
+    if (!file) return;
+    out.replaceChildren(el("p", "muted", "Looking…"));
+    try {
+      const result = await api("POST", "/api/v1/identify", new FormData(idForm));
+      const img = new Image();
+      img.src = URL.createObjectURL(file);
+      await img.decode();
+      const canvas = el("canvas");
+      canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+      const g = canvas.getContext("2d");
+      g.drawImage(img, 0, 0);
+      g.lineWidth = Math.max(2, img.naturalWidth / 200);
+      g.font = Math.max(14, img.naturalWidth / 30) + "px system-ui";
+      const ul = el("ul");
+      for (const f of result.faces) {
+        const [x1, y1, x2, y2] = f.box;
+        g.strokeStyle = f.person ? "#1a7f37" : "#b26a00";
+        g.strokeRect(x1, y1, x2 - x1, y2 - y1);
+        g.fillStyle = g.strokeStyle;
+        g.fillText(f.person || "stranger", x1, Math.max(16, y1 - 6));
+        ul.append(el("li", "", (f.person || "stranger") + (f.score == null ? "" : " (" + Number(f.score).toFixed(3) + ")")));
+      }
+      out.replaceChildren(canvas, result.faces.length ? ul : el("p", "muted", "No face found in this photo."));
+    } catch (err) {
+      out.replaceChildren(el("p", "bad", err.message));
+    }
+  });
+
+  // ---- person: rename, forget
+  const rename = $("#rename-form");
+  if (rename) rename.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const p = await api("PATCH", "/api/v1/people/" + encodeURIComponent(rename.dataset.person), { name: $("#rename-name").value });
+      $("#person-name").textContent = p.name;
+      document.title = p.name + " · faec_rec";
+      toast("Renamed to " + p.name);
+    } catch (err) { toast(err.message, true); }
+  });
+  const forget = $("#forget");
+  if (forget) {
+    const dialog = $("#forget-dialog");
+    forget.addEventListener("click", () => dialog.showModal());
+    $("#forget-cancel").addEventListener("click", () => dialog.close());
+    $("#forget-confirm").addEventListener("click", async () => {
+      try {
+        await api("DELETE", "/api/v1/people/" + encodeURIComponent(forget.dataset.person));
+        location.href = "/people";
+      } catch (err) { dialog.close(); toast(err.message, true); }
+    });
+  }
+
+  // ---- sightings timeline dots (positioned here: the CSP allows no inline styles)
+  document.querySelectorAll(".tl-dot").forEach((d) => { d.style.left = d.dataset.left + "%"; });
+
+  // ---- models
+  document.querySelectorAll("button.promote").forEach((b) => b.addEventListener("click", async () => {
+    try { await api("POST", "/api/v1/models/" + encodeURIComponent(b.dataset.version) + "/promote", { reason: "promoted on the Models page" }); location.reload(); }
+    catch (err) { toast(err.message, true); }
+  }));
+  const rollback = $("#rollback");
+  if (rollback) rollback.addEventListener("click", async () => {
+    try { await api("POST", "/api/v1/models/rollback", { reason: "rolled back on the Models page" }); location.reload(); }
+    catch (err) { toast(err.message, true); }
+  });
+  const train = $("#train");
+  if (train) train.addEventListener("click", async () => {
+    train.disabled = true;
+    const st = $("#train-state");
+    try {
+      const before = (await api("GET", "/api/v1/models")).models.length;
+      const t = await api("POST", "/api/v1/models/train");
+      st.textContent = "training (task " + t.task_id.slice(0, 8) + ")… the new version appears here when done";
+      const poll = setInterval(async () => {
+        const now = await api("GET", "/api/v1/models");
+        if (now.models.length > before) { clearInterval(poll); location.reload(); }
+      }, 3000);
+    } catch (err) { train.disabled = false; toast(err.message, true); }
+  });
+})();
