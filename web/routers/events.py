@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from faec_rec.client import Client
-from faec_rec.errors import NotFound
+from faec_rec.errors import NotFound, UnknownPersonError
 from faec_rec.keys import safe_id
 from faec_rec.web.deps import ClientDep, Viewer
 from faec_rec.web.schemas import ErrorResponse, EventOut, EventsPage
@@ -192,11 +192,22 @@ def get_event(event_id: str, who: Viewer, client: ClientDep) -> EventOut:
 @router.get("/{event_id}/crop", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}})
 def event_crop(event_id: str, who: Viewer, client: ClientDep) -> Response:
-    """The face of an event cut from its frame, while the frame is still kept (`workers.frame_ttl_s`)."""
+    """A face picture for an event: cut from its frame while the frame is still in Redis
+    (workers delete a frame once its events are out, so mostly not), else the enrolled
+    face of the person it names; 404 for a stranger without one."""
     event = client.event(_checked_id(event_id, "event id") or "")
-    if event is None or event.get("frame") is None or not event.get("box"):
-        raise NotFound(f"event {event_id!r} has no face to show")
-    data = client.frame_crop(event["camera"], int(event["frame"]), event["box"])
+    if event is None:
+        raise NotFound(f"no event {event_id!r}")
+    data = None
+    if event.get("frame") is not None and event.get("box"):
+        data = client.frame_crop(event["camera"], int(event["frame"]), event["box"])
+    if data is None and event.get("person_id"):
+        try:
+            faces = [f for f in client.person_faces(event["person_id"]) if f["crop"] is not None]
+        except UnknownPersonError:
+            faces = []
+        if faces:
+            data = faces[0]["crop"].read_bytes()
     if data is None:
-        raise NotFound(f"the frame of event {event_id!r} has expired")
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+        raise NotFound(f"no face picture is kept for event {event_id!r}")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})

@@ -34,7 +34,8 @@
 
   function when(ts) {
     if (!ts) return "";
-    return new Date(ts * 1000).toLocaleString();
+    const d = new Date(ts * 1000);
+    return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
   }
 
   // ---- logout
@@ -58,7 +59,7 @@
       const img = el("img", "crop");
       img.alt = "";
       img.src = "/api/v1/events/" + encodeURIComponent(ev.id) + "/crop";
-      img.addEventListener("error", () => { img.style.visibility = "hidden"; });
+      img.addEventListener("error", () => img.replaceWith(el("div", "crop placeholder", "?")));
       const div = el("div");
       div.append(el("strong", "", ev.person || "Stranger"));
       const score = ev.score == null ? "" : " · " + Number(ev.score).toFixed(3);
@@ -94,12 +95,13 @@
             for (const [f, label] of [["processed_fps", "frames/s"], ["processed", "processed"], ["dropped", "dropped"], ["faces", "faces"]]) {
               const d = el("div"); d.append(el("dt", "", label)); const dd = el("dd"); dd.dataset.field = f; d.append(dd); dl.append(d);
             }
-            const last = el("p", "small muted last-faces", "no faces yet"); last.dataset.field = "last";
+            const last = el("p", "small muted last-faces", tileLast[cam.camera] ? "last: " + tileLast[cam.camera].join(", ") : "no faces yet");
+            last.dataset.field = "last";
             tile.append(h, dl, last);
             tiles.append(tile);
           }
           for (const f of ["processed", "dropped", "faces"]) tile.querySelector('[data-field="' + f + '"]').textContent = cam[f];
-          tile.querySelector('[data-field="processed_fps"]').textContent = cam.processed_fps == null ? "…" : cam.processed_fps;
+          tile.querySelector('[data-field="processed_fps"]').textContent = cam.processed_fps == null ? "–" : cam.processed_fps;
           const badge = tile.querySelector('[data-field="status"]');
           badge.textContent = cam.status || "unknown";
           badge.className = "badge status-" + (cam.status || "unknown");
@@ -110,13 +112,33 @@
     setInterval(refreshCameras, 3000);
   }
 
+  // ---- drop areas: a hidden file input inside a label; say what was picked
+  document.querySelectorAll("label.drop").forEach((drop) => {
+    const input = drop.querySelector("input[type=file]"), picked = drop.querySelector(".picked");
+    const show = () => {
+      const names = Array.from(input.files).map((f) => f.name);
+      picked.textContent = names.length ? (names.length === 1 ? names[0] : names.length + " photos: " + names.slice(0, 3).join(", ") + (names.length > 3 ? "…" : "")) : picked.dataset.empty;
+    };
+    input.addEventListener("change", show);
+    ["dragenter", "dragover"].forEach((n) => drop.addEventListener(n, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((n) => drop.addEventListener(n, () => drop.classList.remove("over")));
+    drop.addEventListener("drop", (e) => { e.preventDefault(); input.files = e.dataTransfer.files; show(); });
+  });
+
+  function personCard(p) {
+    const a = el("a", "person card");
+    a.href = "/people/" + encodeURIComponent(p.id);
+    if (p.faces && p.faces.length) { const img = el("img"); img.src = p.faces[0]; img.alt = ""; a.append(img); }
+    else a.append(el("div", "noface", "?"));
+    a.append(el("strong", "", p.name), el("span", "small muted", p.templates + (p.templates === 1 ? " photo" : " photos")));
+    a.dataset.person = p.id;
+    return a;
+  }
+
   // ---- people: enrol by dropping photos
   const enrolForm = $("#enrol-form");
   if (enrolForm) {
-    const drop = $("#drop"), files = $("#enrol-files");
-    ["dragenter", "dragover"].forEach((n) => drop.addEventListener(n, (e) => { e.preventDefault(); drop.classList.add("over"); }));
-    ["dragleave", "drop"].forEach((n) => drop.addEventListener(n, () => drop.classList.remove("over")));
-    drop.addEventListener("drop", (e) => { e.preventDefault(); files.files = e.dataTransfer.files; });
+    const files = $("#enrol-files");
     enrolForm.addEventListener("submit", async (e) => {
       e.preventDefault();
       const list = $("#verdicts");
@@ -143,7 +165,14 @@
           const a = el("a", "", "Open " + report.name + " →");
           a.href = "/people/" + encodeURIComponent(report.person_id);
           const li = el("li"); li.append(a); list.append(li);
-          setTimeout(() => location.reload(), 2500);
+          const person = await api("GET", "/api/v1/people/" + encodeURIComponent(report.person_id));
+          const grid = $("#people-grid"), old = grid.querySelector('[data-person="' + CSS.escape(person.id) + '"]');
+          const none = $("#no-people");
+          if (none) none.remove();
+          if (old) old.replaceWith(personCard(person)); else grid.prepend(personCard(person));
+          $("#people-count").textContent = grid.querySelectorAll("a.person").length;
+          enrolForm.reset();
+          enrolForm.querySelectorAll(".picked").forEach((p) => { p.textContent = p.dataset.empty; });
         }
       } catch (err) {
         list.replaceChildren(el("li", "bad", err.message));
@@ -193,6 +222,7 @@
     try {
       const p = await api("PATCH", "/api/v1/people/" + encodeURIComponent(rename.dataset.person), { name: $("#rename-name").value });
       $("#person-name").textContent = p.name;
+      document.querySelectorAll(".pname").forEach((n) => { n.textContent = p.name; });
       document.title = p.name + " · faec_rec";
       toast("Renamed to " + p.name);
     } catch (err) { toast(err.message, true); }
@@ -209,6 +239,12 @@
       } catch (err) { dialog.close(); toast(err.message, true); }
     });
   }
+
+  // ---- server-rendered crops that are gone: a placeholder, not a broken image
+  document.querySelectorAll("img.crop").forEach((img) => {
+    const swap = () => img.replaceWith(el("div", "crop placeholder", "?"));
+    if (img.complete && img.naturalWidth === 0) swap(); else img.addEventListener("error", swap);
+  });
 
   // ---- sightings timeline dots (positioned here: the CSP allows no inline styles)
   document.querySelectorAll(".tl-dot").forEach((d) => { d.style.left = d.dataset.left + "%"; });
