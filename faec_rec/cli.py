@@ -234,6 +234,8 @@ def register(command: click.Command) -> None:
 
 def _register_plugins() -> None:
     _register_from("faec_rec.web.commands")
+    from faec_rec.visitors.commands import visitors as visitors_group  # faec-rec visitors ...
+    register(visitors_group)
     try:
         from faec_rec.training.commands import commands  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -476,8 +478,9 @@ def events_start(redis: Any, stream: str, count: int) -> str:
 @click.option("-n", "--count", type=click.IntRange(0, 100_000), default=20, show_default=True,
               help="how many past events to print first.")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line.")
+@click.option("--visitor", help="only events of this visitor (e.g. v-12).")
 @pass_state
-def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_json: bool) -> None:
+def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_json: bool, visitor: str | None) -> None:
     """Print recognition events (arrived / updated / left / error)."""
     from faec_rec.keys import safe_id
 
@@ -488,7 +491,11 @@ def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_js
             raise CommandFailed(str(exc)) from exc
     with _backend(state) as backend:
         after = events_start(backend.redis, backend.keys.events(camera), count)
+        if visitor is not None and not follow:
+            after = "0-0"  # a visitor's events may be anywhere in the stream: scan it all
         for event in _client(backend).events(camera=camera, follow=follow, last_id=after):
+            if visitor is not None and event.get("visitor") != visitor:
+                continue
             click.echo(json.dumps(event, ensure_ascii=False) if as_json else _event_line(event))
 
 

@@ -53,11 +53,13 @@ class FaceResult:
     score: float | None
     decision: str
     runner_up: str | None = None
+    visitor: str | None = None  # the visitor an unknown face was grouped into (faec_rec.visitors)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaceResult:
         return cls(box=list(data["box"]), person=data.get("person"), person_id=data.get("person_id"),
-                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"))
+                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"),
+                   visitor=data.get("visitor"))
 
 
 def _new_id() -> str:
@@ -412,6 +414,11 @@ class Client:
         person_id = self.gallery.store.resolve(id_or_name)
         count = int(self.gallery.forget(person_id))
         forget_feedback(self.redis, self.keys, person_id)
+        from faec_rec.training.negatives import forget_negative_pairs
+        from faec_rec.visitors.corrections import forget_person_collisions
+
+        forget_negative_pairs(self.redis, self.keys, person_id)  # faces corrected as not them
+        forget_person_collisions(self.redis, self.keys, person_id)
         self._audit("forget", person_id=person_id, templates=count)
         return count
 
@@ -505,6 +512,117 @@ class Client:
         result = self.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
         self._audit("train", task_id=result.id)
         return str(result.id)
+
+    # ---- visitors (faec_rec.visitors) -----------------------------------------------------
+    @property
+    def visitors_store(self) -> Any:
+        """The :class:`~faec_rec.visitors.service.Visitors` of this deployment."""
+        if getattr(self, "_visitors", None) is None:
+            from faec_rec.visitors.service import Visitors
+
+            self._visitors = Visitors(self.redis, self.keys, self.settings.visitors, self.settings.data_dir)
+        return self._visitors
+
+    def visitors(self, *, limit: int = 50, offset: int = 0, sort: str = "faces") -> list[dict[str, Any]]:
+        """Visitors, most faces first (``sort``: "faces", "last_seen", "first_seen", "id").
+
+        Each: ``{"id", "faces", "first_seen", "last_seen", "cameras", "cover_face",
+        "crop", "person_id", "person", "manual"}`` (times unix s; ``crop`` the
+        representative crop's path on this machine; person/person_id once named).
+        """
+        return self.visitors_store.list(limit=limit, offset=offset, sort=sort)
+
+    def visitor(self, visitor_id: str) -> dict[str, Any]:
+        """One visitor: the summary of :meth:`visitors` plus ``face_list`` (each face:
+        ``{"id", "visitor", "at", "source", "camera", "frame", "job", "track", "event",
+        "box", "good", "quality", "crop"}``, oldest first). Raises :class:`UnknownVisitorError`."""
+        return self.visitors_store.get(visitor_id)
+
+    def name_visitor(self, visitor_id: str, name: str, *, into_existing: bool = False,
+                     wait: bool = True, timeout: float = 120.0) -> "EnrolReport | str":
+        """Enrol a visitor's good faces as the person ``name`` through the enrolment queue.
+
+        A person of that name already enrolled needs ``into_existing=True``
+        (the faces are added to them), else :class:`VisitorError`. Returns the
+        :class:`EnrolReport` (``images``: one entry per face), or the request
+        id without ``wait``.
+        """
+        from faec_rec.errors import UnknownPersonError, VisitorError
+        from faec_rec.index.store import clean_name
+        from faec_rec.workers.app import TASK_ENROL
+        from faec_rec.workers.enrolment import EnrolRequest
+
+        summary = self.visitors_store.get(visitor_id)
+        if summary["person_id"]:
+            raise VisitorError(f"visitor {visitor_id} is already named {summary['person']!r}")
+        display = clean_name(name)
+        person_id = None
+        try:
+            existing = self.gallery.person(display)
+        except UnknownPersonError:
+            existing = None
+        if existing is not None:
+            if not into_existing:
+                raise VisitorError(f"a person named {existing.name!r} is already enrolled: pass into_existing "
+                                   "(--into-existing) to add this visitor's faces to them, or choose another name")
+            person_id = existing.id
+        request = EnrolRequest(request_id=_new_id(), images=(), name=display, person_id=person_id, visitor=visitor_id)
+        payload = request.to_json()
+        EnrolRequest.from_json(payload)
+        self._send(TASK_ENROL, payload)
+        self._audit("visitor.name", visitor=visitor_id, name=display, person_id=person_id,
+                    request_id=request.request_id)
+        if not wait:
+            return request.request_id
+        return self.enrol_report(request.request_id, timeout=timeout)
+
+    def merge_visitors(self, visitor_ids: list[str]) -> str:
+        """Merge visitors into the first one; returns its id. Raises :class:`VisitorError`
+        for fewer than two, a repeated id, or visitors named as different people."""
+        kept = self.visitors_store.merge(visitor_ids)
+        self._audit("visitor.merge", visitors=list(visitor_ids), into=kept)
+        return kept
+
+    def split_visitor(self, visitor_id: str, face_ids: list[str]) -> str:
+        """Move some faces of a visitor into a new visitor; returns the new id."""
+        new = self.visitors_store.split(visitor_id, face_ids)
+        self._audit("visitor.split", visitor=visitor_id, faces=list(face_ids), new_visitor=new)
+        return new
+
+    def forget_visitor(self, visitor_id: str) -> int:
+        """Delete a visitor with every face (features, crops, records); returns faces deleted."""
+        count = self.visitors_store.forget(visitor_id)
+        self._audit("visitor.forget", visitor=visitor_id, faces=count)
+        return count
+
+    def unknown_face_crop(self, face_id: str) -> bytes:
+        """The JPEG crop (150x150 aligned chip) of a stored unknown face."""
+        return self.visitors_store.crop(face_id)
+
+    def regroup_visitors(self) -> dict[str, int]:
+        """Group every stored unknown face again from scratch (keeps names and manual merges/splits)."""
+        return self.visitors_store.regroup()
+
+    def expire_visitors(self) -> int:
+        """Apply the retention settings now; returns unknown faces deleted."""
+        return self.visitors_store.expire()
+
+    def feedback(self, event_id: str, *, is_: str | None = None, not_: str | None = None) -> dict[str, Any]:
+        """Confirm (``is_``) or correct (``not_``) a recognition event; exactly one of them.
+
+        ``is_`` adds the event's face to the person as a template; ``not_``
+        moves the face into a visitor, records a hard negative pair for head
+        training (``keys.negative_pairs()``) and raises the person's threshold
+        around that face. Returns ``{"feedback_id", "event_id", "person_id",
+        "person", "is_person", "usable", "reason", "template_id", "visitor",
+        "negative_id"}``.
+        """
+        from faec_rec.visitors.corrections import apply_feedback
+
+        result = apply_feedback(self, event_id, is_=is_, not_=not_)
+        self._audit("feedback", event_id=event_id, is_=is_, not_=not_, person_id=result.get("person_id"),
+                    visitor=result.get("visitor"))
+        return result
 
 
 def _read_image(image: ImageInput) -> tuple[bytes, str]:

@@ -139,6 +139,21 @@ class WebConfig(_Section):
     session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 86_400, description="seconds a page login lasts")
     secure_cookies: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only; browsers also accept it on http://localhost)")
     trusted_proxy: bool = Field(False, description="trust X-Forwarded-For/-Proto from a reverse proxy in front of the server")
+class VisitorsConfig(_Section):
+    """Unknown faces kept and grouped into visitors (see faec_rec.visitors)."""
+
+    enabled: bool = Field(True, description="store every face decided 'unknown' and group it into a visitor")
+    link_threshold: float = Field(0.94, ge=-1, le=1, description="cosine similarity (L2-normalised backbone features) at which two faces count as a link")
+    strong_threshold: float = Field(0.95, ge=-1, le=1, description="similarity a single link needs to join a visitor that holds one good face (two faces make a visitor only this close)")
+    centre_threshold: float = Field(0.94, ge=-1, le=1, description="similarity a face needs to its visitor's centre (mean of its good faces) to join it: linkage to the group, not to one face")
+    min_links: int = Field(2, ge=1, le=64, description="links to a visitor's good faces a face needs to join it (fewer when the visitor holds fewer good faces)")
+    merge_threshold: float = Field(0.94, ge=-1, le=1, description="centre-to-centre similarity at which two visitors that one face joins strongly are merged")
+    search_k: int = Field(32, ge=4, le=1024, description="nearest stored faces examined per join")
+    approximate_above: int = Field(50_000, ge=1, description="above this many good faces the visitor index is IVF (inverted lists, exact re-scoring), below it exact (flat search costs ~0.05 ms per 1000 faces here)")
+    ivf_nprobe: int = Field(48, ge=1, le=100_000, description="IVF lists searched per join: recall of the links vs speed")
+    retention_days: float = Field(30.0, ge=0, le=3650, description="unknown faces older than this that belong to no named person are deleted (0 = keep forever)")
+    max_faces: int = Field(1_000_000, ge=0, le=100_000_000, description="at most this many unknown faces are kept: the oldest go first (0 = no limit)")
+    crop_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored unknown-face crops")
 
 
 class Settings(BaseSettings):
@@ -162,6 +177,7 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
     web: WebConfig = WebConfig()
+    visitors: VisitorsConfig = VisitorsConfig()
 
     @field_validator("redis_url")
     @classmethod

@@ -131,3 +131,12 @@ class NotFound(FaecError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not found"
+class VisitorError(FaecError):
+    """A visitor operation that cannot be done as asked (merge into itself, split out every face...)."""
+
+
+class UnknownVisitorError(VisitorError, KeyError):
+    """No visitor (or unknown face) with that id is stored."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

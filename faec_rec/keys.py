@@ -99,6 +99,47 @@ class Keys:
         """Stream of confirmations/corrections of events by people."""
         return self._k("feedback")
 
+    # ---- visitors (visitors/) ---------------------------------------------
+    def unknown_face(self, face_id: str) -> str:
+        """Hash: one stored unknown face: features (bytes), visitor, good, quality, source, crop, at, ..."""
+        return self._k("uface", safe_id(face_id, "face id"))
+
+    def unknown_faces(self) -> str:
+        """Sorted set: every stored unknown face id, scored by capture time (unix s): retention."""
+        return self._k("ufaces")
+
+    def visitor(self, visitor_id: str) -> str:
+        """Hash: one visitor: created, first_seen, last_seen, person (once named), manual (0/1)."""
+        return self._k("visitor", safe_id(visitor_id, "visitor id"))
+
+    def visitor_faces(self, visitor_id: str) -> str:
+        """Set of one visitor's face ids."""
+        return self._k("visitor", safe_id(visitor_id, "visitor id"), "faces")
+
+    def visitors(self) -> str:
+        """Set of every visitor id."""
+        return self._k("visitors")
+
+    def visitor_counter(self) -> str:
+        """Integer: the last visitor number handed out (ids are ``v-<n>``)."""
+        return self._k("visitors", "next")
+
+    def visitor_events(self) -> str:
+        """Stream of visitor changes that every visitor replica follows."""
+        return self._k("visitors", "events")
+
+    def visitor_lock(self) -> str:
+        """String with TTL: held while a regroup or retention sweep runs."""
+        return self._k("visitors", "lock")
+
+    def negative_pairs(self) -> str:
+        """Stream of hard negatives: a face that is NOT a person (``feedback --not``)."""
+        return self._k("negatives")
+
+    def person_collisions(self, person_id: str) -> str:
+        """Hash: face id -> (128,) float32 features of faces corrected as not this person."""
+        return self._k("person", safe_id(person_id, "person id"), "collisions")
+
     # ---- frames and events (producers/, workers/) -------------------------
     def frame(self, camera_id: str, frame_no: int) -> str:
         """String with TTL: one JPEG frame."""

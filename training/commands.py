@@ -236,30 +236,32 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @click.option("--is", "is_name", metavar="NAME", help="the face in the event was this person")
 @click.option("--not", "not_name", metavar="NAME", help="the face in the event was NOT this person")
 def feedback(event_id: str, is_name: str | None, not_name: str | None) -> None:
-    """Confirm or correct a recognition event (EVENT is its stream id)."""
-    from pathlib import Path
+    """Confirm or correct a recognition event (EVENT is its stream id).
 
-    from faec_rec.index.store import Store
-    from faec_rec.keys import Keys
-    from faec_rec.training.feedback import record_feedback
+    --is adds the face to the person; --not moves it into a visitor, records a
+    hard negative pair for retraining and raises the person's threshold around it
+    (the work is :meth:`faec_rec.client.Client.feedback`).
+    """
+    from faec_rec.client import Client
 
     if (is_name is None) == (not_name is None):
         raise click.UsageError("give exactly one of --is NAME or --not NAME")
-    name = is_name if is_name is not None else not_name
     with _backend() as backend:
-        keys = Keys(backend.settings.prefix)
-        store = Store(backend.redis, keys, Path(backend.settings.data_dir))
-        person = store.person(name)
-        stream_id, entry = record_feedback(
-            backend.redis, keys, event_id, person.id, person.name, is_name is not None
-        )
-    verb = "was" if entry.is_person else "was not"
-    click.echo(f"recorded: event {event_id} {verb} {entry.person} (feedback {stream_id})")
-    if not entry.usable:
-        click.echo(f"note: {entry.reason}; the feedback is kept for review but cannot train the head")
-    elif not entry.is_person:
-        click.echo("note: corrections (--not) are kept with the face's features for review; "
-                   "head training uses confirmations (--is) only")
+        client = Client(settings=backend.settings)
+        try:
+            out = client.feedback(event_id, is_=is_name, not_=not_name)
+        finally:
+            client.close()
+    verb = "was" if out["is_person"] else "was not"
+    click.echo(f"recorded: event {event_id} {verb} {out['person']} (feedback {out['feedback_id']})")
+    if not out["usable"]:
+        click.echo(f"note: {out['reason']}; the feedback is kept for review but cannot train the head")
+    elif out["is_person"]:
+        click.echo(f"the face was added to {out['person']} (template {out['template_id']})" if out["template_id"]
+                   else f"{out['person']} already had this face")
+    else:
+        click.echo(f"the face is now with visitor {out['visitor'] or '(none)'}; negative pair {out['negative_id']} "
+                   f"recorded for retraining; {out['person']}'s threshold is raised around this face")
 
 
 commands: list[click.Command] = [models, train, feedback]

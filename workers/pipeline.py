@@ -34,6 +34,7 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+from faec_rec.visitors import hook as _visitors
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -120,6 +121,9 @@ class FaceResult:
     runner_up: str | None = None
     detection_score: float = 0.0
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # the aligned (150, 150, 3) chip and (5, 2) landmarks, for keeping unknown faces (visitors)
+    chip: np.ndarray | None = field(default=None, repr=False, compare=False)
+    landmarks: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,7 +136,7 @@ class FaceResult:
         }
 
 
-def _face_result(face: Any, match: Any, features: np.ndarray | None = None) -> FaceResult:
+def _face_result(face: Any, match: Any, features: np.ndarray | None = None, chip: np.ndarray | None = None) -> FaceResult:
     decision = getattr(match.decision, "value", match.decision)
     known = decision == "known"
     runner = getattr(match, "runner_up", None)
@@ -146,6 +150,8 @@ def _face_result(face: Any, match: Any, features: np.ndarray | None = None) -> F
         runner_up=runner_name,
         detection_score=float(face.score),
         features=features,
+        chip=chip,
+        landmarks=getattr(face, "landmarks", None),
     )
 
 
@@ -162,7 +168,8 @@ def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
     features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
     with metrics.stage("identify"):
         matches = _identify(runtime, features)
-    return [_face_result(a.face, m, features[i]) for i, (a, m) in enumerate(zip(analysed, matches))]
+        matches = _visitors.check_collisions(runtime, features, matches)
+    return [_face_result(a.face, m, features[i], getattr(a, "crop", None)) for i, (a, m) in enumerate(zip(analysed, matches))]
 
 
 def _identify(runtime: Runtime, features: np.ndarray) -> list[Any]:
@@ -274,6 +281,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     with metrics.stage("track_publish"):
         events = track(runtime, payload, results)
         store_event_features(runtime, payload, results, events)
+        events = _visitors.join_frame(runtime, payload, results, events)
         ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 
@@ -418,7 +426,9 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
     try:
         image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
-        record["faces"] = [f.to_json() for f in recognise_faces(runtime, image)]
+        faces = recognise_faces(runtime, image)
+        record["faces"] = [f.to_json() for f in faces]
+        _visitors.join_image(runtime, payload, faces, record["faces"])
     except ImageError as exc:
         record["error"] = exc.reason
         metrics.frame_error("folder", exc.reason.split(":")[0])
