@@ -21,11 +21,11 @@ from faec_rec.client import Client
 from faec_rec.config import Settings
 from faec_rec.errors import (AuthError, BackendUnavailable, ConfigError, CsrfError, FaecError, GalleryError,
                              ImageError, NotFound, PermissionDenied, RateLimited, RequestTooLarge, TaskTimeout,
-                             UnknownPersonError, UnsupportedImage)
+                             UnknownPersonError, UnknownVisitorError, UnsupportedImage, VisitorError)
 from faec_rec.web.auth import KeyStore
 from faec_rec.web.deps import RateLimiter
-from faec_rec.web.routers import (audit, cameras, events, health, identify, jobs, models, pages, people, session,
-                                  visitors)
+from faec_rec.web.routers import (audit, cameras, events, feedback, health, identify, jobs, models, pages, people,
+                                  session, visitors)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ ERRORS: list[tuple[type[BaseException], int, str]] = [
     (ImageError, 422, "bad_image"),
     (UnknownPersonError, 404, "unknown_person"),
     (NotFound, 404, "not_found"),
+    (UnknownVisitorError, 404, "unknown_visitor"),
+    (VisitorError, 409, "visitor_conflict"),
     (TaskTimeout, 504, "no_worker"),
     (BackendUnavailable, 503, "backend_unavailable"),
     (ConfigError, 400, "invalid"),
@@ -193,7 +195,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    for module in (health, session, people, identify, jobs, events, models, cameras, audit, visitors):
+    for module in (health, session, people, identify, jobs, events, models, cameras, visitors, feedback, audit):
         app.include_router(module.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -103,6 +103,7 @@ class EventOut(BaseModel):
     score: float | None = None
     decision: str | None = None
     track_id: int | None = None
+    visitor: str | None = Field(None, description="the visitor an unknown face was grouped into")
 
 
 class EventsPage(BaseModel):
@@ -178,3 +179,75 @@ class WhoAmI(BaseModel):
     name: str
     role: str
     via: str
+
+
+class VisitorOut(BaseModel):
+    id: str = Field(description="e.g. 'v-12'")
+    faces: int = Field(description="faces seen of this stranger")
+    first_seen: float | None = None
+    last_seen: float | None = None
+    cameras: list[str] = []
+    cover_face: str | None = Field(None, description="the id of the best face")
+    cover_url: str | None = Field(None, description="URL of the best face's crop")
+    person_id: str | None = Field(None, description="set once named (enrolled)")
+    person: str | None = None
+    manual: bool = Field(False, description="shaped by hand (merge/split)")
+
+
+class VisitorsOut(BaseModel):
+    visitors: list[VisitorOut]
+
+
+class VisitorFace(BaseModel):
+    id: str
+    at: float | None = None
+    camera: str | None = None
+    source: str | None = None
+    good: bool = Field(description="passes the enrolment quality gate (only good faces are enrolled when named)")
+    url: str = Field(description="URL of the crop")
+
+
+class VisitorDetail(VisitorOut):
+    face_list: list[VisitorFace]
+
+
+class NameVisitorIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    into_existing: bool = Field(False, description="add the faces to an already enrolled person of that name")
+
+
+class MergeIn(BaseModel):
+    visitors: list[str] = Field(min_length=2, max_length=500, description="the first one survives")
+
+
+class SplitIn(BaseModel):
+    faces: list[str] = Field(min_length=1, max_length=10_000, description="face ids to move into a new visitor")
+
+
+class VisitorId(BaseModel):
+    visitor: str
+
+
+class VisitorForgotten(BaseModel):
+    visitor: str
+    faces_deleted: int
+
+
+class FeedbackIn(BaseModel):
+    model_config = {"populate_by_name": True}
+
+    event_id: str = Field(max_length=48, pattern=r"^\d{1,20}-\d{1,20}$", description="the recognition event's stream id")
+    is_: str | None = Field(None, alias="is", max_length=128, description="the face WAS this person (name or id)")
+    not_: str | None = Field(None, alias="not", max_length=128, description="the face was NOT this person (name or id)")
+
+
+class FeedbackOut(BaseModel):
+    model_config = {"extra": "allow"}
+
+    event_id: str
+    person_id: str
+    person: str
+    is_person: bool
+    usable: bool
+    reason: str | None = None
+    visitor: str | None = None

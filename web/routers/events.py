@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from faec_rec.client import Client
-from faec_rec.errors import NotFound, UnknownPersonError
+from faec_rec.errors import NotFound, UnknownPersonError, UnknownVisitorError
 from faec_rec.keys import safe_id
 from faec_rec.web.deps import ClientDep, Viewer
 from faec_rec.web.schemas import ErrorResponse, EventOut, EventsPage
@@ -194,7 +194,7 @@ def get_event(event_id: str, who: Viewer, client: ClientDep) -> EventOut:
 def event_crop(event_id: str, who: Viewer, client: ClientDep) -> Response:
     """A face picture for an event: cut from its frame while the frame is still in Redis
     (workers delete a frame once its events are out, so mostly not), else the enrolled
-    face of the person it names; 404 for a stranger without one."""
+    face of the person it names, or the best face of the visitor it names; else 404."""
     event = client.event(_checked_id(event_id, "event id") or "")
     if event is None:
         raise NotFound(f"no event {event_id!r}")
@@ -208,6 +208,12 @@ def event_crop(event_id: str, who: Viewer, client: ClientDep) -> Response:
             faces = []
         if faces:
             data = faces[0]["crop"].read_bytes()
+    if data is None and event.get("visitor"):
+        try:
+            cover = client.visitor(event["visitor"]).get("cover_face")
+            data = client.unknown_face_crop(cover) if cover else None
+        except UnknownVisitorError:
+            data = None
     if data is None:
         raise NotFound(f"no face picture is kept for event {event_id!r}")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})

@@ -113,3 +113,20 @@ def models(request: Request, who: Viewer, client: ClientDep) -> Response:
 def audit(request: Request, who: Viewer, client: ClientDep) -> Response:
     who.require("admin")
     return render(request, "audit.html", who, active="audit", entries=client.audit_log(200))
+
+
+@router.get("/review", response_class=HTMLResponse)
+def review(request: Request, who: Viewer, client: ClientDep,
+           sort: Annotated[str, Query(pattern="^(faces|last_seen|first_seen|id)$")] = "faces") -> Response:
+    from faec_rec.web.routers.visitors import visitor_faces, visitor_out
+
+    rows = []
+    for summary in client.visitors(limit=40, sort=sort):
+        if summary.get("person_id"):
+            continue  # named already: a person now
+        detail = client.visitor(summary["id"])
+        rows.append({**visitor_out(summary), "face_list": visitor_faces(detail)[-12:]})
+    known, _ = client.search_events(types=["arrived"], limit=200)
+    known = [e for e in known if e.get("decision") == "known"][:20]
+    return render(request, "review.html", who, active="review", visitors=rows, known=known, sort=sort,
+                  people=[p.name for p in client.people()])

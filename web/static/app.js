@@ -61,7 +61,7 @@
       img.src = "/api/v1/events/" + encodeURIComponent(ev.id) + "/crop";
       img.addEventListener("error", () => img.replaceWith(el("div", "crop placeholder", "?")));
       const div = el("div");
-      div.append(el("strong", "", ev.person || "Stranger"));
+      div.append(el("strong", "", ev.person || (ev.visitor ? "Stranger · " + ev.visitor : "Stranger")));
       const score = ev.score == null ? "" : " · " + Number(ev.score).toFixed(3);
       div.append(el("span", "small muted", ev.camera + " · " + when(ev.captured_at || ev.processed_at) + score));
       li.append(img, div);
@@ -273,4 +273,119 @@
       }, 3000);
     } catch (err) { train.disabled = false; toast(err.message, true); }
   });
+})();
+// ---- review: visitors (name, merge, split, forget) and feedback on recent recognitions
+(function () {
+  "use strict";
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  async function api(method, url, body) {
+    const opts = { method, credentials: "same-origin", headers: { "X-CSRF-Token": csrf, "Accept": "application/json" } };
+    if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
+    const r = await fetch(url, opts);
+    let data = null;
+    try { data = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) throw new Error((data && data.error && data.error.message) || ("HTTP " + r.status));
+    return data;
+  }
+  function toast(text, isError) {
+    const t = document.getElementById("toast");
+    if (!t) return;
+    t.textContent = text;
+    t.className = "show" + (isError ? " err" : "");
+    setTimeout(() => { t.className = ""; }, 3500);
+  }
+  const sort = document.getElementById("sort");
+  if (sort) sort.addEventListener("change", () => sort.form.submit());
+
+  const picks = () => Array.from(document.querySelectorAll(".visitor .pick:checked")).map((c) => c.value);
+  function updateBulk() {
+    const n = picks().length;
+    const count = document.getElementById("bulk-count");
+    if (!count) return;
+    count.textContent = n ? n + " visitor" + (n === 1 ? "" : "s") + " selected" : "Tick visitors to merge or forget them together.";
+    const merge = document.getElementById("merge-selected"), forget = document.getElementById("forget-selected");
+    if (merge) merge.disabled = n < 2;
+    if (forget) forget.disabled = n < 1;
+  }
+  document.querySelectorAll(".visitor .pick").forEach((c) => c.addEventListener("change", () => {
+    c.closest(".visitor").classList.toggle("picked", c.checked);
+    updateBulk();
+  }));
+  const merge = document.getElementById("merge-selected");
+  if (merge) merge.addEventListener("click", async () => {
+    try { const r = await api("POST", "/api/v1/visitors/merge", { visitors: picks() }); toast("Merged into " + r.visitor); setTimeout(() => location.reload(), 800); }
+    catch (err) { toast(err.message, true); }
+  });
+  const forgetSel = document.getElementById("forget-selected");
+  if (forgetSel) forgetSel.addEventListener("click", async () => {
+    const ids = picks();
+    if (!window.confirm("Forget " + ids.length + " visitor(s) and every face of theirs? This cannot be undone.")) return;
+    try { for (const id of ids) await api("DELETE", "/api/v1/visitors/" + encodeURIComponent(id)); location.reload(); }
+    catch (err) { toast(err.message, true); }
+  });
+
+  document.querySelectorAll(".visitor").forEach((card) => {
+    const id = card.dataset.visitor;
+    const split = card.querySelector("button.split");
+    card.querySelectorAll(".faces.pickable img").forEach((img) => img.addEventListener("click", () => {
+      if (!split) return;
+      img.classList.toggle("sel");
+      const n = card.querySelectorAll("img.sel").length;
+      split.disabled = n === 0;
+      split.textContent = n ? "Split " + n + " face" + (n === 1 ? "" : "s") + " off" : "Split selected faces off";
+    }));
+    if (split) split.addEventListener("click", async () => {
+      const faces = Array.from(card.querySelectorAll("img.sel")).map((i) => i.dataset.face);
+      try { const r = await api("POST", "/api/v1/visitors/" + encodeURIComponent(id) + "/split", { faces }); toast("Split off as " + r.visitor); setTimeout(() => location.reload(), 800); }
+      catch (err) { toast(err.message, true); }
+    });
+    const nameForm = card.querySelector("form.name-visitor");
+    if (nameForm) nameForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const name = nameForm.elements.name.value;
+      const button = nameForm.querySelector("button");
+      button.disabled = true;
+      try {
+        let report;
+        try { report = await api("POST", "/api/v1/visitors/" + encodeURIComponent(id) + "/name", { name }); }
+        catch (err) {
+          if (!/already enrolled/.test(err.message) || !window.confirm(err.message.split(":")[0] + ". Add these faces to them?")) throw err;
+          report = await api("POST", "/api/v1/visitors/" + encodeURIComponent(id) + "/name", { name, into_existing: true });
+        }
+        const n = report.images.filter((i) => i.accepted).length;
+        if (report.status !== "done") throw new Error("not enrolled: " + (report.detail || report.error || report.status));
+        toast(report.name + ": " + n + " face(s) enrolled");
+        card.replaceChildren();
+        const p = document.createElement("p");
+        const a = document.createElement("a");
+        a.href = "/people/" + encodeURIComponent(report.person_id);
+        a.textContent = report.name;
+        p.append(id + " is now ", a, " (" + n + " faces enrolled).");
+        card.append(p);
+      } catch (err) { toast(err.message, true); }
+      finally { button.disabled = false; }
+    });
+    const forget = card.querySelector("button.forget-visitor");
+    if (forget) forget.addEventListener("click", async () => {
+      if (!window.confirm("Forget " + id + " and every face of theirs? This cannot be undone.")) return;
+      try { await api("DELETE", "/api/v1/visitors/" + encodeURIComponent(id)); card.remove(); toast("Forgot " + id); }
+      catch (err) { toast(err.message, true); }
+    });
+  });
+
+  document.querySelectorAll("button.feedback").forEach((b) => b.addEventListener("click", async () => {
+    const body = { event_id: b.dataset.event };
+    body[b.dataset.kind] = b.dataset.person;
+    try {
+      const r = await api("POST", "/api/v1/feedback", body);
+      const li = b.closest("li");
+      li.classList.add("done");
+      li.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+      const note = document.createElement("span");
+      note.className = "small " + (r.is_person ? "ok" : "bad");
+      note.textContent = r.is_person ? "confirmed" : "corrected: not " + r.person + (r.visitor ? " → " + r.visitor : "");
+      b.closest(".row-left").replaceWith(note);
+      toast(r.is_person ? "Thanks: confirmed " + r.person : "Corrected: not " + r.person + (r.visitor ? " (now " + r.visitor + ")" : ""));
+    } catch (err) { toast(err.message, true); }
+  }));
 })();
