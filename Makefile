@@ -23,6 +23,9 @@ demo: setup
 	$(BIN)/faec-rec demo
 
 test: setup
+	# Debian's chromium for the web pages' browser tests (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser tests will skip"
 	$(BIN)/python -m faec_rec.redis_server ensure --port $(TEST_REDIS_PORT)
 	$(BIN)/python -m pytest
 
