@@ -38,7 +38,12 @@ def home() -> Response:
 @router.get("/live", response_class=HTMLResponse)
 def live(request: Request, who: Viewer, client: ClientDep) -> Response:
     arrivals, _ = client.search_events(types=["arrived"], limit=12)
-    return render(request, "live.html", who, active="live", cameras=camera_rows(client), arrivals=arrivals)
+    last: dict[str, list[str]] = {}
+    for event in arrivals:  # newest first
+        names = last.setdefault(event.get("camera") or "", [])
+        if len(names) < 4:
+            names.append(event.get("person") or "stranger")
+    return render(request, "live.html", who, active="live", cameras=camera_rows(client), arrivals=arrivals, last=last)
 
 
 @router.get("/people", response_class=HTMLResponse)

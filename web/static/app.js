@@ -50,6 +50,10 @@
   if (arrivals) {
     const state = $("#live-state");
     const tileLast = {};
+    document.querySelectorAll(".tile[data-camera]").forEach((t) => {
+      const text = t.querySelector('[data-field="last"]').textContent;
+      if (text.startsWith("last: ")) tileLast[t.dataset.camera] = text.slice(6).split(", ");
+    });
     function addArrival(ev) {
       const none = $("#no-arrivals");
       if (none) none.remove();
