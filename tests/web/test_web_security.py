@@ -200,3 +200,28 @@ def test_identify_without_a_worker_is_a_clear_504(http: Any, role_keys: dict[str
                   headers=bearer(role_keys["viewer"]))
     assert r.status_code == 504 and r.json()["error"]["code"] == "no_worker"
     assert "no worker answered" in r.json()["error"]["message"]
+
+
+def test_models_listed_promoted_and_rolled_back_by_admins_only(http: Any, app: Any, role_keys: dict[str, str]) -> None:
+    from faec_rec.training.head import build_head
+
+    client = app.state.client
+    registry = client.registry
+    a = registry.register(build_head(), metrics={"candidate_gallery_tar_at_far": 0.97, "candidate_lfw_accuracy": 0.991},
+                          note="gain 0.012 on held-out gallery; LFW within budget")
+    b = registry.register(build_head(seed=1), status="rejected", note="LFW accuracy dropped <b>0.01</b>")
+    listed = http.get("/api/v1/models", headers=bearer(role_keys["viewer"])).json()
+    assert listed["current"] == "base" and [m["version"] for m in listed["models"]] == [a.version, b.version]
+    assert http.post(f"/api/v1/models/{a.version}/promote", headers=bearer(role_keys["operator"])).status_code == 403
+    r = http.post(f"/api/v1/models/{a.version}/promote", json={"reason": "test"}, headers=bearer(role_keys["admin"]))
+    assert r.status_code == 200 and r.json()["version"] == a.version and r.json()["previous"] == "base"
+    assert http.get("/api/v1/models", headers=bearer(role_keys["viewer"])).json()["current"] == a.version
+    r = http.post("/api/v1/models/no-such-head/promote", headers=bearer(role_keys["admin"]))
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+    _login(http, secret=role_keys["admin"])
+    page = http.get("/models", headers={"Accept": "text/html"}).text
+    assert a.version in page and "97.00 %" in page and "LFW accuracy dropped &lt;b&gt;0.01&lt;/b&gt;" in page
+    r = http.post("/api/v1/models/rollback", headers={**bearer(role_keys["admin"])})
+    assert r.status_code == 200 and r.json()["version"] == "base"
+    actions = [e["action"] for e in client.audit_log()]
+    assert "promote" in actions and "rollback" in actions
