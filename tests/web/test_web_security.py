@@ -225,3 +225,9 @@ def test_models_listed_promoted_and_rolled_back_by_admins_only(http: Any, app: A
     assert r.status_code == 200 and r.json()["version"] == "base"
     actions = [e["action"] for e in client.audit_log()]
     assert "promote" in actions and "rollback" in actions
+
+
+def test_login_page_reflects_no_text_from_the_url(http: Any) -> None:
+    page = http.get("/login?error=Your+account+is+locked,+call+555&next=%22%3E%3Cscript%3E")
+    assert page.status_code == 200
+    assert "call 555" not in page.text and "<script>" not in page.text.split("</head>")[1]

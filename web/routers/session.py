@@ -26,7 +26,12 @@ def _safe_next(target: str | None) -> str:
 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
-def login_page(request: Request, settings: SettingsDep, next: str = "/live", error: str = "") -> Response:
+def login_page(request: Request, settings: SettingsDep, next: str = "/live") -> Response:
+    return _login_form(request, settings, next)
+
+
+def _login_form(request: Request, settings: SettingsDep, next: str, error: str = "") -> Response:
+    """The form; ``error`` is only ever one of this module's own messages (never from the URL)."""
     token = secrets.token_urlsafe(24)
     response = templates.TemplateResponse(request, "login.html", {
         "next": _safe_next(next), "error": error, "login_csrf": token, "principal": None})
@@ -52,7 +57,7 @@ def login(
     try:
         record = store.by_password(name.strip(), secret) if name.strip() else store.by_secret(secret.strip())
     except AuthError:
-        return login_page(request, settings, next, "That key, or that name and password, is not valid.")
+        return _login_form(request, settings, next, "That key, or that name and password, is not valid.")
     token, _csrf = store.start_session(record, settings.web.session_ttl_s)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, token, max_age=settings.web.session_ttl_s, httponly=True,
