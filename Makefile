@@ -24,6 +24,9 @@ demo: setup
 	$(BIN)/faec-rec demo
 
 test: setup
+	# Debian's chromium for the web pages' browser tests (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser tests will skip"
 	$(BIN)/python -m faec_rec.redis_server ensure --port $(TEST_REDIS_PORT)
 	# the MQTT sink's tests talk to a real Mosquitto: install it when missing, start it unless one answers
 	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)

@@ -232,6 +232,7 @@ def _register_plugins() -> None:
         "faec_rec.training.commands",  # models, train, feedback
         "faec_rec.sinks.commands",     # sinks run|status|dead-letter
         "faec_rec.visitors.commands",  # visitors list|show|name|merge|split|forget|regroup|expire
+        "faec_rec.web.commands",       # serve, keys create|list|revoke
     ):
         _register_from(module)
 
@@ -246,6 +247,20 @@ def _register_from(module: str) -> None:
         log.debug("%s not available: %s", module, exc)
         return
     for command in found:
+        if command.name not in cli.commands:
+            register(command)
+
+
+def _register_from(module: str) -> None:
+    """Register ``module.commands`` when the module imports (its extra may be missing)."""
+    import importlib
+
+    try:
+        commands = importlib.import_module(module).commands
+    except ImportError as exc:
+        log.debug("%s not available: %s", module, exc)
+        return
+    for command in commands:
         if command.name not in cli.commands:
             register(command)
 

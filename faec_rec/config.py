@@ -247,6 +247,19 @@ class WebhookConfig(_Section):
         return value
 
 
+class WebConfig(_Section):
+    """`faec-rec serve`: the REST API and the pages."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=255, description="address the server listens on (127.0.0.1 = this machine only; see the README's threat model before widening)")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the server")
+    max_upload_bytes: int = Field(20_000_000, ge=1_000, le=1_000_000_000, description="largest request body accepted (413 above); each image is also held to faces.max_image_bytes and faces.max_image_pixels")
+    max_images_per_request: int = Field(50, ge=1, le=10_000, description="most images in one enrol or jobs request")
+    rate_limit_per_s: float = Field(50.0, gt=0, le=100_000, description="requests per second each key (or session) may sustain")
+    rate_burst: int = Field(100, ge=1, le=1_000_000, description="requests a key may make at once before the rate limit applies")
+    task_timeout_s: float = Field(30.0, gt=0, le=3600, description="seconds a request waits for a worker (identify, enrol) before a 504 'no worker answered'")
+    session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 86_400, description="seconds a page login lasts")
+    secure_cookies: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only; browsers also accept it on http://localhost)")
+    trusted_proxy: bool = Field(False, description="trust X-Forwarded-For/-Proto from a reverse proxy in front of the server")
 class VisitorsConfig(_Section):
     """Unknown faces kept and grouped into visitors (see faec_rec.visitors)."""
 
@@ -291,6 +304,7 @@ class Settings(BaseSettings):
     sinks: SinksConfig = SinksConfig()
     mqtt: MqttConfig = MqttConfig()
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="webhooks that receive events (each a sink of `faec-rec sinks`)")
+    web: WebConfig = WebConfig()
     visitors: VisitorsConfig = VisitorsConfig()
 
     @field_validator("redis_url")

@@ -161,6 +161,39 @@ class DeliveryRefused(SinkError):
     address): the event is parked in the dead-letter stream at once."""
 
 
+class AuthError(FaecError):
+    """A request carries no credentials, or unknown, revoked or wrong ones (HTTP 401)."""
+
+
+class PermissionDenied(FaecError):
+    """The caller's role may not do this (HTTP 403)."""
+
+
+class CsrfError(PermissionDenied):
+    """A page request changing something came without the session's CSRF token (HTTP 403)."""
+
+
+class RateLimited(FaecError):
+    """Too many requests from one key; ``retry_after`` seconds until the next is allowed (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTooLarge(FaecError):
+    """A request body or an uploaded image is over the configured size or pixel cap (HTTP 413)."""
+
+
+class UnsupportedImage(ImageError):
+    """An upload is not an image format the engine reads (HTTP 415)."""
+
+
+class NotFound(FaecError, KeyError):
+    """No such job, event, model version or crop (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
 class VisitorError(FaecError):
     """A visitor operation that cannot be done as asked (merge into itself, split out every face...)."""
 

@@ -263,6 +263,22 @@ class Keys:
     def retention_stats(self) -> str:
         """Hash: per sweep step, items removed in total and at the last sweep."""
         return self._k("retention", "stats")
+    # ---- web server (web/) ---------------------------------------------------
+    def api_keys(self) -> str:
+        """Hash: key id -> JSON record (name, role, sha256 of the secret, password scrypt hash, created, revoked)."""
+        return self._k("web", "api-keys")
+
+    def api_key_hashes(self) -> str:
+        """Hash: sha256 hex of an API key's secret -> key id (lookup on each request)."""
+        return self._k("web", "api-key-hashes")
+
+    def web_session(self, session_hash: str) -> str:
+        """String with TTL: JSON of a page login (key id, CSRF token), under the sha256 of the cookie."""
+        return self._k("web", "session", safe_id(session_hash, "session"))
+
+    def audit(self) -> str:
+        """Stream of every change (who, what, when): enrol, rename, forget, promote, keys..."""
+        return self._k("audit")
 
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""

@@ -91,10 +91,13 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON records instead of a table")
 def models_list(as_json: bool) -> None:
     """Every version with its status and key metrics; * marks the one in service."""
+    from faec_rec.client import Client
+    from faec_rec.training.registry import ModelRecord
+
     with _backend() as backend:
-        registry = _registry(backend)
-        current = registry.current()
-        records = registry.records()
+        listing = Client(settings=backend.settings).models()
+    current = listing["current"]
+    records = [ModelRecord.from_json(json.dumps(m)) for m in listing["models"]]
     if as_json:
         click.echo(json.dumps({"current": current, "models": [json.loads(r.to_json()) for r in records]}, indent=2))
         return
@@ -130,24 +133,15 @@ def models_show(version: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _switch_gallery(backend: Any, version: str) -> None:
-    from pathlib import Path
-
-    from faec_rec.keys import Keys
-    from faec_rec.training.retrain import switch_gallery
-
-    switch_gallery(backend.redis, Keys(backend.settings.prefix), Path(backend.settings.data_dir), version)
-
-
 @models.command("promote")
 @click.argument("version")
 @click.option("--reason", default="manual", show_default=True, help="recorded in the model event")
 def models_promote(version: str, reason: str) -> None:
     """Put VERSION in service now (its file is verified first); workers swap live."""
+    from faec_rec.client import Client
+
     with _backend() as backend:
-        registry = _registry(backend)
-        event = registry.promote(version, reason=reason)
-        _switch_gallery(backend, version)
+        event = Client(settings=backend.settings).promote_model(version, reason=reason)
     click.echo(f"in service: {event['version']} (was {event['previous']})")
 
 
@@ -155,10 +149,10 @@ def models_promote(version: str, reason: str) -> None:
 @click.option("--reason", default="manual", show_default=True, help="recorded in the model event")
 def models_rollback(reason: str) -> None:
     """Return to the version in service before the current one."""
+    from faec_rec.client import Client
+
     with _backend() as backend:
-        registry = _registry(backend)
-        event = registry.rollback(reason=reason)
-        _switch_gallery(backend, event["version"])
+        event = Client(settings=backend.settings).rollback_model(reason=reason)
     click.echo(f"in service: {event['version']} (rolled back from {event['previous']})")
 
 
@@ -176,10 +170,11 @@ def train_head(now: bool, dry_run: bool) -> None:
     """Retrain the head on the gallery, feedback and the reference set; promote it if the gate passes."""
     with _backend() as backend:
         if not now and not backend.embedded:
-            from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
+            from faec_rec.client import Client
+            from faec_rec.training.schedule import QUEUE_TRAIN
 
-            result = backend.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
-            click.echo(f"queued training task {result.id} on queue {QUEUE_TRAIN!r}; "
+            task_id = Client(settings=backend.settings).train_head()
+            click.echo(f"queued training task {task_id} on queue {QUEUE_TRAIN!r}; "
                        "`faec-rec models list` shows the outcome")
             return
         if not now:
