@@ -17,8 +17,8 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from faec_rec.errors import ConfigError
 
@@ -83,6 +83,11 @@ class WorkerConfig(_Section):
     tf_threads: int = Field(1, ge=0, le=256, description="TensorFlow threads per worker process; 1 suits a prefork pool with a process per core (parallelism comes from processes); 0 leaves TensorFlow's default")
     upload_ttl_s: int = Field(3600, ge=10, le=7 * 86_400, description="seconds image bytes uploaded by a client wait for a worker")
     result_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds enrolment reports, job results and task results are kept")
+    task_soft_time_limit_s: int = Field(120, ge=1, le=86_400, description="seconds a frame, image or enrolment task may run before it is interrupted (SoftTimeLimitExceeded: it fails, is acknowledged, not run again); keep below visibility_timeout_s")
+    task_time_limit_s: int = Field(180, ge=1, le=86_400, description="seconds after which a task still running has its worker process killed (prefork pool); keep below visibility_timeout_s")
+    max_deliveries: int = Field(3, ge=1, le=100, description="runs of one task that may end with their worker process dead (crash, OOM kill) before the next delivery parks it in the dead-letter stream instead of running it")
+    liveness_stale_s: int = Field(120, ge=5, le=3600, description="/healthz of a worker fails when its consumer loop (which beats every 5 s) has not run for this long: stuck, or its broker connection lost")
+    read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
 
 
 class ProducerConfig(_Section):
@@ -124,6 +129,9 @@ class TrainingConfig(_Section):
     min_gain: float = Field(0.0, ge=0, le=1, description="gallery TAR@1%FAR a candidate must gain over the head in service to be promoted")
     reference_dir: Path | None = Field(None, description="generic reference set: an LFW folder (<person>/<images> + pairs.txt); unset = <data_dir>/reference/lfw")
     lock_ttl_s: int = Field(3600, ge=10, le=86_400, description="seconds the training lock lives if a trainer dies holding it")
+    soft_time_limit_s: int = Field(3300, ge=60, le=7 * 86_400, description="seconds a training task may run before it is interrupted (and fails); keep below lock_ttl_s. Training is acknowledged when it starts, so a run longer than the broker's visibility timeout is never delivered twice")
+    signing_key: SecretStr | None = Field(None, description="secret key (HMAC-SHA256) that signs every registered comparison head; set, a head whose record is unsigned or signed with another key is refused (tampering with the file and its checksum in Redis is caught); unset, the checksum catches corruption only. Give it from a secret: FAEC_TRAINING__SIGNING_KEY or the file named by FAEC_TRAINING__SIGNING_KEY_FILE")
+    time_limit_s: int = Field(3500, ge=60, le=7 * 86_400, description="seconds after which a training task still running has its process killed; keep below lock_ttl_s")
 
 
 class DurabilityConfig(_Section):
@@ -169,6 +177,8 @@ class Settings(BaseSettings):
     producers: ProducerConfig = ProducerConfig()
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
+    redis_require_noeviction: bool = Field(True, description="refuse to start a worker on a Redis whose maxmemory-policy evicts keys (it would drop queued tasks and gallery records silently); false only warns")
+    redis_tls_insecure_skip_verify: bool = Field(False, description="INSECURE: accept a rediss:// URL whose ssl_cert_reqs is none/optional (or ssl_check_hostname=false), i.e. TLS without checking who answers; for a test bench only")
     durability: DurabilityConfig = DurabilityConfig()
     retention: RetentionConfig = RetentionConfig()
 
@@ -190,10 +200,33 @@ class Settings(BaseSettings):
             return value
         if scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// (TLS), unix:// or redis+sentinel://")
-        if scheme == "rediss" and "ssl_cert_reqs=" not in value:
+        if scheme == "rediss" and "ssl_cert_reqs" not in _url_query(value):
             raise ValueError("a rediss:// URL needs ?ssl_cert_reqs=required "
                              "(and &ssl_ca_certs=/path/to/ca.pem for a private certificate authority)")
         return value
+
+    @model_validator(mode="after")
+    def _tls_verified(self) -> "Settings":
+        # Separate from the scheme check: it needs redis_tls_insecure_skip_verify too.
+        if self.redis_url is None or self.redis_tls_insecure_skip_verify or not self.redis_url.lower().startswith("rediss:"):
+            return self
+        query = _url_query(self.redis_url)
+        reqs = query.get("ssl_cert_reqs", [])
+        if len(set(v.lower().removeprefix("cert_") for v in reqs)) > 1:
+            raise ValueError("redis_url: ssl_cert_reqs is given more than once with different values")
+        for value in reqs:
+            level = value.strip().lower().removeprefix("ssl.").removeprefix("cert_")
+            if level != "required":
+                raise ValueError(
+                    f"redis_url: ssl_cert_reqs={level or '(empty)'} does not check the server's certificate, "
+                    "so anyone on the path can read the password and the faces: use ssl_cert_reqs=required "
+                    "(with &ssl_ca_certs=... for a private CA), or set redis_tls_insecure_skip_verify=true "
+                    "(FAEC_REDIS_TLS_INSECURE_SKIP_VERIFY) to accept that")
+        for value in query.get("ssl_check_hostname", []):
+            if value.strip().lower() in {"false", "0", "no", "off", "n", "f"}:
+                raise ValueError("redis_url: ssl_check_hostname=false accepts any host's certificate: drop it, "
+                                 "or set redis_tls_insecure_skip_verify=true to accept that")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -204,15 +237,56 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (passed as init values), as documented above.
-        return (env_settings, init_settings)
+        # Environment beats the file (passed as init values), as documented above;
+        # FAEC_<NAME>_FILE reads a secret's value from a file (Docker/Kubernetes secrets).
+        return (_EnvWithFileSecrets(settings_cls), init_settings)
+
+
+class _EnvWithFileSecrets(EnvSettingsSource):
+    """The environment, where ``FAEC_<NAME>_FILE=/path`` stands for ``FAEC_<NAME>`` = that
+    file's text (trailing newline removed): a password or key then never appears in the
+    environment, a command line or ``docker inspect``, only in a mounted file."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = dict(super()._load_env_vars())
+        fields = {f.lower() for f in Settings.model_fields}
+        for name in [n for n in env if n.lower().startswith("faec_") and n.lower().endswith("_file")]:
+            target = name[: -len("_file")]
+            if target.lower()[len("faec_"):].split("__", 1)[0] not in fields:
+                continue  # not a setting's secret (FAEC_CONFIG_FILE of compose, a test's own variable)
+            path = env.pop(name)
+            if target in env:
+                raise ConfigError(f"both {target.upper()} and {name.upper()} are set: keep one")
+            try:
+                env[target] = Path(path or "").read_text().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{name.upper()}: cannot read the secret file {path!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from exc
+        return env
+
+
+def _url_query(url: str) -> dict[str, list[str]]:
+    """The query parameters of a URL, names lower-cased, values percent-decoded
+    (``?SSL_CERT_REQS=%6Eone`` is ``{"ssl_cert_reqs": ["none"]}``)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(name.strip().lower(), []).append(value)
+    return out
 
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): give a TOML or JSON file") from exc
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -243,6 +317,8 @@ def check_env_names(environ: Mapping[str, str] | None = None) -> None:
         upper = var.upper()
         if not upper.startswith("FAEC_") or upper.startswith(_ENV_NOT_SETTINGS):
             continue
+        if upper.endswith("_FILE"):  # FAEC_<NAME>_FILE: a secret read from a file
+            upper = upper[: -len("_FILE")]
         head, sep, rest = upper[len("FAEC_"):].partition("__")
         if head in heads:
             continue
@@ -266,5 +342,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        field = ".".join(str(p) for p in first["loc"])
+        if not field:  # a check across fields: its message names them
+            raise ConfigError(f"invalid configuration: {str(first['msg']).removeprefix('Value error, ')}") from exc
         raise ConfigError(f"invalid configuration: {field}: {first['msg']}") from exc

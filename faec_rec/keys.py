@@ -151,6 +151,15 @@ class Keys:
         """String with TTL: image bytes uploaded by a client for a task."""
         return self._k("upload", safe_id(upload_id, "upload id"))
 
+    def deliveries(self, task_id: str) -> str:
+        """String counter with TTL: runs of one Celery task that started and have not
+        ended in their process (a run that ends deletes it); see ``workers/deadletter.py``."""
+        return self._k("deliveries", safe_id(task_id, "task id"))
+
+    def dead_letter(self) -> str:
+        """Stream of parked tasks (task name, id, payload, deliveries), for ``faec-rec tasks dead-letter``."""
+        return self._k("dead-letter")
+
     def celery(self) -> str:
         """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
         return self._k("celery", "")
@@ -184,3 +193,20 @@ class Keys:
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
         return self._k("*")
+
+    # ---- globs for erasure (index/erasure.py: forgetting a person) ----------
+    def events_pattern(self) -> str:
+        """Glob matching every camera's event stream."""
+        return self._k("events", "*")
+
+    def job_results_pattern(self) -> str:
+        """Glob matching every job's result stream."""
+        return self._k("job", "*", "results")
+
+    def enrolment_pattern(self) -> str:
+        """Glob matching every enrolment report."""
+        return self._k("enrolment", "*")
+
+    def celery_results_pattern(self) -> str:
+        """Glob matching Celery's task results (``celery-task-meta-<task id>``) of this deployment."""
+        return self.celery() + "celery-task-meta-*"

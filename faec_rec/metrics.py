@@ -133,6 +133,9 @@ class Metrics:
         self.model_version = Gauge(
             "faec_model_version_info", "1 for the model version a live process is serving, 0 for earlier ones",
             ["version"], multiprocess_mode="livemax", registry=r)
+        self.tasks_dead_lettered = Counter(
+            "faec_tasks_dead_lettered", "Tasks parked in the dead-letter stream after killing their worker "
+            "workers.max_deliveries times", ["task"], registry=r)
         self._version: str | None = None
         self._lock = threading.Lock()
 
@@ -207,6 +210,10 @@ def training_run(outcome: TrainingOutcome | str) -> None:
     get_metrics().training_runs.labels(outcome=_member(TrainingOutcome, outcome)).inc()
 
 
+def task_dead_lettered(task: str) -> None:
+    get_metrics().tasks_dead_lettered.labels(task=task).inc()
+
+
 def set_gallery_size(people: int, templates: int) -> None:
     """Worker: the size of this process's gallery replica after a sync."""
     m = get_metrics()
@@ -272,6 +279,25 @@ def process_exited(pid: int) -> None:
 
     multiprocess.mark_process_dead(pid, str(directory))
     (directory / _READY_FILE.format(pid=pid)).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Liveness: the consumer's heartbeat
+# ---------------------------------------------------------------------------
+
+_consumer_beat: float | None = None
+
+
+def consumer_heartbeat(now: float | None = None) -> None:
+    """Record that the worker's consumer loop just ran (called from its event loop by
+    ``workers/heartbeat.py``); ``/healthz`` fails when this goes stale."""
+    global _consumer_beat
+    _consumer_beat = time.time() if now is None else now
+
+
+def consumer_heartbeat_age() -> float | None:
+    """Seconds since the consumer loop last ran, or None before it first ran."""
+    return None if _consumer_beat is None else max(0.0, time.time() - _consumer_beat)
 
 
 # ---------------------------------------------------------------------------
@@ -411,13 +437,22 @@ class RedisCollector:
             camera_families = _camera_stats_families(zip(valid, pipe.execute()))
             people = GaugeMetricFamily("faec_gallery_people", "People enrolled (Redis, the source of truth)")
             people.add_metric([], float(self.client.scard(self.keys.people())))
+            memory = self.client.info("memory")
+            used = GaugeMetricFamily("faec_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
+            used.add_metric([], float(memory.get("used_memory", 0)))
+            cap = GaugeMetricFamily("faec_redis_memory_max_bytes",
+                                    "Redis maxmemory (0: no limit; writes are refused past it under noeviction)")
+            cap.add_metric([], float(memory.get("maxmemory", 0)))
+            parked = GaugeMetricFamily("faec_dead_letter_tasks", "Tasks parked in the dead-letter stream "
+                                       "(`faec-rec tasks dead-letter list`)")
+            parked.add_metric([], float(self.client.xlen(self.keys.dead_letter())))
         except Exception as exc:
             log.warning("metrics: Redis did not answer the scrape: %s", type(exc).__name__)
             up.add_metric([], 0.0)
             yield up
             return
         up.add_metric([], 1.0)
-        yield from (up, depth, waiting, people, *camera_families)
+        yield from (up, depth, waiting, people, used, cap, parked, *camera_families)
 
 
 # Counters the frame protocol keeps in each camera's stats hash (producers and workers HINCRBY).
@@ -495,7 +530,11 @@ class HealthServer:
 
     def __init__(self, port: int, host: str = "0.0.0.0", checks: Sequence[str] = (),
                  redis_client: Any = None, collectors: Sequence[Any] = (),
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, heartbeat_stale_s: float | None = None,
+                 request_timeout_s: float = 5.0) -> None:
+        # heartbeat_stale_s: /healthz fails when the consumer loop has not beaten for this
+        # long (or never did); None (servers that are not Celery workers) skips that check.
+        self.heartbeat_stale_s = heartbeat_stale_s
         self.checks = tuple(checks)
         self.redis_client = redis_client
         self.registry = registry if registry is not None else _exposition_registry()
@@ -504,7 +543,9 @@ class HealthServer:
             self.registry.register(collector)
         self.started = time.time()
         server = self
-        handler = type("_Handler", (_Handler,), {"owner": server})
+        # timeout: a client that connects and sends nothing (or half a request) is dropped
+        # after request_timeout_s instead of holding a thread for ever.
+        handler = type("_Handler", (_Handler,), {"owner": server, "timeout": request_timeout_s})
         try:
             self._httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -542,6 +583,21 @@ class HealthServer:
         ping = self.redis_client.ping if self.redis_client is not None else None
         return readiness(self.checks, ping)
 
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: the process answers and, for a worker, its consumer loop beat recently
+        (a stuck loop or a lost broker connection stops the beats)."""
+        body: dict[str, Any] = {"alive": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1)}
+        if self.heartbeat_stale_s is None:
+            return True, body
+        age = consumer_heartbeat_age()
+        body["consumer_heartbeat_age_s"] = None if age is None else round(age, 1)
+        if age is None or age > self.heartbeat_stale_s:
+            body["alive"] = False
+            body["detail"] = ("the consumer loop has not run yet" if age is None else
+                              f"the consumer loop last ran {age:.0f} s ago (limit {self.heartbeat_stale_s:.0f} s): "
+                              "stuck, or its broker connection is lost")
+        return bool(body["alive"]), body
+
 
 def _exposition_registry() -> CollectorRegistry:
     """The merged files of every process in multiprocess mode, else this process's metrics."""
@@ -569,8 +625,9 @@ class _Handler(BaseHTTPRequestHandler):
             sweep_dead_processes()  # a killed child's live gauges must not linger
             self._send(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            body = {"alive": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.owner.started, 1)}
-            self._send(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+            ok, body = self.owner.alive()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, json.dumps(body).encode(),
+                       "application/json")
         elif path == "/readyz":
             ok, report = self.owner.ready()
             self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
@@ -604,7 +661,7 @@ def probe_client(redis_url: str, timeout_s: float = 1.0) -> Any:
 
 
 def serve(settings: Settings, port: int | None = None, checks: Sequence[str] = (),
-          cluster: bool = True) -> HealthServer | None:
+          cluster: bool = True, heartbeat: bool = False) -> HealthServer | None:
     """Start the endpoints for this process; returns None when the port is 0 (off).
 
     ``port`` defaults to ``settings.workers.health_port``. ``cluster`` adds the
@@ -622,7 +679,9 @@ def serve(settings: Settings, port: int | None = None, checks: Sequence[str] = (
             from faec_rec.keys import Keys
 
             collectors.append(RedisCollector(client, Keys(settings.prefix)))
-    return HealthServer(port, checks=checks, redis_client=client, collectors=collectors).start()
+    stale = float(settings.workers.liveness_stale_s) if heartbeat else None
+    return HealthServer(port, checks=checks, redis_client=client, collectors=collectors,
+                        heartbeat_stale_s=stale).start()
 
 
 # ---------------------------------------------------------------------------
@@ -657,7 +716,7 @@ def install_worker_hooks(settings: Settings | None = None, checks: Sequence[str]
         if directory is None:
             directory = _owned_dir = Path(tempfile.mkdtemp(prefix="faec-metrics-"))
         enable_multiprocess(directory)
-        _worker_server = serve(current, checks=checks)
+        _worker_server = serve(current, checks=checks, heartbeat=True)
 
     def on_child_exit(**_: Any) -> None:
         process_exited(os.getpid())

@@ -106,6 +106,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # process that is not up by then, so a process replaced after a crash on a
         # loaded box was killed and re-forked in a loop (found by tests/faults).
         "worker_proc_alive_timeout": WARM_UP_TIMEOUT_S,
+        # A task that runs too long is interrupted (soft: it fails and is acknowledged)
+        # then its process killed (hard); training has its own, longer limits.
+        "task_soft_time_limit": settings.workers.task_soft_time_limit_s,
+        "task_time_limit": settings.workers.task_time_limit_s,
+        "task_annotations": {TASK_TRAIN: {"soft_time_limit": settings.training.soft_time_limit_s,
+                                          "time_limit": settings.training.time_limit_s}},
         "task_routes": ROUTES,
         "task_default_queue": QUEUE_FRAMES,
         "task_create_missing_queues": True,
@@ -141,7 +147,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     Safe to call anywhere: nothing connects and no model loads until a worker
     runs a task. The app's settings are available as ``app_settings(app)``.
     """
-    app = Celery("faec_rec", set_as_current=False)
+    # GuardedTask: counts runs that killed their worker and parks a poison task (workers/deadletter.py).
+    app = Celery("faec_rec", set_as_current=False, task_cls="faec_rec.workers.deadletter:GuardedTask")
     holder: dict[str, Settings] = {}
 
     def settings_now() -> Settings:
@@ -157,6 +164,10 @@ def make_app(settings: Settings | None = None) -> Celery:
     from faec_rec.workers import tasks
 
     tasks.register(app)
+    # /healthz follows the consumer loop's own heartbeat (workers/heartbeat.py).
+    from faec_rec.workers.heartbeat import ConsumerHeartbeat
+
+    app.steps["consumer"].add(ConsumerHeartbeat)
     # /metrics, /healthz, /readyz on workers.health_port once a worker starts (0 = off).
     metrics.install_worker_hooks()
     return app

@@ -310,6 +310,7 @@ _HOOKS_SCRIPT = textwrap.dedent("""
     worker = FakeWorker()
     worker.app = app
     signals.worker_init.send(sender=worker)
+    metrics.consumer_heartbeat()       # what the consumer's bootstep does once it consumes
     mp_dir = metrics.multiprocess_dir()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
         alive = r.status
