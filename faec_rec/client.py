@@ -341,6 +341,16 @@ class Client:
             if not follow and len(batch) < 500:
                 return
 
+    def event_snapshot(self, event: dict[str, Any] | str, part: str = "face") -> bytes | None:
+        """JPEG of an "arrived" event's face crop (``part="face"``) or downscaled frame
+        (``"frame"``); ``event`` is the event dict or its ``snapshot`` key. None when the
+        event has none or it expired (``events.snapshot_ttl_s``); ValueError for a key
+        that is not a snapshot of this deployment."""
+        from faec_rec.workers.snapshots import read_snapshot
+
+        key = event.get("snapshot") if isinstance(event, dict) else event
+        return None if not key else read_snapshot(self.redis, self.keys, key, part)
+
     # ---- people ------------------------------------------------------------------------
     @property
     def gallery(self) -> Any:

@@ -146,3 +146,16 @@ class DurabilityError(BackendUnavailable):
 
 class ArchiveError(FaecError, ValueError):
     """A gallery archive is damaged, of a foreign version, or does not fit the target."""
+
+
+class SinkError(FaecError):
+    """An event could not be delivered to a sink (MQTT broker, webhook); counts as one failed attempt."""
+
+
+class SinkUnavailable(SinkError):
+    """The sink as a whole is away (broker disconnected): wait for it, do not count an attempt."""
+
+
+class DeliveryRefused(SinkError):
+    """Delivery can never succeed as configured (e.g. a webhook host resolves to a forbidden
+    address): the event is parked in the dead-letter stream at once."""

@@ -191,6 +191,42 @@ _worker_app: Celery | None = None
 def _remember_worker_app(sender: Any = None, **_: object) -> None:
     global _worker_app
     _worker_app = getattr(sender, "app", None)
+    from faec_rec.errors import ConfigError
+
+    try:
+        _check_broker(_worker_app)
+    except ConfigError as exc:
+        # Celery logs and swallows a handler's exceptions; SystemExit stops the worker.
+        log.critical("refusing to start: %s", exc)
+        raise SystemExit(2) from exc
+
+
+def _check_broker(app: Celery | None) -> None:
+    """Refuse an evicting Redis, warn about one without maxmemory or persistence
+    (``faec_rec.redis_checks``), however the worker was started."""
+    if app is None or getattr(app, "faec_settings", None) is None:
+        return
+    settings = app_settings(app)
+    if not settings.redis_url:
+        return
+    import redis as redis_lib
+
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+    from faec_rec.embedded import redact_url
+    from faec_rec.redis_checks import check_redis_once
+
+    try:
+        client = redis_from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    except (redis_lib.RedisError, OSError, ValueError) as exc:
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+        return
+    try:
+        check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
+                         where=redact_url(settings.redis_url))
+    except (redis_lib.RedisError, OSError) as exc:  # unreachable now: Celery's own retries report it
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+    finally:
+        client.close()
 
 
 @worker_process_init.connect(weak=False)

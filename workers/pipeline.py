@@ -36,6 +36,7 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+from faec_rec.workers.snapshots import store_snapshots
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -276,6 +277,8 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     with metrics.stage("track_publish"):
         events = track(runtime, payload, results)
         store_event_features(runtime, payload, results, events)
+        events = store_snapshots(r, keys, runtime.settings.events, payload.camera, payload.frame, image,
+                                 [f.box for f in results], events)
         ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 
@@ -284,6 +287,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     pipe.hincrby(stats, "processed", 1)
     pipe.hincrby(stats, "faces", len(results))
     pipe.hincrby(stats, _latency_field(latency_ms), 1)
+    pipe.hincrbyfloat(stats, "latency_ms_sum", round(latency_ms, 3))  # the histogram's _sum
     pipe.delete(payload.key)
     pipe.execute()
     metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)
@@ -386,8 +390,8 @@ def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: 
 
     At most ``faces.max_image_bytes`` are read (a larger image is refused before it
     fills memory). A ``path`` must be a regular file inside ``workers.read_roots``
-    (symlinks resolved); with no roots configured, paths are only accepted on the
-    private Redis, where only this user can queue tasks.
+    (symlinks resolved); the embedded backend and ``faec-rec worker`` on the private
+    Redis (which only this user's commands reach) set ``/`` when none are configured.
 
     Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``too_large``,
     ``not_allowed``, ``not_found`` or ``unreadable``.
