@@ -174,7 +174,10 @@ def _remember_worker_app(sender: Any = None, **_: object) -> None:
 def _warm_up(**_: object) -> None:
     # Load the model and the gallery replica in each fresh worker process
     # before the first task arrives, so the first frame is not slow.
+    from faec_rec import quiet
     from faec_rec.workers import runtime
+
+    quiet.install_from_environment()  # TensorFlow's start-up lines only when the parent said -v
 
     target = _worker_app if _worker_app is not None else app
     if getattr(target, "faec_settings", None) is None:
