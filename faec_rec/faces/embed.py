@@ -3,7 +3,8 @@
 ``Embedder.features`` gives raw 128-d backbone descriptors on dlib's scale (what the gallery
 stores); ``Embedder.embed`` gives them L2-normalised (what cosine comparisons use). The model
 is loaded lazily, once per instance and thread-safely, and run through one compiled
-TensorFlow function (``model.predict`` costs ~80 ms of overhead per call at batch 1).
+TensorFlow function with its weights frozen into constants (:mod:`faec_rec.faces.runtime`;
+``model.predict`` costs ~80 ms of overhead per call at batch 1).
 """
 from __future__ import annotations
 
@@ -123,8 +124,10 @@ class Embedder:
                 def run(chips: Any) -> Any:
                     return model(tf.cast(chips, tf.float32), training=False)
 
+            from faec_rec.faces.runtime import frozen_call
+
             self._model = model
-            self._run = tf.function(run, input_signature=[spec], reduce_retracing=True)
+            self._run = frozen_call(run, spec)  # variables as constants: see faces/runtime.py
 
     def features(self, crops: np.ndarray) -> np.ndarray:
         """Raw backbone descriptors.
@@ -144,7 +147,7 @@ class Embedder:
             if chunk.dtype != np.uint8:
                 chunk = np.clip(np.rint(chunk), 0, 255).astype(np.uint8)
             chunk = np.ascontiguousarray(chunk)
-            out[start : start + len(chunk)] = self._run(chunk).numpy()
+            out[start : start + len(chunk)] = self._run(chunk)
         return out
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
