@@ -190,15 +190,23 @@ class Client:
         return [FaceResult.from_json(f) for f in record.get("faces", [])]
 
     def submit_images(self, images: Sequence[ImageInput], job: str | None = None) -> str:
-        """Upload images and queue one identify task each; returns the job id."""
-        from faec_rec.workers.app import TASK_IDENTIFY
+        """Upload images and queue identify tasks (``workers.folder_batch`` images each,
+        their faces embedded together; 1 = one task per image); returns the job id."""
+        from faec_rec.workers.app import TASK_IDENTIFY, TASK_IDENTIFY_BATCH
 
         job = job or _new_id()
         uploads = [self.upload(image) for image in images]
         self.redis.hset(self.keys.job(job), mapping={"total": len(uploads), "created_at": repr(time.time())})
         self.redis.expire(self.keys.job(job), self.settings.workers.result_ttl_s)
-        for upload_id, display in uploads:
-            self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
+        size = self.settings.workers.folder_batch
+        if size <= 1:
+            for upload_id, display in uploads:
+                self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
+            return job
+        for start in range(0, len(uploads), size):
+            chunk = uploads[start : start + size]
+            self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": [
+                {"path": None, "key": upload_id, "name": display} for upload_id, display in chunk]})
         return job
 
     def identify_folder(self, path: str | Path, *, wait: bool = False, timeout: float = 600.0) -> str | list[dict[str, Any]]:

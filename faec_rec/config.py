@@ -83,6 +83,8 @@ class WorkerConfig(_Section):
     tf_threads: int = Field(1, ge=0, le=256, description="TensorFlow threads per worker process; 1 suits a prefork pool with a process per core (parallelism comes from processes); 0 leaves TensorFlow's default")
     upload_ttl_s: int = Field(3600, ge=10, le=7 * 86_400, description="seconds image bytes uploaded by a client wait for a worker")
     result_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds enrolment reports, job results and task results are kept")
+    folder_batch: int = Field(16, ge=1, le=256, description="images of a folder job per task: their faces are embedded in one model call (1 = one task per image, the unbatched path)")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads that read, decode and detect the images of one folder-job batch in a worker process (at most this many decoded images are held at once)")
 
 
 class ProducerConfig(_Section):

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TASK_RECOGNISE = "faec_rec.recognise_frame"
 TASK_IDENTIFY = "faec_rec.identify_image"
+TASK_IDENTIFY_BATCH = "faec_rec.identify_images"
 TASK_ENROL = "faec_rec.enrol"
 TASK_TRAIN = "faec_rec.train_head"
 
@@ -35,6 +36,7 @@ QUEUES = (QUEUE_FRAMES, QUEUE_ENROL, QUEUE_TRAIN)
 ROUTES: dict[str, dict[str, str]] = {
     TASK_RECOGNISE: {"queue": QUEUE_FRAMES},
     TASK_IDENTIFY: {"queue": QUEUE_FRAMES},
+    TASK_IDENTIFY_BATCH: {"queue": QUEUE_FRAMES},
     TASK_ENROL: {"queue": QUEUE_ENROL},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
 }

@@ -55,7 +55,7 @@ def _retry_on_backend_loss(task: "Task", exc: BaseException) -> None:
 
 def register(app: "Celery") -> dict[str, "Task"]:
     """Register the project's tasks on ``app``; returns them by name."""
-    from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_RECOGNISE, TASK_TRAIN
+    from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_IDENTIFY_BATCH, TASK_RECOGNISE, TASK_TRAIN
 
     @app.task(name=TASK_RECOGNISE, shared=False, bind=True, ignore_result=True)
     def recognise_frame(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,6 +87,21 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
+    @app.task(name=TASK_IDENTIFY_BATCH, shared=False, bind=True)
+    def identify_images(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
+        from faec_rec.workers import batch
+
+        try:
+            images = batch.payloads_from_json(payload)
+        except PayloadError as exc:
+            log.error("identify_images: dropped a malformed message: %s", exc)
+            return {"error": "bad_payload", "detail": str(exc)}
+        try:
+            return {"recorded": len(batch.identify_images(_runtime(self), images))}
+        except _transient() as exc:
+            _retry_on_backend_loss(self, exc)
+        return None
+
     @app.task(name=TASK_ENROL, shared=False, bind=True)
     def enrol(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
         from faec_rec.workers import enrolment
@@ -113,4 +128,4 @@ def register(app: "Celery") -> dict[str, "Task"]:
         result = retrain.run(app_settings(self.app), **(payload or {}))
         return result if isinstance(result, dict) else {"result": str(result)}
 
-    return {t.name: t for t in (recognise_frame, identify_image, enrol, train_head)}
+    return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, train_head)}
