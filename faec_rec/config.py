@@ -38,7 +38,8 @@ class FacesConfig(_Section):
 
     detector: str = Field("blazeface", description="face detector: 'blazeface' (MediaPipe full-range over a window pyramid; mtcnn was measured at ~167 ms per 600 px photo and not adopted)")
     min_face_px: int = Field(40, ge=8, le=1000, description="smallest face side, pixels, to report")
-    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection; boxes are mapped back")
+    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection, unless detect_max_pixels allows more; boxes are mapped back")
+    detect_max_pixels: int = Field(4_000_000, ge=0, le=200_000_000, description="pixel budget of the image as detected: a large photo is downscaled only to this many pixels (never below detect_max_side), so min_face_px counts nearly in its own pixels (a 6000x4000 photo: faces from ~100 px, was ~190; a 20000x1300 panorama: from ~100 px, was ~630); large pyramid levels run in fixed-size tiles; 0 = detect_max_side alone")
     score_threshold: float = Field(0.5, gt=0, lt=1, description="detector confidence below which a face is ignored (0.5: no face on no_face/, 2 of 231 dlib-HOG faces missed on group_photos/; 0.6 missed 9)")
     max_image_pixels: int = Field(60_000_000, ge=1, description="refuse images with more pixels than this before decoding (decompression bombs)")
     max_image_bytes: int = Field(50_000_000, ge=1, description="refuse encoded images larger than this")
