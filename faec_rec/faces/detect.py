@@ -22,8 +22,8 @@ network runs at any input shape, so no windows are cut and no face is split):
 
 1. Images larger than ``detect_max_side`` are downscaled first
    (``min_face_px`` counts in the downscaled image), but only as far as the pixel
-   budget ``detect_max_pixels`` requires: a 6000x4000 photo is detected at 2449x1633
-   (4 MP), not 1280x853, so a 150 px face is 61 px there, not 32 (missed before).
+   budget ``detect_max_pixels`` requires: a 6000x4000 photo is detected at 1936x1291
+   (2.5 MP), not 1280x853, so a 150 px face is 48 px there, not 32 (missed before).
 2. A pyramid of scales (:func:`pyramid_scales`): the first makes the smallest
    wanted face :data:`_MIN_INPUT_FACE` model pixels (min_face = 0.8 x
    min_face_px, see ``_BOX_SLACK``), but never a long side under 192 (the

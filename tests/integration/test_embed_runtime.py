@@ -46,3 +46,20 @@ def test_frozen_runtime_matches_keras_at_batch_1_and_32(chips: np.ndarray, preci
     assert _cos(singles, reference).min() >= 0.9999
     if precision == "float32":
         np.testing.assert_allclose(singles, reference, atol=1e-4)
+
+
+def test_frozen_graph_is_cached_and_a_corrupt_cache_is_rebuilt(chips: np.ndarray, tmp_path: Path) -> None:
+    from faec_rec.faces.embed import Embedder
+
+    first = Embedder(cache_dir=tmp_path)
+    want = first.features(chips[:4])
+    (graph,) = tmp_path.glob("*.pb")
+    cold = Embedder(cache_dir=tmp_path)
+    got = cold.features(chips[:4])
+    assert cold._model is None, "a cached graph must start without loading the Keras model"
+    np.testing.assert_array_equal(got, want)
+    graph.write_bytes(graph.read_bytes()[:-100] + b"x" * 100)  # same size, wrong bytes
+    rebuilt = Embedder(cache_dir=tmp_path)
+    np.testing.assert_array_equal(rebuilt.features(chips[:4]), want)
+    assert rebuilt._model is not None  # rebuilt from the Keras model, cache rewritten
+    assert Embedder(cache_dir=tmp_path).features(chips[:1]).shape == (1, 128)

@@ -53,6 +53,6 @@ def test_tiles_cover_every_pixel_with_the_overlap() -> None:
         starts = tile_starts(length, 768, 128)
         assert starts[0] == 0 and min(length, starts[-1] + 768) == length
         assert all(b - a <= 768 - 128 for a, b in zip(starts, starts[1:]))
-    assert work_scale(640, 480, 1280, 4_000_000) == 1.0
-    assert work_scale(6000, 4000, 1280, 4_000_000) == pytest.approx((4e6 / 24e6) ** 0.5)
+    assert work_scale(640, 480, 1280, 2_500_000) == 1.0
+    assert work_scale(6000, 4000, 1280, 2_500_000) == pytest.approx((2.5e6 / 24e6) ** 0.5)
     assert work_scale(6000, 4000, 1280, 0) == pytest.approx(1280 / 6000)
