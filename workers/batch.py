@@ -2,7 +2,8 @@
 
 A task carries up to ``workers.folder_batch`` images of one job. The worker reads and
 decodes them on a small thread pool (OpenCV and TFLite release the GIL), detects and aligns
-each as soon as it is decoded (so at most ``workers.decode_threads`` decoded images are held,
+each as soon as it is decoded, each thread with a detector of its own (so at most
+``workers.decode_threads`` decoded images are held,
 whatever their size: memory stays bounded by chips of 150x150 pixels), then embeds every face
 of the batch in one call and looks them all up in the gallery in one call. Results are still
 one record per image, written exactly as :func:`faec_rec.workers.pipeline.identify_image`
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,11 +53,56 @@ class _Prepared:
     error: str | None = None
 
 
+class _DetectorPool:
+    """Detectors lent to the decode threads: a BlazeFace interpreter is not thread-safe (the
+    detector serialises its calls), so two threads detect in parallel only with two of them.
+    The engine's own detector is the first; others are made on demand and kept."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def borrow(self, runtime: "Runtime") -> Any:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            self._made += 1
+            first = self._made == 1
+        if first:
+            return runtime.engine.detector
+        from faec_rec.faces.detect import make_detector
+
+        return make_detector(runtime.settings.faces)
+
+    def give_back(self, detector: Any) -> None:
+        self._free.put(detector)
+
+
+_pools: "weakref.WeakKeyDictionary[Any, _DetectorPool]" = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
+def _detector_pool(runtime: "Runtime") -> _DetectorPool:
+    with _pools_lock:
+        pool = _pools.get(runtime)
+        if pool is None:
+            pool = _pools[runtime] = _DetectorPool()
+        return pool
+
+
 def _prepare(runtime: "Runtime", payload: ImagePayload) -> _Prepared:
     engine = runtime.engine
+    pool = _detector_pool(runtime)
     try:
         image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
-        faces = engine.detect(image)
+        detector = pool.borrow(runtime)
+        try:
+            faces = detector.detect(image)
+        finally:
+            pool.give_back(detector)
         chips = engine.align(image, faces) if faces else None
         return _Prepared(payload, faces, chips)
     except ImageError as exc:
