@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TEST_REDIS_PORT ?= 6379
+TEST_MQTT_PORT ?= 1883
 
 .PHONY: setup demo test bench clean
 
@@ -21,6 +22,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m faec_rec.redis_server ensure --port $(TEST_REDIS_PORT)
+	# the MQTT sink's tests talk to a real Mosquitto: install it when missing, start it unless one answers
+	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)
+	$(BIN)/python -m faec_rec.sinks.broker ensure --port $(TEST_MQTT_PORT)
 	$(BIN)/python -m pytest
 
 clean:

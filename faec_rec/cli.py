@@ -19,12 +19,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import unicodedata
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -32,8 +33,9 @@ from typing import Any
 
 import click
 
-from faec_rec.errors import BackendUnavailable, ConfigError, FaecError, ImageError, TaskTimeout, UnknownPersonError
-from faec_rec.files import IMAGE_SUFFIXES, is_image_path, walk_images
+from faec_rec.errors import (BackendUnavailable, ConfigError, FaecError, GalleryError, ImageError, TaskTimeout,
+                              UnknownPersonError, UsageError)
+from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class CommandFailed(click.ClickException):
 def _exit_code_for(exc: FaecError) -> ExitCode:
     if isinstance(exc, (BackendUnavailable, TaskTimeout)):
         return ExitCode.BACKEND
-    if isinstance(exc, (ConfigError, UnknownPersonError)):
+    if isinstance(exc, (ConfigError, UnknownPersonError, UsageError)):
         return ExitCode.USAGE
     return ExitCode.PARTIAL
 
@@ -91,24 +93,14 @@ class FaecGroup(click.Group):
 # ---- names and files --------------------------------------------------------
 
 def check_person_name(raw: str) -> str:
-    """A display name safe to store, or :class:`CommandFailed` saying why not.
+    """A display name safe to store, or :class:`CommandFailed` saying why not
+    (the gallery's one validator, :func:`faec_rec.index.store.clean_name`)."""
+    from faec_rec.index.store import clean_name
 
-    Names are shown, never used as paths (the gallery files crops under person
-    ids), but a name with a path separator, a control character or only dots is
-    almost always a mistake (a path passed as a name), so it is refused.
-    """
-    name = unicodedata.normalize("NFC", raw).strip()
-    if not name:
-        raise CommandFailed("a person's name cannot be empty")
-    if len(name) > MAX_NAME_LEN:
-        raise CommandFailed(f"name {name[:20]!r}... is longer than {MAX_NAME_LEN} characters")
-    if "/" in name or "\\" in name:
-        raise CommandFailed(f"name {name!r} holds a path separator ('/' or '\\'): give a plain name like 'Ada Lovelace'")
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        raise CommandFailed(f"name {name!r} holds control characters")
-    if set(name) <= {"."}:
-        raise CommandFailed(f"name {name!r} is only dots: give a real name")
-    return name
+    try:
+        return clean_name(raw)
+    except GalleryError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 def list_images(root: Path) -> tuple[list[Path], list[Path]]:
@@ -236,12 +228,26 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
+    # One module per room that owns commands; each exposes ``commands`` (a list).
+    for module in (
+        "faec_rec.workers.commands",   # tasks dead-letter ...
+        "faec_rec.cluster.commands",   # gallery export/import, retention sweep
+        "faec_rec.training.commands",  # models, train, feedback
+        "faec_rec.sinks.commands",     # sinks run|status|dead-letter
+    ):
+        _register_from(module)
+
+
+def _register_from(module: str) -> None:
+    """Register ``module.commands`` (a list of click commands) when importable."""
+    import importlib
+
     try:
-        from faec_rec.training.commands import commands  # type: ignore[import-not-found]
+        found = importlib.import_module(module).commands
     except ImportError as exc:
-        log.debug("training commands not available: %s", exc)
+        log.debug("%s not available: %s", module, exc)
         return
-    for command in commands:
+    for command in found:
         if command.name not in cli.commands:
             register(command)
 
@@ -258,6 +264,10 @@ def config_cmd(state: State, describe: bool) -> None:
     settings = state.settings()
     if settings.redis_url:  # never print a password
         settings = settings.model_copy(update={"redis_url": redact_url(settings.redis_url)})
+    if settings.mqtt.url:  # nor the broker's
+        settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"url": redact_url(settings.mqtt.url)})})
+    if any(w.secret for w in settings.webhooks):  # nor a webhook secret
+        settings = settings.model_copy(update={"webhooks": [w.model_copy(update={"secret": "***" if w.secret else None}) for w in settings.webhooks]})
     if not describe:
         _echo_json(settings.model_dump(mode="json"))
         return
@@ -278,6 +288,17 @@ def _describe(model: Any, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
 
 # ---- worker and beat -------------------------------------------------------------------
 
+def in_deployment_image() -> bool:
+    """True in the faec-rec image (deploy/Dockerfile's /opt/faec-rec) or a Kubernetes pod."""
+    return sys.prefix == "/opt/faec-rec" or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def in_container(root: Path = Path("/")) -> bool:
+    """True inside a Docker/Podman container or a Kubernetes pod."""
+    return ((root / ".dockerenv").exists() or (root / "run" / ".containerenv").exists()
+            or bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
+
+
 @cli.command("worker")
 @click.option("-Q", "--queues", default="frames,enrol,train", show_default=True,
               help="comma-separated queues to consume.")
@@ -286,36 +307,60 @@ def _describe(model: Any, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True,
               help="Celery pool; prefork gives each process its own model and gallery replica.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True, help="Celery log level.")
+@click.option("--embedded", "embedded_ok", is_flag=True,
+              help="inside a container without FAEC_REDIS_URL, start a private Redis anyway.")
 @pass_state
-def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, loglevel: str) -> None:
+def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, loglevel: str,
+               embedded_ok: bool = False) -> None:
     """Run a Celery worker with this project's defaults (until stopped with Ctrl-C).
 
     Embedded mode (no FAEC_REDIS_URL): starts the private Redis and keeps it up
     while the worker runs, so other faec-rec commands on this machine share it.
+    In the deployment image or a pod that is almost always a forgotten FAEC_REDIS_URL
+    (a worker alone with its own queue), so it is refused there unless --embedded is
+    given; in another container it starts with a warning.
     """
-    from faec_rec.embedded import PrivateRedisLease
+    from faec_rec.embedded import PrivateRedisLease, redact_url
 
     settings = state.settings()
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names:
         raise CommandFailed("--queues names no queue")
+    if not settings.redis_url and in_container() and not embedded_ok and not in_deployment_image():
+        click.echo("WARNING: FAEC_REDIS_URL is not set and this looks like a container: starting a private Redis "
+                   f"under {Path(settings.data_dir) / 'redis'} that only processes of this container can reach",
+                   err=True)
+    elif not settings.redis_url and in_deployment_image() and not embedded_ok:
+        raise CommandFailed("FAEC_REDIS_URL is not set and this runs inside a container: the worker would start "
+                            "a private Redis of its own that no producer or other worker can reach. Set "
+                            "FAEC_REDIS_URL (or FAEC_REDIS_URL_FILE), or pass --embedded to do it anyway")
     lease = None
     if not settings.redis_url:
         lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
         # Environment, so that forked pool processes and the module-level app agree.
         os.environ["FAEC_REDIS_URL"] = lease.url
+        if not settings.workers.read_roots:  # only this user's commands reach the private Redis
+            os.environ["FAEC_WORKERS__READ_ROOTS"] = '["/"]'
         state._settings = None
         settings = state.settings()
-        click.echo(f"embedded mode: private Redis at {lease.url} (data in {lease.directory})", err=True)
+        click.echo(f"embedded mode: private Redis at {redact_url(lease.url)} (data in {lease.directory})", err=True)
         if lease.owner:
             from faec_rec.embedded import purge_stale_tasks
             from faec_rec.workers.app import make_app
 
             purge_stale_tasks(make_app(settings))
     else:
-        from faec_rec.embedded import connect
+        from faec_rec.embedded import connect, redact_url
+        from faec_rec.redis_checks import check_redis_once
 
-        connect(settings.redis_url).close()
+        client = connect(settings.redis_url)
+        try:
+            found = check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
+                                     where=redact_url(settings.redis_url))
+            for text in found.warnings if found is not None else ():
+                click.echo(f"warning: {text}", err=True)
+        finally:
+            client.close()
     try:
         from faec_rec.workers.app import make_app
 
@@ -431,7 +476,7 @@ def people_forget(state: State, person: str, yes: bool) -> None:
         record = _person_json(client.person(person))  # raises UnknownPersonError first
         if not yes:
             click.confirm(f"forget {record.get('name')} ({_templates_of(record)} templates)?", abort=True)
-        client.forget(_person_id(record) or person)
+        client.forget(f"id:{_person_id(record)}" if _person_id(record) else person)
     click.echo(f"forgot {record.get('name')} ({_person_id(record)})")
 
 
@@ -543,6 +588,11 @@ def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeou
                               "model_version": None}
                     results[name] = record
                     on_result(record)
+                if getattr(backend, "worker_here", False):
+                    raise BackendUnavailable(
+                        f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                        "the worker inside this command is still busy (a loaded machine, very large photos); "
+                        "raise --timeout, or run `faec-rec worker` in another terminal")
                 raise BackendUnavailable(
                     f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
                     "is a worker consuming queue 'frames'? start one with `faec-rec worker`, or raise --timeout"
@@ -596,9 +646,10 @@ def identify_cmd(state: State, folder: Path, report_path: Path, html_path: Path 
     """
     images, others = list_images(folder)
     for other in others:
-        click.echo(f"skipped (not an image): {other}", err=True)
+        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
     if not images:
         raise CommandFailed(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    check_outputs({"--report": report_path, "--html": html_path}, [folder, *images])  # before any work
     code = _identify_and_report(state, images, others, folder, report_path, html_path, timeout_s)
     raise click.exceptions.Exit(int(code))
 
@@ -649,18 +700,26 @@ def _attr(record: Any, name: str, default: Any = None) -> Any:
     return record.get(name, default) if isinstance(record, dict) else getattr(record, name, default)
 
 
-def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float) -> EnrolOutcome:
+def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: float,
+                 request_id: str | None = None, worker_here: bool = False) -> EnrolOutcome:
     """Enrol ``images`` of ``name`` through the queue and wait for the verdicts.
 
     Files missing here are refused locally; the worker judges the rest (the
-    quality gate: one clear, large enough, frontal face).
+    quality gate: one clear, large enough, frontal face). ``request_id`` names
+    the request (to look for its report after an interruption).
     """
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
+    max_bytes = client.settings.faces.max_image_bytes
     for path in images:
         try:
-            if path.stat().st_size == 0:
+            size = path.stat().st_size
+            if size == 0:
                 outcome.refused.append((str(path), "bad_image: empty file"))
+                continue
+            if size > max_bytes:  # refused here, per image, before it takes room in Redis
+                outcome.refused.append((str(path), f"too_large: {size} bytes, more than faces.max_image_bytes "
+                                                   f"({max_bytes})"))
                 continue
             with path.open("rb"):
                 present.append(path)
@@ -670,15 +729,26 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
         outcome.error = "no readable image"
         return outcome
     try:
-        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s)
+        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
+                              request_id=request_id)
     except ImageError as exc:  # a file that became unreadable after the check above
         outcome.error = f"{exc.source}: {exc.reason}"
         return outcome
     except TaskTimeout as exc:
+        if worker_here:  # the worker is ours and running: it is slow, not missing
+            raise BackendUnavailable(
+                f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
+                "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
+                f"in another terminal; check later with `faec-rec people show {name!r}`"
+            ) from exc
         raise BackendUnavailable(
             f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
             "start one with `faec-rec worker`, or raise --timeout"
         ) from exc
+    return _outcome_from_report(outcome, report)
+
+
+def _outcome_from_report(outcome: EnrolOutcome, report: Any) -> EnrolOutcome:
     outcome.person_id = _attr(report, "person_id")
     for image in _attr(report, "images", []) or []:
         label = str(_attr(image, "name"))
@@ -699,8 +769,8 @@ def _print_outcome(outcome: EnrolOutcome, root: Path | None = None) -> None:
         try:
             rel = os.path.relpath(p, os.path.abspath(root or Path.cwd()))
         except ValueError:  # another drive
-            return p
-        return p if rel.startswith("..") else rel
+            return display_name(p)
+        return display_name(p if rel.startswith("..") else rel)  # a name may not be valid UTF-8
 
     for image in outcome.accepted:
         click.echo(f"  accepted  {short(image)}")
@@ -777,12 +847,51 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
         client = _client(backend)
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
         for person, files in people:
-            outcome = enrol_person(client, person, files, timeout_s)
+            request_id = uuid.uuid4().hex
+            try:
+                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id,
+                                       worker_here=bool(getattr(backend, "worker_here", False)))
+            except KeyboardInterrupt:
+                bar.clear()
+                _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
+                raise click.exceptions.Exit(130) from None
             bar.clear()
             _print_outcome(outcome, root)
             bar.update()
             outcomes.append(outcome)
     return outcomes
+
+
+INTERRUPT_GRACE_S = 30.0
+
+
+def _report_interrupted(client: Any, person: str, request_id: str, done: int, total: int,
+                        root: Path | None) -> None:
+    """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
+    already hold that request; wait a little for its report (a second Ctrl-C stops
+    waiting) so a person enrolled meanwhile is never enrolled unreported."""
+    from faec_rec.workers.enrolment import stored_report
+
+    click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
+               "photo in hand (Ctrl-C again to stop now)", err=True)
+    report = None
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    try:
+        while report is None and time.monotonic() < deadline:
+            report = stored_report(client.redis, client.keys, request_id)
+            if report is None:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # Redis gone: say so, do not trace back
+        log.debug("no report after interruption: %s", exc)
+    if report is not None:
+        _print_outcome(_outcome_from_report(EnrolOutcome(name=person), report), root)
+        done += 1
+        click.echo(f"interrupted: {done} of {total} people done (the last, {person}, finished meanwhile)", err=True)
+    else:
+        click.echo(f"interrupted: {done} of {total} people done; {person} not enrolled (a queued request is "
+                   f"dropped; check with `faec-rec people show {person}`)", err=True)
 
 
 # ---- camera ----------------------------------------------------------------------------------
@@ -800,7 +909,41 @@ def camera_specs(sources: Sequence[str], fps: float | None, loop: bool) -> list[
             # a bare source (a URL may hold '=' in its query: then it is bare too)
             spec = CameraSpec(f"cam{number}", text, loop=loop)
         specs.append(CameraSpec(spec.camera_id, spec.source, fps=fps, loop=loop))
+    ids = [s.camera_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise CommandFailed(f"camera ids must be unique, got {', '.join(ids)}: write ID=SOURCE with distinct ids")
     return specs
+
+
+CAMERA_SOURCES_ENV = "FAEC_CAMERA_SOURCES"
+
+
+def camera_sources(arguments: Sequence[str], sources_file: Path | None,
+                   environ: Mapping[str, str] | None = None) -> list[str]:
+    """The camera sources of a run: arguments, else ``--sources-file`` (one ``ID=SOURCE`` a
+    line, ``#`` comments), else ``$FAEC_CAMERA_SOURCES`` (``ID=SOURCE`` separated by spaces,
+    commas or new lines). A file or the environment keeps credentials in stream URLs
+    (``rtsp://user:pass@...``) off the command line, where ``ps`` and ``/proc`` show them."""
+    environ = os.environ if environ is None else environ
+    given = [bool(arguments), sources_file is not None]
+    if sum(given) > 1:
+        raise click.UsageError("give camera sources as arguments or with --sources-file, not both")
+    if arguments:
+        return list(arguments)
+    if sources_file is not None:
+        try:
+            text = Path(sources_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.UsageError(f"cannot read --sources-file {sources_file}: {getattr(exc, 'strerror', None) or exc}") from exc
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        where = f"--sources-file {sources_file}"
+    else:
+        found = [part for part in re.split(r"[\s,]+", environ.get(CAMERA_SOURCES_ENV, "")) if part]
+        where = CAMERA_SOURCES_ENV
+    if not found:
+        raise click.UsageError(f"no camera source: give ID=SOURCE arguments, --sources-file FILE or {CAMERA_SOURCES_ENV}"
+                               + (f" ({where} holds none)" if sources_file is not None or CAMERA_SOURCES_ENV in environ else ""))
+    return found
 
 
 def _print_events_until(backend: Any, stop: Any, after: str) -> None:
@@ -827,14 +970,17 @@ def _drain(backend: Any, cameras: Sequence[str], wait_s: float) -> None:
 
 
 @cli.command("camera")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
+@click.option("--sources-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="read ID=SOURCE lines from this file (keeps stream passwords off the command line); "
+                   "without arguments or this option, FAEC_CAMERA_SOURCES is read.")
 @click.option("--fps", type=click.FloatRange(0.01, 120), help="frames per second per camera (default: producers.fps).")
 @click.option("--loop", is_flag=True, help="replay video files from the start when they end.")
 @click.option("--duration", "duration_s", type=click.FloatRange(0.1, None), help="stop after this many seconds.")
 @click.option("--max-frames", type=click.IntRange(1, None), help="stop each camera after this many frames.")
 @pass_state
 def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: bool,
-               duration_s: float | None, max_frames: int | None) -> None:
+               duration_s: float | None, max_frames: int | None, sources_file: Path | None = None) -> None:
     """Stream cameras into the recognition queue (until Ctrl-C, --duration or --max-frames).
 
     SOURCE is ID=SOURCE or a bare source: a USB index (0), an rtsp:// or http://
@@ -845,9 +991,9 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
     import threading
 
     from faec_rec.logs import redact
-    from faec_rec.producers.camera import run_cameras
+    from faec_rec.producers.camera import close_tracks, run_cameras
 
-    specs = camera_specs(sources, fps, loop)
+    specs = camera_specs(camera_sources(sources, sources_file), fps, loop)
     with _backend(state, worker_queues=("frames",)) as backend:
         settings = backend.settings
         if not backend.embedded:
@@ -864,9 +1010,13 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
         try:
             counters = run_cameras(specs, backend.redis, backend.keys, backend.app, settings.producers,
                                    settings.workers.frame_ttl_s, max_frames=max_frames, duration_s=duration_s,
-                                   stop=stop)
+                                   stop=stop, events=settings.events)
+            # Tracks still open when the run ends get their "left" events once the
+            # last frames were tracked (1 s: a frame a worker took but has not tracked yet).
+            _drain(backend, [s.camera_id for s in specs], wait_s=60)
+            time.sleep(1.0)
+            close_tracks(backend.redis, backend.keys, settings.events, [s.camera_id for s in specs])
             if backend.embedded:
-                _drain(backend, [s.camera_id for s in specs], wait_s=60)
                 time.sleep(1.0)  # let the printer catch the last events
         finally:
             stop.set()
@@ -905,13 +1055,14 @@ def demo_cmd(state: State, out_dir: Path | None, timeout_s: float) -> None:
     out_dir = out_dir or workdir
     from faec_rec.demo import demo_plan
 
+    check_outputs({"--out report.json": out_dir / "report.json", "--out report.html": out_dir / "report.html"})
     plan = demo_plan(workdir)
     click.echo(f"demo data: {plan.description}")
     click.echo(f"embedded mode: private Redis and gallery under {workdir} (starting; the first photo loads the model)")
     with open_backend(settings, worker_queues=("enrol", "frames")) as backend:
         client = _client(backend)
         for person in client.people():  # a fresh demo every run
-            client.forget(_person_id(person))
+            client.forget(f"id:{_person_id(person)}")
         click.echo(f"enrolling {len(plan.enrol)} {'person' if len(plan.enrol) == 1 else 'people'}:")
         _enrol_all(state_demo, plan.enrol, timeout_s, backend=backend)
         click.echo(f"identifying {len(plan.identify)} other photos (of them, of strangers, without a face):")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from faec_rec.config import Settings, load_settings
-from faec_rec.errors import ConfigError, ImageError, TaskTimeout
+from faec_rec.errors import ConfigError, ImageError, TaskTimeout, UnknownJobError
 from faec_rec.keys import Keys
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 ImageInput = str | Path | bytes
 
 POLL_S = 0.05
+UPLOAD_WINDOW = 32  # uploads of one batch waiting for a worker at once (bounds the Redis memory they take)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ class Client:
 
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis = redis_lib.Redis.from_url(settings.redis_url)
+        from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+        self.redis = redis_from_url(settings.redis_url)
         self._app: Celery | None = None
         self._gallery: Any = None
 
@@ -103,9 +106,11 @@ class Client:
     def upload(self, image: ImageInput) -> tuple[str, str]:
         """Store an image's bytes for a worker: returns ``(upload id, display name)``.
 
-        Raises :class:`ImageError` for an unreadable or empty file.
+        Raises :class:`ImageError` for an unreadable or empty file, or one over the
+        engine's caps (``faces.max_image_bytes``, ``faces.max_image_pixels`` read
+        from the header): refused here, before it takes room in Redis.
         """
-        data, name = _read_image(image)
+        data, name = _read_image(image, self.settings.faces.max_image_bytes, self.settings.faces.max_image_pixels)
         upload_id = _new_id()
         self.redis.set(self.keys.upload(upload_id), data, ex=self.settings.workers.upload_ttl_s)
         return upload_id, name
@@ -146,6 +151,10 @@ class Client:
 
         if not images:
             raise ValueError("enrol needs at least one image")
+        if name is not None:
+            from faec_rec.index.store import clean_name
+
+            name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
         refs = []
         for image in images:
             upload_id, display = self.upload(image)
@@ -189,25 +198,83 @@ class Client:
             raise ImageError(record.get("path") or "image", record["error"])
         return [FaceResult.from_json(f) for f in record.get("faces", [])]
 
-    def submit_images(self, images: Sequence[ImageInput], job: str | None = None) -> str:
-        """Upload images and queue identify tasks (``workers.folder_batch`` images each,
-        their faces embedded together; 1 = one task per image); returns the job id."""
+    def submit_images(self, images: Sequence[ImageInput], job: str | None = None, *,
+                      window: int = UPLOAD_WINDOW, window_timeout: float = 600.0) -> str:
+        """Upload images and queue identify tasks; returns the job id.
+
+        Images go out ``workers.folder_batch`` at a time in one task each (their faces are
+        embedded together on the worker; 1 = one task per image).
+
+        Each image is queued as soon as it is uploaded, and at most ``window``
+        uploads wait for a worker at once: past that, this waits for the job to
+        progress (at most ``window_timeout`` s without progress, then
+        :class:`TaskTimeout`), so a large batch never fills Redis. An image this
+        client refuses (unreadable, over the caps) gets its error record in the
+        job's results like one a worker refused, and the others go on.
+        """
         from faec_rec.workers.app import TASK_IDENTIFY, TASK_IDENTIFY_BATCH
 
         job = job or _new_id()
-        uploads = [self.upload(image) for image in images]
-        self.redis.hset(self.keys.job(job), mapping={"total": len(uploads), "created_at": repr(time.time())})
-        self.redis.expire(self.keys.job(job), self.settings.workers.result_ttl_s)
-        size = self.settings.workers.folder_batch
-        if size <= 1:
-            for upload_id, display in uploads:
-                self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
-            return job
-        for start in range(0, len(uploads), size):
-            chunk = uploads[start : start + size]
-            self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": [
-                {"path": None, "key": upload_id, "name": display} for upload_id, display in chunk]})
+        job_key = self.keys.job(job)
+        self.redis.hset(job_key, mapping={"total": len(images), "created_at": repr(time.time())})
+        # (a job of no image is complete at once: job_results returns [] without waiting)
+        self.redis.expire(job_key, self.settings.workers.result_ttl_s)
+        size = max(1, min(self.settings.workers.folder_batch, window))  # a batch never waits on itself
+        sent = 0
+        pending: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if len(pending) == 1 and size == 1:
+                self._send(TASK_IDENTIFY, pending[0])
+            elif pending:
+                self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": [
+                    {k: v for k, v in item.items() if k != "job"} for item in pending]})
+            pending.clear()
+
+        for image in images:
+            self._wait_for_room(job, sent, window, window_timeout)  # pending uploads count too
+            try:
+                upload_id, display = self.upload(image)
+            except ImageError as exc:
+                self._record_refused(job, exc)
+                continue
+            pending.append({"job": job, "path": None, "key": upload_id, "name": display})
+            sent += 1
+            if len(pending) >= size:
+                flush()
+        flush()
         return job
+
+    def _wait_for_room(self, job: str, sent: int, window: int, timeout: float) -> None:
+        """Block until fewer than ``window`` of the ``sent`` tasks of ``job`` wait for a worker."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while True:
+            progress = self.job_progress(job)
+            done_by_workers = progress["done"] - int(self.redis.hget(self.keys.job(job), "refused") or 0)
+            if sent - done_by_workers < window:
+                return
+            if done_by_workers != last:
+                last, deadline = done_by_workers, time.monotonic() + timeout
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(
+                    f"job {job}: {window} uploads waited {timeout:.0f}s for a worker ({done_by_workers} of "
+                    f"{sent} sent done): is a worker consuming queue 'frames' on this Redis with prefix "
+                    f"{self.settings.prefix!r}?")
+            time.sleep(POLL_S * 2)
+
+    def _record_refused(self, job: str, exc: ImageError) -> None:
+        """One result record for an image refused here, in the workers' shape."""
+        from faec_rec.files import display_name
+
+        record = {"path": display_name(str(exc.source)), "faces": [], "error": exc.reason, "model_version": None}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.keys.job_results(job), {"result": json.dumps(record, separators=(",", ":"))})
+        pipe.hincrby(self.keys.job(job), "done", 1)
+        pipe.hincrby(self.keys.job(job), "errors", 1)
+        pipe.hincrby(self.keys.job(job), "refused", 1)
+        pipe.expire(self.keys.job_results(job), self.settings.workers.result_ttl_s)
+        pipe.execute()
 
     def identify_folder(self, path: str | Path, *, wait: bool = False, timeout: float = 600.0) -> str | list[dict[str, Any]]:
         """Identify every image under a folder (recursively; other files skipped).
@@ -236,6 +303,9 @@ class Client:
         "decision", "runner_up"}], "error", "model_version"}``.
         """
         stream = self.keys.job_results(job)
+        if not self.redis.exists(self.keys.job(job), stream):
+            raise UnknownJobError(f"no job {job!r} on this Redis (prefix {self.settings.prefix!r}): never "
+                                  f"submitted, or its results expired (workers.result_ttl_s)")
         records: list[dict[str, Any]] = []
         last = "0-0"
         deadline = time.monotonic() + timeout
@@ -251,7 +321,7 @@ class Client:
             if not wait:
                 return records
             total = self.job_progress(job)["total"]
-            if total and len(records) >= total:
+            if len(records) >= total:  # an empty job (empty folder) is complete at once
                 return records
             if time.monotonic() >= deadline:
                 raise TaskTimeout(
@@ -288,6 +358,16 @@ class Client:
             if not follow and len(batch) < 500:
                 return
 
+    def event_snapshot(self, event: dict[str, Any] | str, part: str = "face") -> bytes | None:
+        """JPEG of an "arrived" event's face crop (``part="face"``) or downscaled frame
+        (``"frame"``); ``event`` is the event dict or its ``snapshot`` key. None when the
+        event has none or it expired (``events.snapshot_ttl_s``); ValueError for a key
+        that is not a snapshot of this deployment."""
+        from faec_rec.workers.snapshots import read_snapshot
+
+        key = event.get("snapshot") if isinstance(event, dict) else event
+        return None if not key else read_snapshot(self.redis, self.keys, key, part)
+
     # ---- people ------------------------------------------------------------------------
     @property
     def gallery(self) -> Any:
@@ -311,33 +391,118 @@ class Client:
 
         Raises :class:`UnknownPersonError`. Crops are deleted from this
         machine's ``data_dir``; every worker drops the vectors when it syncs.
-        Feedback entries naming the person (with the face features they hold)
-        are deleted too; recognition events' feature keys expire with
-        ``events.features_ttl_s``.
+        Everything else stored naming the person is deleted too
+        (:mod:`faec_rec.index.erasure`): recognition events in every stream with
+        their face features, enrolment reports, Celery task results, identify
+        job records, and feedback entries (with the face features they hold).
         """
+        from faec_rec.index.erasure import erase_person_traces
         from faec_rec.training.feedback import forget_feedback
 
         person_id = self.gallery.store.resolve(id_or_name)
-        count = int(self.gallery.forget(person_id))
+        name = self.gallery.person(f"id:{person_id}").name
+        count = int(self.gallery.forget(f"id:{person_id}"))
         forget_feedback(self.redis, self.keys, person_id)
+        erase_person_traces(self.redis, self.keys, person_id, [name])
         return count
 
     def rename(self, id_or_name: str, new_name: str) -> None:
         """Give a person a new display name; raises :class:`UnknownPersonError`."""
         self.gallery.rename(id_or_name, new_name)
 
+    # ---- parked (dead-letter) tasks ---------------------------------------------------
+    def dead_letters(self) -> list[Any]:
+        """Tasks parked after killing their worker ``workers.max_deliveries`` times, oldest first."""
+        from faec_rec.workers import deadletter
 
-def _read_image(image: ImageInput) -> tuple[bytes, str]:
+        return deadletter.list_parked(self.redis, self.keys)
+
+    def replay_dead_letter(self, entry: str) -> str:
+        """Queue a parked task again (fresh task id); returns the new id. Raises ``KeyError``."""
+        from faec_rec.workers import deadletter
+
+        return deadletter.replay(self.redis, self.keys, self.app, entry)
+
+    def drop_dead_letter(self, entry: str) -> Any:
+        """Delete a parked task for good; returns it. Raises ``KeyError``."""
+        from faec_rec.workers import deadletter
+
+        return deadletter.drop(self.redis, self.keys, entry)
+
+    # ---- backup, restore, retention (faec_rec.cluster) ---------------------------------
+    def export_gallery(self, out: str | Path | Any) -> dict[str, Any]:
+        """Write the gallery (people, templates' features, crops, model registry and
+        heads) to an archive file, or a binary stream; returns what was written.
+
+        Consistent at one gallery-event id while workers keep writing; crops and
+        heads are read from this machine's ``data_dir``.
+        """
+        from faec_rec.cluster.archive import export_gallery
+
+        if hasattr(out, "write"):
+            return export_gallery(self.redis, self.keys, self.settings.data_dir, out, self.settings).to_json()
+        path = Path(out)
+        tmp = path.with_name(f".{path.name}.{_new_id()[:8]}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                summary = export_gallery(self.redis, self.keys, self.settings.data_dir, fh, self.settings)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return summary.to_json()
+
+    def import_gallery(self, src: str | Path | Any, *, merge: bool = False) -> dict[str, Any]:
+        """Restore an archive written by :meth:`export_gallery` (file or binary stream).
+
+        Into an empty gallery, or with ``merge`` into a live one. Raises
+        :class:`~faec_rec.errors.ArchiveError` (nothing written) for a damaged or
+        foreign-version archive, or a non-empty target without ``merge``.
+        """
+        from faec_rec.cluster.archive import import_gallery
+
+        def promote(version: str) -> None:
+            from faec_rec.training.registry import ModelRegistry
+
+            ModelRegistry.from_settings(self.settings, self.redis).promote(version, reason="restored from archive")
+
+        if hasattr(src, "read"):
+            return import_gallery(self.gallery.store, src, self.settings, merge=merge, promote=promote).to_json()
+        with open(src, "rb") as fh:
+            return import_gallery(self.gallery.store, fh, self.settings, merge=merge, promote=promote).to_json()
+
+    def retention_sweep(self, *, now: float | None = None) -> dict[str, int]:
+        """Delete what is older than the ``retention`` settings allow; returns items removed per step."""
+        from faec_rec.cluster.retention import sweep
+
+        return sweep(self.redis, self.keys, self.settings, now=now)
+
+def _read_image(image: ImageInput, max_bytes: int, max_pixels: int) -> tuple[bytes, str]:
+    """The bytes and display name of an image, refused (:class:`ImageError`) over
+    the engine's caps: a file is never read past ``max_bytes`` (+1, to tell), and
+    the pixel count is read from the header. A header this cannot parse is left to
+    the worker, which reports the format error per image."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         name = f"bytes:{len(data)}"
     else:
         path = Path(image)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageError(str(path), f"cannot read: {exc.strerror or exc}") from exc
         name = str(path)
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(name, f"cannot read: {exc.strerror or exc}") from exc
     if not data:
         raise ImageError(name, "empty file")
+    if len(data) > max_bytes:
+        raise ImageError(name, f"too_large: more than the limit of {max_bytes} bytes (faces.max_image_bytes)")
+    from faec_rec.faces.image import image_size
+
+    try:
+        width, height = image_size(data, name)
+    except ImageError:
+        return data, name
+    if width * height > max_pixels:
+        raise ImageError(name, f"too_large: {width}x{height} pixels, more than the limit of {max_pixels} "
+                               "(faces.max_image_pixels)")
     return data, name

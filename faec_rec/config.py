@@ -17,8 +17,8 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from faec_rec.errors import ConfigError
 
@@ -84,6 +84,12 @@ class WorkerConfig(_Section):
     tf_threads: int = Field(1, ge=0, le=256, description="TensorFlow threads per worker process; 1 suits a prefork pool with a process per core (parallelism comes from processes); 0 leaves TensorFlow's default")
     upload_ttl_s: int = Field(3600, ge=10, le=7 * 86_400, description="seconds image bytes uploaded by a client wait for a worker")
     result_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds enrolment reports, job results and task results are kept")
+    task_soft_time_limit_s: int = Field(120, ge=1, le=86_400, description="seconds a frame, image or enrolment task may run before it is interrupted (SoftTimeLimitExceeded: it fails, is acknowledged, not run again); keep below visibility_timeout_s")
+    task_time_limit_s: int = Field(180, ge=1, le=86_400, description="seconds after which a task still running has its worker process killed (prefork pool); keep below visibility_timeout_s")
+    max_deliveries: int = Field(3, ge=1, le=100, description="runs of one task that may end with their worker process dead (crash, OOM kill) before the next delivery parks it in the dead-letter stream instead of running it")
+    cluster_metrics: bool = Field(False, description="serve the cluster metrics read from Redis (queue depths, cameras, people, parked tasks) on this worker's /metrics; turn it on in ONE process per deployment (the trainer in deploy/), not on every worker, or each scrape of each pod reads Redis again")
+    liveness_stale_s: int = Field(120, ge=5, le=3600, description="/healthz of a worker fails when its consumer loop (which beats every 5 s) has not run for this long: stuck, or its broker connection lost")
+    read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
     folder_batch: int = Field(16, ge=1, le=256, description="images of a folder job per task: their faces are embedded in one model call (1 = one task per image, the unbatched path)")
     decode_threads: int = Field(2, ge=1, le=64, description="threads that read, decode and detect the images of one folder-job batch in a worker process (at most this many decoded images are held at once)")
 
@@ -109,6 +115,8 @@ class EventsConfig(_Section):
     track_switch_frames: int = Field(2, ge=1, le=100, description="matched frames in a row naming another person before a track's identity changes")
     track_min_hits: int = Field(2, ge=1, le=100, description="frames a face must be tracked in before its 'arrived' event (1 = at once)")
     features_ttl_s: int = Field(7 * 86_400, ge=0, le=90 * 86_400, description="seconds the face features of an 'arrived'/'updated' event are kept so feedback on it can train the head (0 = not stored); also how long a forgotten person's face may stay in those keys")
+    snapshot_ttl_s: int = Field(86_400, ge=0, le=90 * 86_400, description="seconds the face crop and downscaled frame of an 'arrived' event (its `snapshot` key) are kept; 0 = no snapshots")
+    snapshot_max_side: int = Field(640, ge=64, le=8192, description="longest side, pixels, of the frame kept with an 'arrived' event")
 
 
 class TrainingConfig(_Section):
@@ -127,6 +135,119 @@ class TrainingConfig(_Section):
     min_gain: float = Field(0.0, ge=0, le=1, description="gallery TAR@1%FAR a candidate must gain over the head in service to be promoted")
     reference_dir: Path | None = Field(None, description="generic reference set: an LFW folder (<person>/<images> + pairs.txt); unset = <data_dir>/reference/lfw")
     lock_ttl_s: int = Field(3600, ge=10, le=86_400, description="seconds the training lock lives if a trainer dies holding it")
+    soft_time_limit_s: int = Field(3300, ge=60, le=7 * 86_400, description="seconds a training task may run before it is interrupted (and fails); keep below lock_ttl_s. Training is acknowledged when it starts, so a run longer than the broker's visibility timeout is never delivered twice")
+    signing_key: SecretStr | None = Field(None, description="secret key (HMAC-SHA256) that signs every registered comparison head; set, a head whose record is unsigned or signed with another key is refused (tampering with the file and its checksum in Redis is caught); unset, the checksum catches corruption only. Give it from a secret: FAEC_TRAINING__SIGNING_KEY or the file named by FAEC_TRAINING__SIGNING_KEY_FILE")
+    time_limit_s: int = Field(3500, ge=60, le=7 * 86_400, description="seconds after which a training task still running has its process killed; keep below lock_ttl_s")
+
+
+class DurabilityConfig(_Section):
+    """How sure an enrolment reported "done" is to survive Redis going away (faec_rec.cluster.durability)."""
+
+    enrolments: str = Field("auto", pattern=r"^(auto|off|fsync|replicas)$", description="'auto': confirm with WAITAOF where Redis >= 7.2 has it (AOF fsynced, plus connected replicas), else take what the server's AOF policy gives and WAIT for connected replicas; 'fsync': refuse to report done until the AOF is fsynced (WAITAOF, or appendfsync always on Redis < 7.2); 'replicas': also wait for min_replicas replicas; 'off': no check")
+    min_replicas: int = Field(1, ge=0, le=16, description="replicas that must acknowledge an enrolment in 'replicas' mode (and at most this many are waited for in 'auto')")
+    wait_timeout_ms: int = Field(2000, ge=1, le=60_000, description="longest wait for WAITAOF/WAIT on one enrolment; short of the level, the enrol task retries")
+
+
+class RetentionConfig(_Section):
+    """How long things are kept; `faec-rec retention sweep` and the beat task enforce it (0 = keep forever)."""
+
+    events_days: float = Field(30.0, ge=0, le=3650, description="recognition events (per-camera and combined streams) older than this are trimmed")
+    event_features_days: float = Field(7.0, ge=0, le=90, description="face features stored for feedback on events (also capped by events.features_ttl_s at write time)")
+    job_results_days: float = Field(1.0, ge=0, le=365, description="folder/identify job progress and result streams")
+    enrolment_reports_days: float = Field(1.0, ge=0, le=365, description="enrolment reports kept for idempotency and `enrol_report`")
+    feedback_days: float = Field(365.0, ge=0, le=3650, description="feedback entries (confirmations/corrections) with the face features they hold")
+    crops_days: float = Field(0.0, ge=0, le=3650, description="crop files under data_dir/crops with no template left pointing at them are deleted once older than this; 0 = never (a template's own crop is kept while the template lives)")
+    snapshots_days: float = Field(0.0, ge=0, le=3650, description="gallery snapshot files older than this, other than the newest, are deleted; 0 = leave them to the gallery's own pruning")
+    unknown_faces_days: float = Field(30.0, ge=0, le=3650, description="unknown faces (visitors) older than this; enforced by the visitors part's own sweep step when it is installed")
+    audit_days: float = Field(365.0, ge=0, le=3650, description="audit entries older than this; enforced by the audit part's own sweep step when it is installed")
+    sweep_schedule: str = Field("17 * * * *", description="cron expression (UTC) of the periodic sweep sent by `faec-rec beat`; empty = no periodic sweep")
+
+
+class SinksConfig(_Section):
+    """The sink runner (`faec-rec sinks`): events out to MQTT and webhooks."""
+
+    batch: int = Field(100, ge=1, le=10_000, description="events read from the stream per XREADGROUP")
+    block_ms: int = Field(1000, ge=10, le=60_000, description="how long one read waits for new events, ms")
+    max_attempts: int = Field(8, ge=1, le=1000, description="delivery attempts of one event to one sink before it is parked in that sink's dead-letter stream (a broker that is down does not count: the sink waits for it)")
+    backoff_base_s: float = Field(0.5, gt=0, le=3600, description="first retry delay; doubles each attempt, half of each delay random (jitter)")
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay (also the longest wait between checks of a sink that is down)")
+    claim_idle_ms: int = Field(30_000, ge=100, le=86_400_000, description="a delivery pending this long in a runner that died is reclaimed (XAUTOCLAIM) by another runner or the restarted one; must exceed the longest delivery with its retries in flight")
+    dead_letter_maxlen: int = Field(100_000, ge=100, description="approximate length cap of each sink's dead-letter stream")
+    health_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz and /readyz port of `faec-rec sinks`; 0 = off")
+    allow_networks: list[str] = Field([], description="CIDRs webhooks may reach although they are loopback, private, link-local or otherwise internal (e.g. ['10.0.0.0/8']); by default only public addresses are allowed")
+
+
+class MqttConfig(_Section):
+    """MQTT output with Home Assistant discovery; off while ``url`` is unset."""
+
+    url: str | None = Field(None, description="mqtt://[user:pass@]host[:1883] or mqtts://[user:pass@]host[:8883] (TLS); unset = no MQTT sink")
+    prefix: str = Field("faec_rec", pattern=r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$", description="first topic level(s): <prefix>/events, <prefix>/<camera>/person, <prefix>/person/<name>, <prefix>/available")
+    qos: int = Field(1, ge=0, le=2, description="QoS of every message; with 1 or 2 an event is acknowledged only after the broker's PUBACK/PUBCOMP")
+    retain: bool = Field(True, description="retain the state topics (<camera>/person, person/<name>) so a new subscriber sees the current state")
+    client_id: str = Field("", max_length=64, description="MQTT client id; empty = faec_rec-<host>-<pid>")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    connect_timeout_s: float = Field(10.0, gt=0, le=600, description="how long delivery waits for a (re)connection before treating the broker as down")
+    ca_file: Path | None = Field(None, description="CA bundle for mqtts:// (unset = system CAs)")
+    tls_insecure: bool = Field(False, description="mqtts:// without checking the broker's certificate name (test brokers only)")
+    discovery: bool = Field(True, description="publish Home Assistant MQTT discovery configs (a sensor per camera, a device tracker per person)")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Home Assistant's discovery prefix")
+    node_id: str = Field("faec_rec", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="node id in discovery topics and the shared device's identifier")
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if not value:  # an empty FAEC_MQTT__URL (compose's ${VAR:-}) means unset
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError("must be mqtt://host[:port] or mqtts://host[:port] (TLS), optionally with user:pass@")
+        parts.port  # raises ValueError on a bad port
+        return value
+
+
+class WebhookConfig(_Section):
+    """One webhook: events POSTed as JSON, signed when a secret is set."""
+
+    url: str = Field(..., description="http:// or https:// URL; its host must resolve to an allowed address (see sinks.allow_networks)")
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="sink name (dead-letter stream, consumer group, metrics); empty = webhook-<hash of url>")
+    cameras: list[str] = Field(default_factory=list, description="only events of these cameras (empty = all)")
+    people: list[str] = Field(default_factory=list, description="only events naming these people, by name or person id (empty = all)")
+    decisions: list[str] = Field(default_factory=list, description="only these decisions: known, unknown (empty = all)")
+    types: list[str] = Field(default_factory=list, description="only these event types: arrived, updated, left, error (empty = all)")
+    secret: str | None = Field(None, description="HMAC-SHA256 key of X-Faec-Signature (prefer secret_file or secret_env)")
+    secret_file: Path | None = Field(None, description="file holding the secret (trailing newline stripped)")
+    secret_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description="environment variable holding the secret")
+    timeout_s: float = Field(5.0, gt=0, le=300, description="connect and response timeout of one POST")
+    ca_file: Path | None = Field(None, description="CA bundle that signs an https:// receiver's certificate (unset = system CAs)")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (e.g. Authorization)")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("decisions")
+    @classmethod
+    def _decisions(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in {"known", "unknown"}]
+        if bad:
+            raise ValueError(f"unknown decision(s) {bad}: use known, unknown")
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in {"arrived", "updated", "left", "error"}]
+        if bad:
+            raise ValueError(f"unknown event type(s) {bad}: use arrived, updated, left, error")
+        return value
 
 
 class Settings(BaseSettings):
@@ -138,7 +259,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = start a private Redis under data_dir")
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL, or redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB] for Redis Sentinel; unset = start a private Redis under data_dir")
     prefix: str = Field("faec", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="namespace of every Redis key")
     data_dir: Path = Field(default_factory=default_data_dir, description="crops, snapshots, models and the private Redis")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="logging level")
@@ -149,6 +270,13 @@ class Settings(BaseSettings):
     producers: ProducerConfig = ProducerConfig()
     events: EventsConfig = EventsConfig()
     training: TrainingConfig = TrainingConfig()
+    redis_require_noeviction: bool = Field(True, description="refuse to start a worker on a Redis whose maxmemory-policy evicts keys (it would drop queued tasks and gallery records silently); false only warns")
+    redis_tls_insecure_skip_verify: bool = Field(False, description="INSECURE: accept a rediss:// URL whose ssl_cert_reqs is none/optional (or ssl_check_hostname=false), i.e. TLS without checking who answers; for a test bench only")
+    durability: DurabilityConfig = DurabilityConfig()
+    retention: RetentionConfig = RetentionConfig()
+    sinks: SinksConfig = SinksConfig()
+    mqtt: MqttConfig = MqttConfig()
+    webhooks: list[WebhookConfig] = Field(default_factory=list, description="webhooks that receive events (each a sink of `faec-rec sinks`)")
 
     @field_validator("redis_url")
     @classmethod
@@ -158,12 +286,43 @@ class Settings(BaseSettings):
         if value is None:
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme == "redis+sentinel":  # faec_rec.cluster.sentinel: sentinels, service name, db
+            from faec_rec.cluster.sentinel import parse
+
+            try:
+                parse(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            return value
         if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
-        if scheme == "rediss" and "ssl_cert_reqs=" not in value:
+            raise ValueError("must start with redis://, rediss:// (TLS), unix:// or redis+sentinel://")
+        if scheme == "rediss" and "ssl_cert_reqs" not in _url_query(value):
             raise ValueError("a rediss:// URL needs ?ssl_cert_reqs=required "
                              "(and &ssl_ca_certs=/path/to/ca.pem for a private certificate authority)")
         return value
+
+    @model_validator(mode="after")
+    def _tls_verified(self) -> "Settings":
+        # Separate from the scheme check: it needs redis_tls_insecure_skip_verify too.
+        if self.redis_url is None or self.redis_tls_insecure_skip_verify or not self.redis_url.lower().startswith("rediss:"):
+            return self
+        query = _url_query(self.redis_url)
+        reqs = query.get("ssl_cert_reqs", [])
+        if len(set(v.lower().removeprefix("cert_") for v in reqs)) > 1:
+            raise ValueError("redis_url: ssl_cert_reqs is given more than once with different values")
+        for value in reqs:
+            level = value.strip().lower().removeprefix("ssl.").removeprefix("cert_")
+            if level != "required":
+                raise ValueError(
+                    f"redis_url: ssl_cert_reqs={level or '(empty)'} does not check the server's certificate, "
+                    "so anyone on the path can read the password and the faces: use ssl_cert_reqs=required "
+                    "(with &ssl_ca_certs=... for a private CA), or set redis_tls_insecure_skip_verify=true "
+                    "(FAEC_REDIS_TLS_INSECURE_SKIP_VERIFY) to accept that")
+        for value in query.get("ssl_check_hostname", []):
+            if value.strip().lower() in {"false", "0", "no", "off", "n", "f"}:
+                raise ValueError("redis_url: ssl_check_hostname=false accepts any host's certificate: drop it, "
+                                 "or set redis_tls_insecure_skip_verify=true to accept that")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -174,15 +333,56 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (passed as init values), as documented above.
-        return (env_settings, init_settings)
+        # Environment beats the file (passed as init values), as documented above;
+        # FAEC_<NAME>_FILE reads a secret's value from a file (Docker/Kubernetes secrets).
+        return (_EnvWithFileSecrets(settings_cls), init_settings)
+
+
+class _EnvWithFileSecrets(EnvSettingsSource):
+    """The environment, where ``FAEC_<NAME>_FILE=/path`` stands for ``FAEC_<NAME>`` = that
+    file's text (trailing newline removed): a password or key then never appears in the
+    environment, a command line or ``docker inspect``, only in a mounted file."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = dict(super()._load_env_vars())
+        fields = {f.lower() for f in Settings.model_fields}
+        for name in [n for n in env if n.lower().startswith("faec_") and n.lower().endswith("_file")]:
+            target = name[: -len("_file")]
+            if target.lower()[len("faec_"):].split("__", 1)[0] not in fields:
+                continue  # not a setting's secret (FAEC_CONFIG_FILE of compose, a test's own variable)
+            path = env.pop(name)
+            if target in env:
+                raise ConfigError(f"both {target.upper()} and {name.upper()} are set: keep one")
+            try:
+                env[target] = Path(path or "").read_text().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{name.upper()}: cannot read the secret file {path!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from exc
+        return env
+
+
+def _url_query(url: str) -> dict[str, list[str]]:
+    """The query parameters of a URL, names lower-cased, values percent-decoded
+    (``?SSL_CERT_REQS=%6Eone`` is ``{"ssl_cert_reqs": ["none"]}``)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(name.strip().lower(), []).append(value)
+    return out
 
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): give a TOML or JSON file") from exc
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -213,6 +413,8 @@ def check_env_names(environ: Mapping[str, str] | None = None) -> None:
         upper = var.upper()
         if not upper.startswith("FAEC_") or upper.startswith(_ENV_NOT_SETTINGS):
             continue
+        if upper.endswith("_FILE"):  # FAEC_<NAME>_FILE: a secret read from a file
+            upper = upper[: -len("_FILE")]
         head, sep, rest = upper[len("FAEC_"):].partition("__")
         if head in heads:
             continue
@@ -236,5 +438,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        field = ".".join(str(p) for p in first["loc"])
+        if not field:  # a check across fields: its message names them
+            raise ConfigError(f"invalid configuration: {str(first['msg']).removeprefix('Value error, ')}") from exc
         raise ConfigError(f"invalid configuration: {field}: {first['msg']}") from exc

@@ -5,13 +5,13 @@ talks to that Redis, and tasks go to whatever workers consume it. Without one,
 the *embedded default* starts a private ``redis-server`` with its data under
 ``data_dir/redis`` (append-only file, so the gallery persists between runs) and,
 when the command needs recognition, a Celery worker inside this process (solo
-pool, in a thread); both stop when the command ends.
+pool, in a thread); the worker stops when the command ends.
 
 Several faec-rec commands may run at once on one data folder: the first one
-owns the private Redis (an exclusive lock on ``data_dir/redis/owner.lock``,
-its port in ``data_dir/redis/port``); the others find it and use it. The owner
-stops it when it ends, so a long-lived owner (``faec-rec worker``) is the way to
-keep it up for several commands.
+starts the private Redis (its port in ``data_dir/redis/port``, its password in
+``data_dir/redis/secret``, mode 0600 in a 0700 folder); the others find it and
+use it; it stops when the last of them ends (:class:`PrivateRedisLease`), and a
+Ctrl-C in one terminal does not stop it under the others.
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from faec_rec.config import Settings
-from faec_rec.errors import BackendUnavailable
+from faec_rec.errors import BackendUnavailable, ConfigError
 from faec_rec.keys import Keys
-from faec_rec.redis_server import PrivateRedis, answers
+from faec_rec.files import private_dir, writable_dir
+from faec_rec.redis_server import PrivateRedis, answers, is_ours, read_secret, shutdown
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -46,6 +47,10 @@ OWNER_WAIT_S = 15.0
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    if url.split("://", 1)[0].lower() == "redis+sentinel":  # several hosts: not urlsplit's shape
+        from faec_rec.cluster.sentinel import redact
+
+        return redact(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -60,7 +65,9 @@ def connect(url: str, timeout_s: float = 3.0) -> "redis_lib.Redis":
     import redis as redis_lib
 
     try:
-        client = redis_lib.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0))
+        from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+        client = redis_from_url(url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0))
         client.ping()
     except (redis_lib.RedisError, OSError, ValueError) as exc:
         raise BackendUnavailable(
@@ -74,60 +81,118 @@ def connect(url: str, timeout_s: float = 3.0) -> "redis_lib.Redis":
 
 @dataclass
 class PrivateRedisLease:
-    """Use of the private Redis in ``directory``: start it (and own it) when no
-    other faec-rec process runs it, else join the one that does."""
+    """Use of the private Redis in ``directory`` by this process: start it when it
+    is not running, join it when it is, and stop it when the last user leaves.
+
+    Every user holds a shared ``flock`` on ``users.lock`` for as long as it uses
+    the server; the kernel drops it when the process ends however it ends, so a
+    crashed or killed holder never keeps the server up nor takes it down. Start and
+    stop decisions happen under an exclusive ``control.lock``: on leaving, a user
+    that can then take ``users.lock`` exclusively was the last one and shuts the
+    server down (SHUTDOWN flushes the append-only file). The server runs in its own
+    session, so a Ctrl-C in the terminal of the command that started it does not
+    stop it under the others. ``owner`` is True for the only user at acquire time
+    (no other command runs, so leftovers in the queues belong to nobody).
+    """
 
     directory: Path
     owner: bool = False
     url: str = ""
+    started: bool = False
     _server: PrivateRedis | None = field(default=None, repr=False)
-    _lock_fd: int | None = field(default=None, repr=False)
+    _users_fd: int | None = field(default=None, repr=False)
 
     @property
     def port_file(self) -> Path:
         return self.directory / "port"
 
+    @contextlib.contextmanager
+    def _control(self) -> Iterator[None]:
+        fd = os.open(self.directory / "control.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + OWNER_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise BackendUnavailable(
+                            f"another faec-rec process has been starting or stopping the private Redis in "
+                            f"{self.directory} for {OWNER_WAIT_S:.0f}s: wait for it, or stop it") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
+
     def acquire(self) -> "PrivateRedisLease":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + OWNER_WAIT_S
-        while True:
-            fd = os.open(self.directory / "owner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            private_dir(self.directory.parent, tighten=False)  # the data folder: 0700 when made here
+            private_dir(self.directory)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.directory} for the private Redis: {exc.strerror or exc}; "
+                              "set FAEC_DATA_DIR to a folder you can write") from exc
+        with self._control():
+            fd = os.open(self.directory / "users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.owner = True  # nobody else uses it now
             except BlockingIOError:
-                os.close(fd)
+                self.owner = False
+            fcntl.flock(fd, fcntl.LOCK_SH)  # (a conversion: nobody can take it meanwhile, we hold control)
+            self._users_fd = fd
+            try:
                 port = self._read_port()
-                if port and answers("127.0.0.1", port):
-                    self.url = f"redis://127.0.0.1:{port}/0"
-                    log.info("using the private redis another faec-rec process runs on port %d", port)
-                    return self
-                if time.monotonic() > deadline:
-                    raise BackendUnavailable(
-                        f"another faec-rec process holds {self.directory} but its Redis does not answer: "
-                        "wait for it to finish, or stop it"
-                    )
-                time.sleep(0.1)
-                continue
-            self._lock_fd = fd
-            break
-        self.owner = True
-        self._stop_orphan()
-        self._server = PrivateRedis(self.directory).start()
-        self.port_file.write_text(str(self._server.port))
-        self.url = self._server.url
+                if port and answers("127.0.0.1", port) and is_ours(self.directory, port):
+                    log.info("using the private redis already running on port %d", port)
+                else:
+                    if port:
+                        self._stop_unprotected(port)
+                    self._server = PrivateRedis(self.directory).start()
+                    self.started = True
+                    port = self._server.port
+                    self.port_file.write_text(str(port))
+            except BaseException:
+                self._drop_users_lock()
+                raise
+        self.url = f"redis://:{read_secret(self.directory)}@127.0.0.1:{port}/0"
         return self
 
     def release(self) -> None:
-        if self.owner:
-            self.port_file.unlink(missing_ok=True)
-            if self._server is not None:
-                self._server.stop()
-            self._server = None
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        self.owner = False
+        if self._users_fd is None:
+            return
+        try:
+            with self._control():
+                self._drop_users_lock()
+                fd = os.open(self.directory / "users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("the private redis stays up for the other faec-rec commands using it")
+                    return
+                finally:
+                    os.close(fd)
+                self._stop_server()
+        except BackendUnavailable as exc:  # leaving must not fail: the next user finds the server
+            log.warning("left the private redis running: %s", exc)
+        finally:
+            self._drop_users_lock()
+            self.owner = False
+
+    def _drop_users_lock(self) -> None:
+        if self._users_fd is not None:
+            os.close(self._users_fd)
+            self._users_fd = None
+
+    def _stop_server(self) -> None:
+        """The last user leaves: stop the server, whichever process started it."""
+        port = self._read_port()
+        if port and answers("127.0.0.1", port):
+            shutdown(self.directory, port)
+        self.port_file.unlink(missing_ok=True)
+        if self._server is not None and self._server.process is not None:
+            self._server.stop()  # reaps our child (already gone after SHUTDOWN)
+        self._server = None
 
     def _read_port(self) -> int | None:
         try:
@@ -135,12 +200,10 @@ class PrivateRedisLease:
         except (OSError, ValueError):
             return None
 
-    def _stop_orphan(self) -> None:
-        """A previous owner killed hard leaves its redis-server running on our
-        data; shut it down (it flushes its append-only file) before starting ours,
-        so two servers never write one file."""
-        port = self._read_port()
-        if not port or not answers("127.0.0.1", port):
+    def _stop_unprotected(self, port: int) -> None:
+        """A server of an older faec-rec (no password) left on our data by a killed
+        run: shut it down before starting ours, so two servers never write one file."""
+        if not answers("127.0.0.1", port):
             return
         import redis as redis_lib
 
@@ -154,7 +217,7 @@ class PrivateRedisLease:
         except redis_lib.ConnectionError:
             pass  # SHUTDOWN closes the connection: that is success
         except redis_lib.RedisError as exc:
-            log.warning("could not stop the redis left on port %d: %s", port, exc)
+            log.debug("redis on port %d is not an unprotected one of ours: %s", port, exc)
         finally:
             client.close()
         for _ in range(100):
@@ -313,9 +376,16 @@ def open_backend(
             client.close()
         return
 
+    with contextlib.suppress(OSError):  # made 0700 if new: crops are faces
+        private_dir(Path(settings.data_dir), tighten=False)
+    writable_dir(Path(settings.data_dir), "the data folder (FAEC_DATA_DIR)")  # else say why, before any work
     lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
     try:
         live = settings.model_copy(update={"redis_url": lease.url})
+        if not settings.workers.read_roots:
+            # Only this user's commands reach the private Redis: its tasks may name any
+            # file this user can read (a deployment's workers read none by default).
+            live = live.model_copy(update={"workers": settings.workers.model_copy(update={"read_roots": (Path("/"),)})})
         client = connect(lease.url)
         backend = Backend(settings=live, redis=client, embedded=True)
         try:

@@ -10,6 +10,11 @@ class FaecError(Exception):
     """Base class of every error faec_rec raises on purpose."""
 
 
+class UsageError(FaecError):
+    """Mixin for errors in what was asked (an unknown version, a malformed id, a
+    name already taken): the command line exits 2 (usage) for these, not 1."""
+
+
 class ConfigError(FaecError, ValueError):
     """The configuration is invalid; the message names the field."""
 
@@ -43,6 +48,10 @@ class UnknownPersonError(GalleryError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
         return str(self.args[0]) if self.args else "unknown person"
+
+
+class AmbiguousPersonError(UnknownPersonError):
+    """A bare string that is one person's id and another's name: say ``id:`` or ``name:``."""
 
 
 class UnknownTemplateError(GalleryError, KeyError):
@@ -96,3 +105,57 @@ class TrackStateConflict(FaecError):
 
 class SourceError(FaecError):
     """A camera or video source cannot be opened, or stopped sending frames."""
+
+
+class UnknownVersionError(ModelError, UsageError, KeyError):
+    """No model version of that name in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+        return str(self.args[0]) if self.args else ""
+
+
+class NothingToRollBackError(ModelError, UsageError):
+    """``models rollback`` with no earlier version in service."""
+
+
+class BadEventIdError(TrainingError, UsageError):
+    """Feedback on an event id that is malformed, unknown or not a recognition."""
+
+
+class DuplicateCameraError(SourceError, UsageError):
+    """Two cameras of one run with the same id."""
+
+
+class NameTakenError(GalleryError, UsageError):
+    """A rename (or enrolment by id) to a name another person already has."""
+
+
+class UnknownJobError(UsageError, KeyError):
+    """No folder/batch job with that id (never submitted, or its results expired)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidNameError(GalleryError, UsageError, ValueError):
+    """A person's name the gallery refuses (empty, too long, a path, control characters)."""
+class DurabilityError(BackendUnavailable):
+    """Redis took a write but could not confirm it durable at the configured level
+    (``durability.enrolments``): the task retries, and the retry finds the data."""
+
+
+class ArchiveError(FaecError, ValueError):
+    """A gallery archive is damaged, of a foreign version, or does not fit the target."""
+
+
+class SinkError(FaecError):
+    """An event could not be delivered to a sink (MQTT broker, webhook); counts as one failed attempt."""
+
+
+class SinkUnavailable(SinkError):
+    """The sink as a whole is away (broker disconnected): wait for it, do not count an attempt."""
+
+
+class DeliveryRefused(SinkError):
+    """Delivery can never succeed as configured (e.g. a webhook host resolves to a forbidden
+    address): the event is parked in the dead-letter stream at once."""

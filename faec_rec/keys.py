@@ -127,6 +127,11 @@ class Keys:
         face made an "arrived"/"updated" event; the event names it as ``features_key``."""
         return self._k("event-features", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
 
+    def event_snapshot(self, camera_id: str, frame_no: int, face: int) -> str:
+        """Hash with TTL: face crop and downscaled frame (JPEG) of the face that made an
+        "arrived" event; the event names it as ``snapshot`` (workers/snapshots.py)."""
+        return self._k("event-snapshot", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
+
     def events_channel(self) -> str:
         """Pub/sub channel mirroring the combined event stream."""
         return self._k("events", "live")
@@ -151,10 +156,94 @@ class Keys:
         """String with TTL: image bytes uploaded by a client for a task."""
         return self._k("upload", safe_id(upload_id, "upload id"))
 
+    def deliveries(self, task_id: str) -> str:
+        """String counter with TTL: runs of one Celery task that started and have not
+        ended in their process (a run that ends deletes it); see ``workers/deadletter.py``."""
+        return self._k("deliveries", safe_id(task_id, "task id"))
+
+    def dead_letter(self) -> str:
+        """Stream of parked tasks (task name, id, payload, deliveries), for ``faec-rec tasks dead-letter``."""
+        return self._k("dead-letter")
+    # ---- sinks (sinks/) ------------------------------------------------------
+    def sink_group(self, sink: str) -> str:
+        """Consumer-group name (not a key) of one sink on the combined events stream."""
+        return "sink:" + safe_id(sink, "sink name")
+
+    def sink_dead_letter(self, sink: str) -> str:
+        """Stream of one sink's parked events (fields: event_id, event, error, attempts, parked_at)."""
+        return self._k("sinks", safe_id(sink, "sink name"), "dead-letter")
+
+    def sink_stats(self) -> str:
+        """Hash of counters ``<sink>:<outcome>`` (delivered, failed, dead_lettered, malformed...)."""
+        return self._k("sinks", "stats")
+
+    def mqtt_people(self) -> str:
+        """Hash: person id -> the person's MQTT topic name (so a forget can clear it)."""
+        return self._k("sinks", "mqtt", "people")
+
+    def mqtt_tracks(self) -> str:
+        """Hash: ``<camera>:<track id>`` -> person id of each known track seen on MQTT."""
+        return self._k("sinks", "mqtt", "tracks")
+
+    def mqtt_presence(self, person_id: str) -> str:
+        """Set of ``<camera>:<track id>`` where a person is now; empty = away."""
+        return self._k("sinks", "mqtt", "presence", safe_id(person_id, "person id"))
+
     def celery(self) -> str:
         """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
         return self._k("celery", "")
 
+    # ---- operations (cluster/) ------------------------------------------
+    def durability_probe(self) -> str:
+        """Counter written right before WAIT/WAITAOF so the waiting connection's own
+        write offset covers every earlier write (see faec_rec.cluster.durability)."""
+        return self._k("durability", "probe")
+
+    def camera_events_pattern(self) -> str:
+        """Glob of every camera's event stream (retention sweep)."""
+        return self._k("events", "*")
+
+    def event_features_pattern(self) -> str:
+        """Glob of every event-features key (retention sweep)."""
+        return self._k("event-features", "*")
+
+    def jobs_pattern(self) -> str:
+        """Glob of every job hash and job results stream (retention sweep)."""
+        return self._k("job", "*")
+
+    def enrolments_pattern(self) -> str:
+        """Glob of every enrolment report (retention sweep)."""
+        return self._k("enrolment", "*")
+
+    def retention_stats(self) -> str:
+        """Hash: per sweep step, items removed in total and at the last sweep."""
+        return self._k("retention", "stats")
+
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
         return self._k("*")
+
+    # ---- globs for erasure (index/erasure.py: forgetting a person) ----------
+    def events_pattern(self) -> str:
+        """Glob matching every camera's event stream."""
+        return self._k("events", "*")
+
+    def job_results_pattern(self) -> str:
+        """Glob matching every job's result stream."""
+        return self._k("job", "*", "results")
+
+    def enrolment_pattern(self) -> str:
+        """Glob matching every enrolment report."""
+        return self._k("enrolment", "*")
+
+    def event_snapshots_pattern(self) -> str:
+        """Glob matching every event snapshot (face crop + frame)."""
+        return self._k("event-snapshot", "*")
+
+    def sink_dead_letters_pattern(self) -> str:
+        """Glob matching every sink's dead-letter stream."""
+        return self._k("sinks", "*", "dead-letter")
+
+    def celery_results_pattern(self) -> str:
+        """Glob matching Celery's task results (``celery-task-meta-<task id>``) of this deployment."""
+        return self.celery() + "celery-task-meta-*"

@@ -130,18 +130,20 @@ class Metrics:
         self.gallery_size = Gauge(
             "faec_gallery_replica_size", "People and templates in this process's gallery replica",
             ["kind"], multiprocess_mode="livemax", registry=r)
-        self.model_version = Gauge(
-            "faec_model_version_info", "1 for the model version a live process is serving, 0 for earlier ones",
-            ["version"], multiprocess_mode="livemax", registry=r)
+        self.tasks_dead_lettered = Counter(
+            "faec_tasks_dead_lettered", "Tasks parked in the dead-letter stream after killing their worker "
+            "workers.max_deliveries times", ["task"], registry=r)
+        r.register(ModelVersionCollector())
         self._version: str | None = None
         self._lock = threading.Lock()
 
     def set_model_version(self, version: str) -> None:
+        # Not a Gauge: an info metric is 1 for what is, never 0 for what was, and a
+        # multiprocess gauge cannot forget a label. The version goes into this process's
+        # state (like readiness) and ModelVersionCollector exposes live processes' versions.
         with self._lock:
-            if self._version is not None and self._version != version:
-                self.model_version.labels(version=self._version).set(0)
-            self.model_version.labels(version=version).set(1)
             self._version = version
+        _set_state(_MODEL_VERSION_STATE, {"ok": True, "detail": version, "at": time.time()})
 
 
 _metrics: Metrics | None = None
@@ -205,6 +207,10 @@ def enrol_image(outcome: EnrolOutcome | str) -> None:
 def training_run(outcome: TrainingOutcome | str) -> None:
     """Training: one run ended as ``outcome`` (promoted, rejected, skipped, failed)."""
     get_metrics().training_runs.labels(outcome=_member(TrainingOutcome, outcome)).inc()
+
+
+def task_dead_lettered(task: str) -> None:
+    get_metrics().tasks_dead_lettered.labels(task=task).inc()
 
 
 def set_gallery_size(people: int, templates: int) -> None:
@@ -275,11 +281,33 @@ def process_exited(pid: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Liveness: the consumer's heartbeat
+# ---------------------------------------------------------------------------
+
+_consumer_beat: float | None = None
+
+
+def consumer_heartbeat(now: float | None = None) -> None:
+    """Record that the worker's consumer loop just ran (called from its event loop by
+    ``workers/heartbeat.py``); ``/healthz`` fails when this goes stale."""
+    global _consumer_beat
+    _consumer_beat = time.time() if now is None else now
+
+
+def consumer_heartbeat_age() -> float | None:
+    """Seconds since the consumer loop last ran, or None before it first ran."""
+    return None if _consumer_beat is None else max(0.0, time.time() - _consumer_beat)
+
+
+# ---------------------------------------------------------------------------
 # Readiness
 # ---------------------------------------------------------------------------
 
 _ready: dict[str, dict[str, Any]] = {}
 _ready_lock = threading.Lock()
+
+
+_MODEL_VERSION_STATE = "model_version"
 
 
 def mark_ready(check: str, ok: bool = True, detail: str = "") -> None:
@@ -288,8 +316,30 @@ def mark_ready(check: str, ok: bool = True, detail: str = "") -> None:
     In multiprocess mode the state is also written to ``ready_<pid>.json`` so the
     server in the main process sees it.
     """
+    _set_state(check, {"ok": bool(ok), "detail": detail, "at": time.time()})
+
+
+class ModelVersionCollector:
+    """``faec_model_version_info{version}`` = 1 for each version a live process serves."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("faec_model_version_info", "1 for each model version a live process is serving",
+                                   labels=["version"])
+        versions = sorted({str(st[_MODEL_VERSION_STATE]["detail"]) for st in _process_states().values()
+                           if st.get(_MODEL_VERSION_STATE, {}).get("detail")})
+        for version in versions:
+            family.add_metric([version], 1.0)
+        yield family
+
+
+def _set_state(check: str, state: dict[str, Any]) -> None:
     with _ready_lock:
-        _ready[check] = {"ok": bool(ok), "detail": detail, "at": time.time()}
+        _ready[check] = state
         snapshot = dict(_ready)
     directory = multiprocess_dir()
     if directory is not None:
@@ -411,13 +461,22 @@ class RedisCollector:
             camera_families = _camera_stats_families(zip(valid, pipe.execute()))
             people = GaugeMetricFamily("faec_gallery_people", "People enrolled (Redis, the source of truth)")
             people.add_metric([], float(self.client.scard(self.keys.people())))
+            memory = self.client.info("memory")
+            used = GaugeMetricFamily("faec_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
+            used.add_metric([], float(memory.get("used_memory", 0)))
+            cap = GaugeMetricFamily("faec_redis_memory_max_bytes",
+                                    "Redis maxmemory (0: no limit; writes are refused past it under noeviction)")
+            cap.add_metric([], float(memory.get("maxmemory", 0)))
+            parked = GaugeMetricFamily("faec_dead_letter_tasks", "Tasks parked in the dead-letter stream "
+                                       "(`faec-rec tasks dead-letter list`)")
+            parked.add_metric([], float(self.client.xlen(self.keys.dead_letter())))
         except Exception as exc:
             log.warning("metrics: Redis did not answer the scrape: %s", type(exc).__name__)
             up.add_metric([], 0.0)
             yield up
             return
         up.add_metric([], 1.0)
-        yield from (up, depth, waiting, people, *camera_families)
+        yield from (up, depth, waiting, people, used, cap, parked, *camera_families)
 
 
 # Counters the frame protocol keeps in each camera's stats hash (producers and workers HINCRBY).
@@ -457,7 +516,9 @@ def _camera_stats_families(stats: Iterable[tuple[str, dict[Any, Any]]]) -> list[
                 if edge != float("inf"):
                     buckets.append((_go_float(edge), total))
             buckets.append(("+Inf", total))
-            latency.add_metric([camera], buckets, sum_value=None)
+            # _count comes with _sum; a hash written before workers kept the sum has none.
+            raw_sum = fields.get("latency_ms_sum")
+            latency.add_metric([camera], buckets, sum_value=_number(raw_sum) / 1000.0 if raw_sum is not None else None)
         if fields.get("status"):
             status.add_metric([camera, fields["status"]], 1.0)
     return [frames, faces, latency, status]
@@ -495,7 +556,11 @@ class HealthServer:
 
     def __init__(self, port: int, host: str = "0.0.0.0", checks: Sequence[str] = (),
                  redis_client: Any = None, collectors: Sequence[Any] = (),
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, heartbeat_stale_s: float | None = None,
+                 request_timeout_s: float = 5.0) -> None:
+        # heartbeat_stale_s: /healthz fails when the consumer loop has not beaten for this
+        # long (or never did); None (servers that are not Celery workers) skips that check.
+        self.heartbeat_stale_s = heartbeat_stale_s
         self.checks = tuple(checks)
         self.redis_client = redis_client
         self.registry = registry if registry is not None else _exposition_registry()
@@ -504,7 +569,9 @@ class HealthServer:
             self.registry.register(collector)
         self.started = time.time()
         server = self
-        handler = type("_Handler", (_Handler,), {"owner": server})
+        # timeout: a client that connects and sends nothing (or half a request) is dropped
+        # after request_timeout_s instead of holding a thread for ever.
+        handler = type("_Handler", (_Handler,), {"owner": server, "timeout": request_timeout_s})
         try:
             self._httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -542,6 +609,21 @@ class HealthServer:
         ping = self.redis_client.ping if self.redis_client is not None else None
         return readiness(self.checks, ping)
 
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: the process answers and, for a worker, its consumer loop beat recently
+        (a stuck loop or a lost broker connection stops the beats)."""
+        body: dict[str, Any] = {"alive": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1)}
+        if self.heartbeat_stale_s is None:
+            return True, body
+        age = consumer_heartbeat_age()
+        body["consumer_heartbeat_age_s"] = None if age is None else round(age, 1)
+        if age is None or age > self.heartbeat_stale_s:
+            body["alive"] = False
+            body["detail"] = ("the consumer loop has not run yet" if age is None else
+                              f"the consumer loop last ran {age:.0f} s ago (limit {self.heartbeat_stale_s:.0f} s): "
+                              "stuck, or its broker connection is lost")
+        return bool(body["alive"]), body
+
 
 def _exposition_registry() -> CollectorRegistry:
     """The merged files of every process in multiprocess mode, else this process's metrics."""
@@ -554,6 +636,7 @@ def _exposition_registry() -> CollectorRegistry:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))
+    registry.register(ModelVersionCollector())
     return registry
 
 
@@ -569,8 +652,9 @@ class _Handler(BaseHTTPRequestHandler):
             sweep_dead_processes()  # a killed child's live gauges must not linger
             self._send(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            body = {"alive": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.owner.started, 1)}
-            self._send(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+            ok, body = self.owner.alive()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, json.dumps(body).encode(),
+                       "application/json")
         elif path == "/readyz":
             ok, report = self.owner.ready()
             self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
@@ -597,12 +681,14 @@ def probe_client(redis_url: str, timeout_s: float = 1.0) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0))
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+    return redis_from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                          retry=Retry(NoBackoff(), 0))
 
 
 def serve(settings: Settings, port: int | None = None, checks: Sequence[str] = (),
-          cluster: bool = True) -> HealthServer | None:
+          cluster: bool = True, heartbeat: bool = False) -> HealthServer | None:
     """Start the endpoints for this process; returns None when the port is 0 (off).
 
     ``port`` defaults to ``settings.workers.health_port``. ``cluster`` adds the
@@ -620,7 +706,9 @@ def serve(settings: Settings, port: int | None = None, checks: Sequence[str] = (
             from faec_rec.keys import Keys
 
             collectors.append(RedisCollector(client, Keys(settings.prefix)))
-    return HealthServer(port, checks=checks, redis_client=client, collectors=collectors).start()
+    stale = float(settings.workers.liveness_stale_s) if heartbeat else None
+    return HealthServer(port, checks=checks, redis_client=client, collectors=collectors,
+                        heartbeat_stale_s=stale).start()
 
 
 # ---------------------------------------------------------------------------
@@ -655,7 +743,7 @@ def install_worker_hooks(settings: Settings | None = None, checks: Sequence[str]
         if directory is None:
             directory = _owned_dir = Path(tempfile.mkdtemp(prefix="faec-metrics-"))
         enable_multiprocess(directory)
-        _worker_server = serve(current, checks=checks)
+        _worker_server = serve(current, checks=checks, heartbeat=True, cluster=current.workers.cluster_metrics)
 
     def on_child_exit(**_: Any) -> None:
         process_exited(os.getpid())

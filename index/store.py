@@ -18,11 +18,13 @@ transaction and removed again when it fails.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import shutil
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +34,8 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 
-from faec_rec.errors import BackendUnavailable, GalleryError, UnknownPersonError, UnknownTemplateError, VectorError
-from faec_rec.files import atomic_write_bytes
+from faec_rec.errors import AmbiguousPersonError, BackendUnavailable, GalleryError, InvalidNameError, NameTakenError, UnknownPersonError, UnknownTemplateError, VectorError
+from faec_rec.files import atomic_write_bytes, display_name, private_dir
 from faec_rec.keys import Keys, safe_id
 
 from faec_rec.index.events import EventLog, EventOp, GalleryEvent
@@ -41,7 +43,7 @@ from faec_rec.index.projection import DIM, check_vectors
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LEN = 200
+MAX_NAME_LEN = 100
 # KEYS: template hashes; ARGV[1]: bytes per feature vector. Returns the features
 # concatenated (zeros where absent) and the 1-based positions of absent ones.
 _FETCH_FEATURES = """
@@ -63,17 +65,46 @@ T = TypeVar("T")
 
 
 def fold_name(name: str) -> str:
-    """The unique form of a display name: stripped, inner spaces collapsed, casefolded."""
-    return " ".join(name.split()).casefold()
+    """The unique form of a display name: NFC, stripped, inner spaces collapsed,
+    casefolded (so a name typed in NFD or another case finds the same person)."""
+    return unicodedata.normalize("NFC", " ".join(unicodedata.normalize("NFC", name).split()).casefold())
+
+
+# Format characters that legitimate names need: zero-width (non-)joiners in
+# Persian and Indic names and in emoji sequences (family, profession emoji).
+NAME_JOINERS = frozenset({"\u200c", "\u200d"})
+# Explicit forms for lookups: "id:<person id>" and "name:<name>" (a bare string
+# is looked up as both and refused when it names two different people).
+ID_PREFIX = "id:"
+NAME_PREFIX = "name:"
 
 
 def clean_name(name: str) -> str:
-    """A display name checked and tidied; raises :class:`GalleryError` when empty or too long."""
-    if not isinstance(name, str) or not name.strip():
-        raise GalleryError("a person needs a non-empty name")
-    tidy = " ".join(name.split())
+    """A display name checked and tidied (NFC, spaces collapsed): the one validator
+    of names, for the CLI, the Python client and the workers alike.
+
+    Refused (:class:`GalleryError`): empty, longer than :data:`MAX_NAME_LEN`, a path
+    separator, control or format characters (tabs, newlines, bidi overrides; the
+    joiners in :data:`NAME_JOINERS` are allowed), only dots, or starting with the
+    lookup prefixes ``id:`` / ``name:``. Names are shown, never used as paths, but
+    such names are almost always a mistake (a path passed as a name).
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError("a person's name must be text")
+    nfc = unicodedata.normalize("NFC", name)
+    tidy = " ".join(nfc.split())
+    if not tidy:
+        raise InvalidNameError("a person's name cannot be empty")
     if len(tidy) > MAX_NAME_LEN:
-        raise GalleryError(f"name is {len(tidy)} characters; at most {MAX_NAME_LEN} are allowed")
+        raise InvalidNameError(f"name {tidy[:20]!r}... is longer than {MAX_NAME_LEN} characters")
+    if "/" in tidy or "\\" in tidy:
+        raise InvalidNameError(f"name {tidy!r} holds a path separator ('/' or '\\'): give a plain name like 'Ada Lovelace'")
+    if any(unicodedata.category(c).startswith("C") and c not in NAME_JOINERS for c in nfc):
+        raise InvalidNameError(f"name {tidy!r} holds control characters")
+    if set(tidy) <= {"."}:
+        raise InvalidNameError(f"name {tidy!r} is only dots: give a real name")
+    if tidy.casefold().startswith((ID_PREFIX, NAME_PREFIX)):
+        raise InvalidNameError(f"name {tidy!r} starts with {ID_PREFIX!r} or {NAME_PREFIX!r}, kept for lookups")
     return tidy
 
 
@@ -242,6 +273,8 @@ class Store:
         def undo() -> None:
             for path in written:
                 path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # no empty crops folder left behind
+                    path.parent.rmdir()
             written.clear()
 
         def body(pipe: redis.client.Pipeline) -> EnrolResult:
@@ -306,7 +339,7 @@ class Store:
             "backbone": self.backbone_version,
             "version": version,
             "quality": new.qualities[i],
-            "source": new.sources[i],
+            "source": display_name(new.sources[i]),  # a file name may not be valid UTF-8
             "hash": new.content_hashes[i],
             "crop": crop,
             "created": now,
@@ -353,11 +386,83 @@ class Store:
             results.extend(self._transact([k.person_names()], body))
         return results
 
+    @backend
+    def restore_person(
+        self,
+        person_id: str,
+        person: dict[str, str],
+        templates: Sequence[tuple[str, dict[str, Any], bytes | None]],
+    ) -> EnrolResult:
+        """Write a person and their templates as a backup holds them (ids, features,
+        versions, crops kept), with one "add" event; for ``faec_rec.cluster.archive``.
+
+        ``person``: the person hash (``name``, ``metadata``, ``created``);
+        ``templates``: ``(template id, template hash fields, crop bytes or None)``.
+        Into a live gallery it merges: an existing person with this id, or else
+        with this name, receives the templates; a template whose image hash that
+        person already has is skipped (reported in ``duplicates``), and a template
+        id taken by another template gets a new id.
+        """
+        display = clean_name(person.get("name", ""))
+        safe_id(person_id, "person id")
+        k = self.keys
+        written: list[Path] = []
+
+        def undo() -> None:
+            for path in written:
+                path.unlink(missing_ok=True)
+            written.clear()
+
+        def body(pipe: redis.client.Pipeline) -> EnrolResult:
+            owner = _text(pipe.hget(k.person_names(), fold_name(display)))
+            exists_by_id = bool(pipe.exists(k.person(person_id)))
+            pid = person_id if exists_by_id or owner is None else owner
+            exists = exists_by_id or owner is not None
+            if exists_by_id and owner is not None and owner != person_id:
+                raise GalleryError(f"person {person_id} and the name {display!r} ({owner}) are two people here; "
+                                   "rename one before merging")
+            pipe.watch(k.person(pid), k.person_templates(pid))
+            name_now = _text(pipe.hget(k.person(pid), "name")) if exists else display
+            known = pipe.hmget(k.template_hashes(), [f"{pid}:{f.get('hash', '')}" for _, f, _ in templates]) if templates else []
+            keep: list[tuple[str, dict[str, Any], bytes | None]] = []
+            duplicates: list[str] = []
+            seen: set[str] = set()
+            for (tid, fields, crop), hit in zip(templates, known):
+                chash = str(fields.get("hash", ""))
+                if hit is not None or chash in seen:
+                    duplicates.append(chash)
+                    continue
+                seen.add(chash)
+                if pipe.exists(k.template(tid)):
+                    tid = uuid.uuid4().hex
+                keep.append((tid, fields, crop))
+            crops = {tid: self._write_crop(pid, tid, crop, written) for tid, _, crop in keep if crop}
+            pipe.multi()
+            if not exists:
+                pipe.hset(k.person(pid), mapping={"name": display, "metadata": person.get("metadata") or "{}",
+                                                  "created": person.get("created") or time.time()})
+                pipe.sadd(k.people(), pid)
+                pipe.hset(k.person_names(), fold_name(display), pid)
+            for tid, fields, _ in keep:
+                pipe.hset(k.template(tid), mapping={**fields, "person": pid, "crop": crops.get(tid, "")})
+                pipe.sadd(k.person_templates(pid), tid)
+                pipe.hset(k.template_hashes(), f"{pid}:{fields.get('hash', '')}", tid)
+            if keep or not exists:
+                self.events.append(pipe, GalleryEvent(EventOp.ADD, person=pid, name=name_now,
+                                                      templates=tuple(tid for tid, _, _ in keep)))
+            return EnrolResult(pid, name_now or display, tuple(tid for tid, _, _ in keep), tuple(duplicates), created=not exists)
+
+        return self._transact([k.person_names(), k.template_hashes()], body, undo)
+
     def _write_crop(self, pid: str, tid: str, data: bytes, written: list[Path]) -> str:
         """Write one crop atomically; returns its path relative to ``data_dir``."""
         rel = Path("crops") / pid / f"{tid}.jpg"
         path = self.data_dir / rel
-        atomic_write_bytes(path, data, fsync=True)
+        # faces are personal data: the folders and files for this user only
+        private_dir(self.data_dir, tighten=False)
+        private_dir(self.data_dir / "crops")
+        private_dir(path.parent)
+        atomic_write_bytes(path, data, fsync=True, mode=0o600)
         written.append(path)
         return str(rel)
 
@@ -398,7 +503,7 @@ class Store:
                 raise UnknownPersonError(f"no person with id {person_id!r} is enrolled")
             owner = _text(pipe.hget(k.person_names(), fold))
             if owner is not None and owner != person_id:
-                raise GalleryError(f"name {display!r} already belongs to person {owner}")
+                raise NameTakenError(f"name {display!r} already belongs to person {owner}")
             pipe.multi()
             pipe.hdel(k.person_names(), fold_name(old))
             pipe.hset(k.person_names(), fold, person_id)
@@ -460,17 +565,44 @@ class Store:
 
     @backend
     def resolve(self, id_or_name: str) -> str:
-        """A person id from an id or a display name; raises :class:`UnknownPersonError`."""
+        """A person id from ``id:<id>``, ``name:<name>``, or a bare id or name.
+
+        A bare string that is one person's name and another person's id is refused
+        (:class:`AmbiguousPersonError`) rather than guessed. Raises
+        :class:`UnknownPersonError` when nobody matches.
+        """
+        if not isinstance(id_or_name, str):
+            raise UnknownPersonError(f"no person with id or name {id_or_name!r} is enrolled")
+        if id_or_name.startswith(ID_PREFIX):
+            pid = self._by_id(id_or_name[len(ID_PREFIX):])
+            if pid is None:
+                raise UnknownPersonError(f"no person with id {id_or_name[len(ID_PREFIX):]!r} is enrolled")
+            return pid
+        if id_or_name.startswith(NAME_PREFIX):
+            pid = self._by_name(id_or_name[len(NAME_PREFIX):])
+            if pid is None:
+                raise UnknownPersonError(f"no person named {id_or_name[len(NAME_PREFIX):]!r} is enrolled")
+            return pid
+        by_id, by_name = self._by_id(id_or_name), self._by_name(id_or_name)
+        if by_id is not None and by_name is not None and by_id != by_name:
+            raise AmbiguousPersonError(
+                f"{id_or_name!r} is the id of person {by_id} and the name of person {by_name}: "
+                f"say {ID_PREFIX}{id_or_name} or {NAME_PREFIX}{id_or_name}")
+        pid = by_name or by_id
+        if pid is None:
+            raise UnknownPersonError(f"no person with id or name {id_or_name!r} is enrolled")
+        return pid
+
+    def _by_id(self, text: str) -> str | None:
         try:
-            if self.client.exists(self.keys.person(id_or_name)):
-                return id_or_name
+            return text if self.client.exists(self.keys.person(text)) else None
         except ValueError:
-            pass  # not a valid id: try it as a name
-        if isinstance(id_or_name, str) and id_or_name.strip():
-            pid = _text(self.client.hget(self.keys.person_names(), fold_name(id_or_name)))
-            if pid is not None:
-                return pid
-        raise UnknownPersonError(f"no person with id or name {id_or_name!r} is enrolled")
+            return None  # not a valid id
+
+    def _by_name(self, text: str) -> str | None:
+        if not text.strip():
+            return None
+        return _text(self.client.hget(self.keys.person_names(), fold_name(text)))
 
     @backend
     def person(self, id_or_name: str) -> Person:

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import redis as redis_lib
 
 from faec_rec.config import EventsConfig, ProducerConfig
-from faec_rec.errors import SourceError
+from faec_rec.errors import DuplicateCameraError, SourceError
 from faec_rec.keys import Keys, safe_id
 from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_RECOGNISE
@@ -428,7 +428,7 @@ def run_cameras(
     """
     ids = [c.camera_id for c in cameras]
     if len(set(ids)) != len(ids):
-        raise SourceError(f"camera ids must be unique, got {ids}")
+        raise DuplicateCameraError(f"camera ids must be unique, got {ids}")
     stop = stop or threading.Event()
     deadline = time.monotonic() + duration_s if duration_s is not None else None
     producers = [
@@ -461,6 +461,22 @@ def run_cameras(
         for th in threads:
             th.join(timeout=10)
     return {p.spec.camera_id: p.counters for p in producers}
+
+
+def close_tracks(redis: Any, keys: Keys, events: EventsConfig, cameras: Sequence[str]) -> list[Any]:
+    """End of a run: "left" events for every track of ``cameras`` still open, published.
+
+    Call it once the run's frames were processed (nothing in flight): a camera run
+    that stops must not leave arrivals without departures in the event streams.
+    """
+    store = TrackStore.from_settings(redis, keys, events)
+    left: list[Any] = []
+    for camera in cameras:
+        left.extend(store.sweep(camera, now=float("inf")))  # every track is past its timeout
+    publish_many(redis, keys, left, events.stream_maxlen)
+    if left:
+        log.info("closed %d tracks at the end of the run", len(left))
+    return left
 
 
 class _Sweeper:

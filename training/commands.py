@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from faec_rec.errors import FaecError, UnknownPersonError
+from faec_rec.errors import FaecError, UnknownPersonError, UsageError
 
 
 def _under_faec_root(ctx: click.Context) -> bool:
@@ -25,7 +25,7 @@ def _under_faec_root(ctx: click.Context) -> bool:
 
 
 def _fail(ctx: click.Context, exc: FaecError) -> None:
-    if isinstance(exc, UnknownPersonError):
+    if isinstance(exc, (UnknownPersonError, UsageError)):
         raise click.UsageError(str(exc)) from exc
     if _under_faec_root(ctx):
         raise exc
@@ -71,12 +71,9 @@ def _backend() -> Iterator[Any]:
 
 
 def _registry(backend: Any) -> Any:
-    from pathlib import Path
-
-    from faec_rec.keys import Keys
     from faec_rec.training.registry import ModelRegistry
 
-    return ModelRegistry(backend.redis, Keys(backend.settings.prefix), Path(backend.settings.data_dir) / "models")
+    return ModelRegistry.from_settings(backend.settings, backend.redis)
 
 
 def _fmt(value: Any) -> str:

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from faec_rec.errors import FaecError, ImageError, TrainingError
-from faec_rec.files import sha256_file
+from faec_rec.files import IMAGE_SUFFIXES, sha256_file  # IMAGE_SUFFIXES: the loader's formats
 
 if TYPE_CHECKING:
     from faec_rec.faces.engine import FaceEngine
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 Several = Literal["drop", "largest", "central"]
 Mode = Literal["detect", "tight", "detect_or_tight"]
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faec_rec.errors import TrainingError
+from faec_rec.errors import BadEventIdError
 from faec_rec.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def find_event(redis: "redis_lib.Redis", keys: Keys, event_id: str) -> dict[str,
     try:
         entries = redis.xrange(keys.events(), min=event_id, max=event_id, count=1)
     except redis_lib.ResponseError as exc:
-        raise TrainingError(f"{event_id!r} is not an event id (expected a stream id like 1717171717171-0)") from exc
+        raise BadEventIdError(f"{event_id!r} is not an event id (expected a stream id like 1717171717171-0)") from exc
     if not entries:
-        raise TrainingError(
+        raise BadEventIdError(
             f"event {event_id} was not found: it has expired from the event stream (events.stream_maxlen) "
             "or the id is wrong; feedback can only be given on recent events"
         )
@@ -99,7 +99,7 @@ def find_event(redis: "redis_lib.Redis", keys: Keys, event_id: str) -> dict[str,
     try:
         return json.loads(raw)
     except (TypeError, ValueError) as exc:
-        raise TrainingError(f"event {event_id} is not a JSON recognition event") from exc
+        raise BadEventIdError(f"event {event_id} is not a JSON recognition event") from exc
 
 
 NO_FEATURES = "this event carries no face features (only 'arrived'/'updated' events do, while events.features_ttl_s > 0)"
@@ -148,7 +148,7 @@ def record_feedback(
     """
     event = find_event(redis, keys, event_id)
     if event.get("type") == "error":
-        raise TrainingError(f"event {event_id} is an error event (no face was recognised): nothing to confirm")
+        raise BadEventIdError(f"event {event_id} is an error event (no face was recognised): nothing to confirm")
     features, reason = event_features(redis, event)
     if features is None:
         log.info("feedback on event %s kept for review only: %s", event_id, reason)

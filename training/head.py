@@ -22,6 +22,7 @@ gallery needs no TensorFlow call and is thread-safe.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,16 @@ def save_head(model: "keras.Model", path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)
+    # fsync the file, then the folder after the rename: a power cut must not leave
+    # a registered version whose file is empty or absent.
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     tmp.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return path
 
 

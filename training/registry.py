@@ -4,26 +4,39 @@ Redis holds the records (``keys.models()``: version -> JSON), the version in
 service (``keys.model_current()``, absent = "base") and the stream of changes
 (``keys.model_events()``, one JSON field "event" per entry: promote/rollback)
 that workers follow to hot-swap. Weights live on disk under
-``<data_dir>/models/heads/<version>.keras`` with their sha256 in the record;
-the checksum is verified before a file is loaded or put into service, so a
-tampered or truncated file is refused (:class:`~faec_rec.errors.ModelError`)
-and the current model stays.
+``<data_dir>/models/heads/<version>.keras`` with their sha256 in the record.
+A head is read once: the bytes are hashed, checked and loaded from memory (a
+private temporary copy), so the file cannot be swapped between the check and
+the load. A truncated or corrupted file is refused
+(:class:`~faec_rec.errors.ModelError`) and the current model stays.
+
+The checksum sits in Redis next to the file name, so on its own it catches
+corruption, not tampering by someone who can write Redis or the folder. With
+``training.signing_key`` set, each record also carries an HMAC-SHA256 of
+``version, file, sha256`` under that key: a head whose record was not signed
+with it is refused, so changing the file *and* its checksum is caught too.
+The stored file name is confined to the heads folder (a plain ``*.keras``
+name: no ``/``, no ``..``, not absolute).
 
 Versions are ``head-1``, ``head-2``, ...; "base" (the L2-normalised backbone
 features) is always available and never stored.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
+import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from faec_rec.errors import ModelError
+from faec_rec.errors import ModelError, NothingToRollBackError, UnknownVersionError
 from faec_rec.keys import Keys
-from faec_rec.files import sha256_file
 
 if TYPE_CHECKING:
     import keras
@@ -62,6 +75,11 @@ class ModelRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
     note: str = ""
+    signature: str = ""  # HMAC-SHA256 of signed_fields() under training.signing_key ("" = unsigned)
+
+    def signed_fields(self) -> bytes:
+        """What the signature covers: the version, its file name and the file's sha256."""
+        return json.dumps([self.version, self.file, self.sha256]).encode()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -71,6 +89,15 @@ class ModelRecord:
         data = json.loads(raw)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+# A stored head file name: a plain name in the heads folder.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.keras$")
+
+
+def sign(key: bytes, record: ModelRecord) -> str:
+    """Hex HMAC-SHA256 of the record's signed fields."""
+    return hmac.new(key, record.signed_fields(), hashlib.sha256).hexdigest()
 
 
 def version_number(version: str) -> int:
@@ -90,16 +117,19 @@ class ModelRegistry:
         models_dir: Path,
         backbone_version: str = "dlib-resnet-v1",
         events_maxlen: int = 10_000,
+        signing_key: bytes | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.dir = Path(models_dir) / "heads"
         self.backbone_version = backbone_version
         self.events_maxlen = events_maxlen
+        self.signing_key = signing_key or None
 
     @classmethod
     def from_settings(cls, settings: "Settings", redis: "redis_lib.Redis") -> ModelRegistry:
-        return cls(redis, Keys(settings.prefix), Path(settings.data_dir) / "models")
+        return cls(redis, Keys(settings.prefix), Path(settings.data_dir) / "models",
+                   signing_key=signing_key(settings))
 
     # ---- records -------------------------------------------------------------
     def _claim_version(self) -> str:
@@ -129,7 +159,7 @@ class ModelRegistry:
             record = ModelRecord(
                 version=version,
                 file=path.name,
-                sha256=sha256_file(path),
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                 created=time.time(),
                 backbone_version=self.backbone_version,
                 status=status,
@@ -138,6 +168,8 @@ class ModelRegistry:
                 threshold=threshold,
                 note=note,
             )
+            if self.signing_key:
+                record.signature = sign(self.signing_key, record)
             self.redis.hset(self.keys.models(), version, record.to_json())
         except BaseException:
             self.redis.hdel(self.keys.models(), version)
@@ -149,7 +181,7 @@ class ModelRegistry:
         """Change fields of a record (status, metrics, note)."""
         record = self.record(version)
         for name, value in changes.items():
-            if name not in ModelRecord.__dataclass_fields__ or name in {"version", "file", "sha256"}:
+            if name not in ModelRecord.__dataclass_fields__ or name in {"version", "file", "sha256", "signature"}:
                 raise ModelError(f"model record field {name!r} cannot be changed")
             setattr(record, name, value)
         self.redis.hset(self.keys.models(), version, record.to_json())
@@ -160,7 +192,7 @@ class ModelRegistry:
         raw = self.redis.hget(self.keys.models(), version)
         if raw is None or raw.decode() == _PLACEHOLDER:
             known = ", ".join(r.version for r in self.records()) or "none yet"
-            raise ModelError(f"no model version {version!r} in the registry (known: {BASE_VERSION}, {known})")
+            raise UnknownVersionError(f"no model version {version!r} in the registry (known: {BASE_VERSION}, {known})")
         return ModelRecord.from_json(raw)
 
     def records(self) -> list[ModelRecord]:
@@ -170,32 +202,61 @@ class ModelRegistry:
         return sorted(out, key=lambda r: (version_number(r.version), r.created))
 
     def path(self, record: ModelRecord) -> Path:
-        return self.dir / record.file
+        """The head file of ``record``, which must be a plain ``*.keras`` name in the heads folder."""
+        name = record.file
+        if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or ".." in name:
+            raise ModelError(f"model {record.version}: stored file name {name!r} is not a plain .keras name in "
+                             f"{self.dir}; refusing it (the record was edited by hand or tampered with)")
+        return self.dir / name
 
-    def verify(self, version: str) -> ModelRecord:
-        """Check the file of ``version`` exists and matches its recorded sha256."""
+    def read_verified(self, version: str) -> tuple[ModelRecord, bytes]:
+        """The record of ``version`` and its file's bytes, read once, checked against the
+        recorded sha256 (and the signature when ``signing_key`` is set)."""
         record = self.record(version)
         path = self.path(record)
-        if not path.is_file():
-            raise ModelError(f"model {version}: weights file {path} is missing; restore it or promote another version")
-        actual = sha256_file(path)
-        if actual != record.sha256:
+        if self.signing_key:
+            if not record.signature:
+                raise ModelError(f"model {version}: the record is not signed and training.signing_key is set; "
+                                 "refusing it (register it again, or promote a signed version)")
+            if not hmac.compare_digest(record.signature, sign(self.signing_key, record)):
+                raise ModelError(f"model {version}: the record's signature does not match training.signing_key "
+                                 "(tampered with, or signed with another key); refusing to load it")
+        try:
+            # O_NOFOLLOW: a link planted in the heads folder is not followed.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError as exc:
+            raise ModelError(f"model {version}: weights file {path} is missing; restore it or promote another version") from exc
+        except OSError as exc:
+            raise ModelError(f"model {version}: cannot open weights file {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read()
+        actual = hashlib.sha256(data).hexdigest()
+        if not hmac.compare_digest(actual, record.sha256):
             raise ModelError(
                 f"model {version}: {path} fails its checksum (sha256 {actual[:12]}..., recorded "
                 f"{record.sha256[:12]}...): the file was modified or corrupted; refusing to load it"
             )
-        return record
+        return record, data
+
+    def verify(self, version: str) -> ModelRecord:
+        """Check the file of ``version`` exists and matches its record (checksum, signature)."""
+        return self.read_verified(version)[0]
 
     def load(self, version: str) -> "Projector":
-        """The projector for ``version`` ("base" or a verified head)."""
+        """The projector for ``version`` ("base" or a verified head), loaded from the very
+        bytes that were verified (a private temporary copy), never re-read by path."""
         if version == BASE_VERSION:
             from faec_rec.index.projection import BaseProjector
 
             return BaseProjector()
         from faec_rec.training.head import load_head
 
-        record = self.verify(version)
-        projector = load_head(self.path(record), version)
+        record, data = self.read_verified(version)
+        with tempfile.TemporaryDirectory(prefix="faec-head-") as private:  # mode 0700
+            copy = Path(private) / "head.keras"
+            with open(copy, "xb") as fh:
+                fh.write(data)
+            projector = load_head(copy, version)
         projector.threshold = record.threshold
         return projector
 
@@ -269,7 +330,7 @@ class ModelRegistry:
         """Return to the version that was in service before the current one's promotion."""
         stack = self._stack()
         if len(stack) < 2:
-            raise ModelError(f"nothing to roll back to: {self.current()} has been in service since the start")
+            raise NothingToRollBackError(f"nothing to roll back to: {self.current()} has been in service since the start")
         target = stack[-2]
         if target != BASE_VERSION:
             self.verify(target)
@@ -277,6 +338,12 @@ class ModelRegistry:
         if stack[-1] != BASE_VERSION:
             self.update(stack[-1], status=Status.RETIRED)
         return event
+
+
+def signing_key(settings: "Settings") -> bytes | None:
+    """``training.signing_key`` as bytes (None when unset)."""
+    secret = settings.training.signing_key
+    return secret.get_secret_value().encode() if secret is not None and secret.get_secret_value() else None
 
 
 def load_projector(version: str, *, settings: "Settings", redis: "redis_lib.Redis") -> "Projector":

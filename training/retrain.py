@@ -399,9 +399,11 @@ def run(
     cfg = settings.training
     keys = Keys(settings.prefix)
     own_client = redis is None
-    client = redis or redis_lib.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+    client = redis or redis_from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
     data_dir = Path(settings.data_dir)
-    registry = ModelRegistry(client, keys, data_dir / "models")
+    registry = ModelRegistry.from_settings(settings, client)
     step = progress or (lambda stage, done, total: None)
     try:
         with TrainingLock(client, keys, cfg.lock_ttl_s):

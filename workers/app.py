@@ -26,6 +26,7 @@ TASK_IDENTIFY = "faec_rec.identify_image"
 TASK_IDENTIFY_BATCH = "faec_rec.identify_images"
 TASK_ENROL = "faec_rec.enrol"
 TASK_TRAIN = "faec_rec.train_head"
+TASK_RETENTION = "faec_rec.retention_sweep"
 
 QUEUE_FRAMES = "frames"
 QUEUE_ENROL = "enrol"
@@ -39,6 +40,7 @@ ROUTES: dict[str, dict[str, str]] = {
     TASK_IDENTIFY_BATCH: {"queue": QUEUE_FRAMES},
     TASK_ENROL: {"queue": QUEUE_ENROL},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
+    TASK_RETENTION: {"queue": QUEUE_ENROL},  # light; every default worker serves "enrol"
 }
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -78,11 +80,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # twice is run twice, which the idempotent tasks allow.
         "unacked_mutex_expire": int(min(300, max(5, settings.workers.visibility_timeout_s))),
     }
+    backend_transport: dict[str, Any] = {"global_keyprefix": keyprefix}
+    from faec_rec.cluster.sentinel import celery_urls, is_sentinel_url
+
+    if is_sentinel_url(url):  # kombu's sentinel:// transport and Celery's sentinel backend
+        url, sentinel_options = celery_urls(url)
+        transport.update(sentinel_options)
+        backend_transport.update(sentinel_options)
     return {
         "broker_url": url,
         "result_backend": url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"global_keyprefix": keyprefix},
+        "result_backend_transport_options": backend_transport,
         "broker_connection_retry_on_startup": True,
         # JSON only: a message can never execute code on a worker.
         "task_serializer": "json",
@@ -99,6 +108,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # process that is not up by then, so a process replaced after a crash on a
         # loaded box was killed and re-forked in a loop (found by tests/faults).
         "worker_proc_alive_timeout": WARM_UP_TIMEOUT_S,
+        # A task that runs too long is interrupted (soft: it fails and is acknowledged)
+        # then its process killed (hard); training has its own, longer limits.
+        "task_soft_time_limit": settings.workers.task_soft_time_limit_s,
+        "task_time_limit": settings.workers.task_time_limit_s,
+        "task_annotations": {TASK_TRAIN: {"soft_time_limit": settings.training.soft_time_limit_s,
+                                          "time_limit": settings.training.time_limit_s}},
         "task_routes": ROUTES,
         "task_default_queue": QUEUE_FRAMES,
         "task_create_missing_queues": True,
@@ -118,11 +133,14 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
     That module must stay light (no TensorFlow import): this configuration is
     also read by producers and clients. Empty when training is not installed.
     """
+    from faec_rec.cluster.schedule import retention_beat
+
+    schedule = retention_beat(settings)  # the periodic retention sweep (retention.sweep_schedule)
     try:
         from faec_rec.training.schedule import beat_schedule  # type: ignore[import-not-found]
     except ImportError:
-        return {}
-    return dict(beat_schedule(settings))
+        return schedule
+    return {**dict(beat_schedule(settings)), **schedule}
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -131,7 +149,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     Safe to call anywhere: nothing connects and no model loads until a worker
     runs a task. The app's settings are available as ``app_settings(app)``.
     """
-    app = Celery("faec_rec", set_as_current=False)
+    # GuardedTask: counts runs that killed their worker and parks a poison task (workers/deadletter.py).
+    app = Celery("faec_rec", set_as_current=False, task_cls="faec_rec.workers.deadletter:GuardedTask")
     holder: dict[str, Settings] = {}
 
     def settings_now() -> Settings:
@@ -147,6 +166,10 @@ def make_app(settings: Settings | None = None) -> Celery:
     from faec_rec.workers import tasks
 
     tasks.register(app)
+    # /healthz follows the consumer loop's own heartbeat (workers/heartbeat.py).
+    from faec_rec.workers.heartbeat import ConsumerHeartbeat
+
+    app.steps["consumer"].add(ConsumerHeartbeat)
     # /metrics, /healthz, /readyz on workers.health_port once a worker starts (0 = off).
     metrics.install_worker_hooks()
     return app
@@ -170,6 +193,42 @@ _worker_app: Celery | None = None
 def _remember_worker_app(sender: Any = None, **_: object) -> None:
     global _worker_app
     _worker_app = getattr(sender, "app", None)
+    from faec_rec.errors import ConfigError
+
+    try:
+        _check_broker(_worker_app)
+    except ConfigError as exc:
+        # Celery logs and swallows a handler's exceptions; SystemExit stops the worker.
+        log.critical("refusing to start: %s", exc)
+        raise SystemExit(2) from exc
+
+
+def _check_broker(app: Celery | None) -> None:
+    """Refuse an evicting Redis, warn about one without maxmemory or persistence
+    (``faec_rec.redis_checks``), however the worker was started."""
+    if app is None or getattr(app, "faec_settings", None) is None:
+        return
+    settings = app_settings(app)
+    if not settings.redis_url:
+        return
+    import redis as redis_lib
+
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+    from faec_rec.embedded import redact_url
+    from faec_rec.redis_checks import check_redis_once
+
+    try:
+        client = redis_from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    except (redis_lib.RedisError, OSError, ValueError) as exc:
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+        return
+    try:
+        check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
+                         where=redact_url(settings.redis_url))
+    except (redis_lib.RedisError, OSError) as exc:  # unreachable now: Celery's own retries report it
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+    finally:
+        client.close()
 
 
 @worker_process_init.connect(weak=False)

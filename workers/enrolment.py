@@ -119,6 +119,8 @@ class EnrolReport:
     detail: str | None = None
     model_version: str | None = None
     finished_at: float | None = None
+    # what confirmed the gallery write before "done" was reported (faec_rec.cluster.durability)
+    durability: dict[str, Any] | None = None
 
     @property
     def accepted(self) -> list[ImageReport]:
@@ -230,6 +232,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     report.person_id = result.person_id
     report.name = result.name
     _mark_templates(runtime, report, candidates, result)
+    report.durability = _confirm_durable(runtime)
     report.status = "done" if report.accepted else "refused"
     return _finish(runtime, request, report, None if report.accepted else "no_acceptable_image", None)
 
@@ -247,6 +250,16 @@ def _gallery_enrol(gallery: Any, request: EnrolRequest, report: EnrolReport, can
         crops=[encode_jpeg(c.chip, 90) for c in candidates],
         metadata=request.metadata,
     )
+
+
+def _confirm_durable(runtime: Runtime) -> dict[str, Any]:
+    """Wait until the gallery write is durable at ``durability.enrolments``, before the
+    report (what the client waits for) is written; DurabilityError makes the task retry."""
+    from faec_rec.cluster.durability import confirm
+
+    cfg = runtime.settings.durability
+    return confirm(runtime.redis, runtime.keys, cfg.enrolments, min_replicas=cfg.min_replicas,
+                   timeout_ms=cfg.wait_timeout_ms).to_json()
 
 
 def _decode(data: bytes, name: str, settings: Any) -> Any:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+from faec_rec.workers.snapshots import store_snapshots
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -274,6 +277,8 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     with metrics.stage("track_publish"):
         events = track(runtime, payload, results)
         store_event_features(runtime, payload, results, events)
+        events = store_snapshots(r, keys, runtime.settings.events, payload.camera, payload.frame, image,
+                                 [f.box for f in results], events)
         ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 
@@ -282,6 +287,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     pipe.hincrby(stats, "processed", 1)
     pipe.hincrby(stats, "faces", len(results))
     pipe.hincrby(stats, _latency_field(latency_ms), 1)
+    pipe.hincrbyfloat(stats, "latency_ms_sum", round(latency_ms, 3))  # the histogram's _sum
     pipe.delete(payload.key)
     pipe.execute()
     metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)
@@ -380,25 +386,74 @@ def latency_percentiles(stats: dict[bytes | str, bytes | str], quantiles: tuple[
 
 # ---- folder jobs / single images ----------------------------------------------
 def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: str) -> bytes:
-    """The bytes of an uploaded image (``keys.upload(key)``) or of a file the worker can read.
+    """The bytes of an uploaded image (``keys.upload(key)``) or of a file the worker may read.
 
-    Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``not_found`` or ``unreadable``.
+    At most ``faces.max_image_bytes`` are read (a larger image is refused before it
+    fills memory). A ``path`` must be a regular file inside ``workers.read_roots``
+    (symlinks resolved); the embedded backend and ``faec-rec worker`` on the private
+    Redis (which only this user's commands reach) set ``/`` when none are configured.
+
+    Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``too_large``,
+    ``not_allowed``, ``not_found`` or ``unreadable``.
     """
+    cap = runtime.settings.faces.max_image_bytes
     if key is not None:
-        data = runtime.redis.get(runtime.keys.upload(key))
+        upload = runtime.keys.upload(key)
+        size = runtime.redis.strlen(upload)
+        if size > cap:
+            raise ImageError(name, f"too_large: {size} bytes (faces.max_image_bytes is {cap})")
+        data = runtime.redis.get(upload)
         if data is None:
             raise ImageError(name, "upload_expired: the uploaded bytes expired before a worker read them; send again")
         return bytes(data)
+    return read_file_bounded(path or "", name, cap, allowed_roots(runtime.settings))
+
+
+def allowed_roots(settings: Any) -> tuple[Path, ...] | None:
+    """Folders a task may name files in: ``workers.read_roots`` resolved; ``None`` (any
+    readable file) on the private Redis with no roots set; ``()`` (none) otherwise."""
+    roots = tuple(Path(r).expanduser().resolve() for r in settings.workers.read_roots)
+    if not roots and not settings.redis_url:
+        return None
+    return roots
+
+
+def read_file_bounded(path: str, name: str, cap: int, roots: tuple[Path, ...] | None) -> bytes:
+    """Read at most ``cap`` bytes of the regular file ``path``, which must lie under one of
+    ``roots`` (``None``: anywhere). Raises :class:`ImageError` (see :func:`read_image_bytes`)."""
+    if not path:
+        raise ImageError(name, "not_found: the task names no file")
     try:
-        return Path(path or "").read_bytes()
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError) as exc:
+        raise ImageError(name, f"unreadable: {exc}") from exc
+    if roots is not None and not any(real == root or root in real.parents for root in roots):
+        raise ImageError(name, "not_allowed: the file is outside the folders this worker may read "
+                               "(workers.read_roots); upload the bytes instead")
+    try:
+        # O_NOFOLLOW: the name checked above must not have become a link since.
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError as exc:
         raise ImageError(name, "not_found: no such file on the worker") from exc
     except OSError as exc:
         raise ImageError(name, f"unreadable: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ImageError(name, "unreadable: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        if info.st_size > cap:
+            raise ImageError(name, f"too_large: {info.st_size} bytes (faces.max_image_bytes is {cap})")
+        data = f.read(cap + 1)  # +1: a file that grew since fstat is still caught
+    if len(data) > cap:
+        raise ImageError(name, f"too_large: more than {cap} bytes (faces.max_image_bytes)")
+    return data
 
 
 def _seen_field(name: str) -> str:
-    return "seen:" + hashlib.sha1(name.encode()).hexdigest()[:20]
+    # surrogateescape: a file name that is not valid UTF-8 arrives with lone
+    # surrogates ('\udce9' for byte 0xe9); hash its exact bytes
+    return "seen:" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
@@ -424,6 +479,23 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
         metrics.frame_error("folder", exc.reason.split(":")[0])
         log.warning("job %s: %s: %s", payload.job, payload.name, exc.reason)
 
+    _record(runtime, payload, record)
+    return record
+
+
+def record_image_error(runtime: Runtime, payload: ImagePayload, reason: str) -> dict[str, Any]:
+    """Record ``reason`` as the result of one image of a folder job (e.g. a parked task)."""
+    if runtime.redis.hexists(runtime.keys.job(payload.job), _seen_field(payload.name)):
+        return {"path": payload.name, "skipped": "already recorded"}
+    record: dict[str, Any] = {"path": payload.name, "faces": [], "error": reason, "model_version": None}
+    metrics.frame_error("folder", reason.split(":")[0])
+    _record(runtime, payload, record)
+    return record
+
+
+def _record(runtime: Runtime, payload: ImagePayload, record: dict[str, Any]) -> None:
+    r, keys = runtime.redis, runtime.keys
+    job_key, seen = keys.job(payload.job), _seen_field(payload.name)
     ttl = runtime.settings.workers.result_ttl_s
     pipe = r.pipeline(transaction=True)
     pipe.xadd(keys.job_results(payload.job), {"result": json.dumps(record, separators=(",", ":"))})
@@ -436,4 +508,3 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     if payload.key is not None:
         pipe.delete(keys.upload(payload.key))
     pipe.execute()
-    return record

@@ -79,7 +79,9 @@ class Runtime:
 
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis: redis_lib.Redis = redis_lib.Redis.from_url(
+        from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+
+        self.redis: redis_lib.Redis = redis_from_url(
             settings.redis_url or DEFAULT_BROKER_URL, health_check_interval=30
         )
         self._lock = threading.RLock()

@@ -117,7 +117,12 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
-    @app.task(name=TASK_TRAIN, shared=False, bind=True)
+    # Acknowledged when it starts, not when it ends: the broker's visibility timeout
+    # (one for every queue of a Redis broker, scanned by every worker) is sized for
+    # frames, and a retraining longer than it would otherwise be handed to a second
+    # trainer while the first still runs. A trainer that dies mid-run loses the run;
+    # the schedule (or `faec-rec train head`) starts the next.
+    @app.task(name=TASK_TRAIN, shared=False, bind=True, acks_late=False)
     def train_head(self: "Task", payload: dict[str, Any] | None = None) -> dict[str, Any]:
         from faec_rec.workers.app import app_settings
 
@@ -128,4 +133,46 @@ def register(app: "Celery") -> dict[str, "Task"]:
         result = retrain.run(app_settings(self.app), **(payload or {}))
         return result if isinstance(result, dict) else {"result": str(result)}
 
-    return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, train_head)}
+    from faec_rec.workers.app import TASK_RETENTION
+
+    @app.task(name=TASK_RETENTION, shared=False, bind=True, ignore_result=True)
+    def retention_sweep(self: "Task", payload: dict[str, Any] | None = None) -> dict[str, int]:
+        from faec_rec.cluster.retention import sweep
+
+        runtime = _runtime(self)
+        return sweep(runtime.redis, runtime.keys, runtime.settings)
+
+    identify_image.on_parked = _identify_parked(app)
+    identify_images.on_parked = _identify_batch_parked(app)
+    return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, train_head, retention_sweep)}
+
+
+def _identify_parked(app: "Celery") -> Any:
+    """Tell a folder job that a parked image will get no result, so its waiter does not time out."""
+
+    def on_parked(args: Any, kwargs: Any, reason: str) -> None:
+        from faec_rec.workers import pipeline
+        from faec_rec.workers.app import app_settings
+        from faec_rec.workers.runtime import get_runtime
+
+        payload = (list(args) or [kwargs.get("payload")])[0]
+        image = pipeline.ImagePayload.from_json(payload)
+        pipeline.record_image_error(get_runtime(app_settings(app)), image, f"dead_lettered: {reason}")
+
+    return on_parked
+
+
+def _identify_batch_parked(app: "Celery") -> Any:
+    """A parked folder batch: every image of it gets an error record (no waiter times out)."""
+
+    def on_parked(args: Any, kwargs: Any, reason: str) -> None:
+        from faec_rec.workers import batch, pipeline
+        from faec_rec.workers.app import app_settings
+        from faec_rec.workers.runtime import get_runtime
+
+        payload = (list(args) or [kwargs.get("payload")])[0]
+        runtime = get_runtime(app_settings(app))
+        for image in batch.payloads_from_json(payload):
+            pipeline.record_image_error(runtime, image, f"dead_lettered: {reason}")
+
+    return on_parked

@@ -16,13 +16,14 @@ import cv2
 import numpy as np
 
 from faec_rec.errors import ImageError
+from faec_rec.files import IMAGE_FORMATS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 60_000_000
 DEFAULT_MAX_BYTES = 50_000_000
 
-_SUPPORTED = "JPEG, PNG, BMP, WebP, GIF or PNM"
+_SUPPORTED = ", ".join(list(IMAGE_FORMATS)[:-1]) + " or " + list(IMAGE_FORMATS)[-1]
 # JPEG start-of-frame markers carry the frame size (not DHT/JPG/DAC: C4, C8, CC).
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 

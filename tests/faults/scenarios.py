@@ -7,6 +7,7 @@ Every summary has ``trials`` and, where they apply, ``lost``, ``duplicated``,
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -432,6 +433,40 @@ def same_person_twice(dep: Deployment, photos: list[Path], name: str = "Twice") 
     }
 
 
+def stored_mentions(redis: Any, prefix: str, person_id: str, name: str) -> list[str]:
+    """Every place under ``prefix`` whose stored bytes hold ``person_id`` or ``name``
+    (as a JSON string): ``"<key>"``, ``"<key> <field>"`` or ``"<stream> FORGET"``
+    for the gallery's forget marker. Reads every key of every type."""
+    needles = [person_id.encode(), json.dumps(name).encode(), json.dumps(name, ensure_ascii=False).encode()]
+
+    def hit(*values: Any) -> bool:
+        return any(n in (v if isinstance(v, bytes) else str(v).encode()) for v in values for n in needles)
+
+    found = []
+    for raw in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        key = raw.decode()
+        kind = redis.type(raw).decode()
+        if hit(raw):
+            found.append(key)
+        if kind == "string":
+            if hit(redis.get(raw) or b""):
+                found.append(key)
+        elif kind == "hash":
+            found += [f"{key} {f.decode(errors='replace')}" for f, v in redis.hgetall(raw).items() if hit(f, v)]
+        elif kind in ("list", "set", "zset"):
+            members = (redis.lrange(raw, 0, -1) if kind == "list" else redis.smembers(raw) if kind == "set"
+                       else redis.zrange(raw, 0, -1))
+            found += [key for m in members if hit(m)][:1]
+        elif kind == "stream":
+            for _id, fields in redis.xrange(raw):
+                if hit(*fields.keys(), *fields.values()):
+                    value = fields.get(b"e", b"{}")
+                    marker = (key.endswith(":gallery:events")
+                              and json.loads(value) == {"op": "forget", "person": person_id})
+                    found.append(f"{key} FORGET" if marker else f"{key} {_id.decode()}")
+    return found
+
+
 def forget_during_recognition(dep: Deployment, worker: WorkerProcess, photos: list[Path], frame: bytes, *,
                               name: str = "Forgotten", fps: float = 4.0, before_s: float = 4.0,
                               after_s: float = 5.0, camera: str = "forget") -> dict[str, Any]:
@@ -457,6 +492,10 @@ def forget_during_recognition(dep: Deployment, worker: WorkerProcess, photos: li
     try:
         wait_for(lambda: any(e.get("person_id") == pid for e in events(dep.redis, dep.keys, camera)), 60,
                  f"an event naming {name} before the forget")
+        # an identify job through the queue too: its records and Celery results name them
+        job = dep.client.submit_images([frame])
+        identified = dep.client.job_results(job, wait=True, timeout=WAIT_S)
+        mentions_before = stored_mentions(dep.redis, dep.prefix, pid, name)
         time.sleep(before_s)
         removed = dep.client.forget(pid)
         forgot_at = time.time()
@@ -482,8 +521,13 @@ def forget_during_recognition(dep: Deployment, worker: WorkerProcess, photos: li
     in_names = [v.decode() for v in dep.redis.hvals(dep.keys.person_names()) if v.decode() == pid]
     in_hashes = [f.decode() for f in dep.redis.hkeys(dep.keys.template_hashes()) if f.decode().startswith(pid + ":")]
     files_left = [str(p) for p in Path(dep.data_dir).rglob(f"*{pid}*")]
+    forget_marker = [f"{dep.keys.gallery_events()} FORGET"]
     return {
         "trials": 1,
+        "identified_before": [f.get("person") for r in identified for f in r.get("faces", [])],
+        "mentions_before": sorted({m.split(" ")[0] for m in mentions_before}),
+        "values_naming_left": [m for m in stored_mentions(dep.redis, dep.prefix, pid, name)
+                               if m not in forget_marker],
         "templates_forgotten": removed,
         "events_total": len(all_events),
         "events_after_forget": len(after),

@@ -33,6 +33,13 @@ def test_forget_during_recognition_leaves_nothing(shared: Deployment, other_phot
     assert "left" in summary["event_types_after_forget"], summary
     assert summary["events_naming_after_forget"] == 0, summary
     assert summary["keys_left"] == [] and summary["files_left"] == [], summary
+    # Before: they were named in the events streams (all and per camera), the enrolment
+    # report, Celery's task results and the identify job's records. After: nowhere but
+    # the gallery's own forget marker (their bare id, which replicas need).
+    assert "Forgotten" in summary["identified_before"], summary
+    for place in ("events", "enrolment", "celery-task-meta", "job"):
+        assert any(place in m for m in summary["mentions_before"]), (place, summary["mentions_before"])
+    assert summary["values_naming_left"] == [], summary
 
 
 def test_tracker_drops_a_forgotten_identity_and_only_that() -> None:

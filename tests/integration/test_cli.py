@@ -248,6 +248,14 @@ def test_embedded_camera_prints_events(faces_dir: Path, home: Path) -> None:
     assert events.returncode == 0, events.stderr
     kinds = [json.loads(line)["type"] for line in events.stdout.splitlines()]
     assert "arrived" in kinds
+    # the run ended: every track that arrived also left (none stays open forever)
+    by_track: dict[str, list[str]] = {}
+    for line in events.stdout.splitlines():
+        event = json.loads(line)
+        by_track.setdefault(str(event.get("track_id")), []).append(event["type"])
+    for track, types in by_track.items():
+        if "arrived" in types:
+            assert "left" in types, (track, types)
 
 
 def test_dead_camera_does_not_hang(home: Path) -> None:

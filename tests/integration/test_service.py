@@ -225,6 +225,8 @@ def test_an_arrived_event_keeps_its_faces_features_and_feedback_on_it_trains_the
     event = json.loads(fields[b"event"])
     assert event["type"] == "arrived" and event["person"] == "Beckham"
     assert event["features_key"] == keys.event_features(camera, event["frame"], 0)
+    assert event["snapshot"] == keys.event_snapshot(camera, event["frame"], 0)  # face crop + frame, JPEG
+    assert r.hget(event["snapshot"], "face")[:2] == b"\xff\xd8" and r.hget(event["snapshot"], "frame")[:2] == b"\xff\xd8"
     stored = np.frombuffer(r.get(event["features_key"]), dtype=np.float32)
     assert 0 < r.ttl(event["features_key"]) <= service["settings"].events.features_ttl_s
     # the bytes are the backbone features of the face in the frame

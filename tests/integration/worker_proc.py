@@ -33,6 +33,7 @@ class WorkerProcess:
     concurrency: int = 1
     env: dict[str, str] = field(default_factory=dict)
     name: str = field(default_factory=lambda: "w" + uuid.uuid4().hex[:6])
+    app: str = "faec_rec.workers.app"  # the Celery app module (tests may add tasks to it)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -51,7 +52,7 @@ class WorkerProcess:
         })
         env.update(self.env)
         cmd = [
-            sys.executable, "-m", "celery", "-A", "faec_rec.workers.app", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", "prefork",
             "-n", f"{self.name}@%h", "-l", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",

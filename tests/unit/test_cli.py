@@ -172,3 +172,40 @@ def test_demo_plan_uses_the_shared_photos(faces_dir, tmp_path, monkeypatch) -> N
     assert len(plan.enrol) == 5 and len(plan.identify) == 12
     assert any(e == (None,) for _, e in plan.identify) and any(e == () for _, e in plan.identify)
     assert not list(tmp_path.iterdir())  # nothing copied
+
+
+def test_camera_sources_come_from_a_file_or_the_environment_off_the_command_line(tmp_path) -> None:
+    import click
+
+    from faec_rec.cli import camera_sources
+
+    listed = tmp_path / "cameras.txt"
+    listed.write_text("# door and lab\ndoor=rtsp://viewer:pw@10.0.0.21:554/s1\n\n  lab=0\n")
+    assert camera_sources((), listed, {}) == ["door=rtsp://viewer:pw@10.0.0.21:554/s1", "lab=0"]
+    env = {"FAEC_CAMERA_SOURCES": "door=rtsp://viewer:pw@10.0.0.21:554/s1,lab=0\nyard=clip.mp4"}
+    assert camera_sources((), None, env) == ["door=rtsp://viewer:pw@10.0.0.21:554/s1", "lab=0", "yard=clip.mp4"]
+    assert camera_sources(("a=0",), None, env) == ["a=0"]  # arguments win over the environment
+    with pytest.raises(click.UsageError, match="not both"):
+        camera_sources(("a=0",), listed, {})
+    with pytest.raises(click.UsageError, match="no camera source"):
+        camera_sources((), None, {})
+    with pytest.raises(click.UsageError, match="cannot read"):
+        camera_sources((), tmp_path / "missing.txt", {})
+
+
+def test_worker_without_a_redis_url_is_refused_inside_a_container(monkeypatch, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from faec_rec import cli as cli_module
+
+    monkeypatch.delenv("FAEC_REDIS_URL", raising=False)
+    monkeypatch.setenv("FAEC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # what every pod has
+    assert cli_module.in_container()
+    out = CliRunner().invoke(cli_module.cli, ["worker"])
+    assert out.exit_code == 2 and "FAEC_REDIS_URL is not set" in out.output
+    assert not (tmp_path / "redis").exists()  # no private Redis was started
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".containerenv").write_text("")
+    assert cli_module.in_container(tmp_path)

