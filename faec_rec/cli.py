@@ -139,6 +139,9 @@ def _setup_logging(verbose: int, state: State) -> None:
     from faec_rec.logs import setup_logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from faec_rec import quiet
+
+    quiet.install(quiet=not verbose)  # TensorFlow's start-up lines only with -v
     try:
         settings = state.settings()
     except ConfigError:

@@ -231,7 +231,10 @@ class Client:
     def submit_images(self, images: Sequence[ImageInput], job: str | None = None, *,
                       image_names: Sequence[str] | None = None,
                       window: int = UPLOAD_WINDOW, window_timeout: float = 600.0) -> str:
-        """Upload images and queue one identify task each; returns the job id.
+        """Upload images and queue identify tasks; returns the job id.
+
+        Images go out ``workers.folder_batch`` at a time in one task each (their faces are
+        embedded together on the worker; 1 = one task per image).
 
         ``image_names`` name the images in the results (default: their paths).
         Each image is queued as soon as it is uploaded, and at most ``window``
@@ -241,16 +244,27 @@ class Client:
         client refuses (unreadable, over the caps) gets its error record in the
         job's results like one a worker refused, and the others go on.
         """
-        from faec_rec.workers.app import TASK_IDENTIFY
+        from faec_rec.workers.app import TASK_IDENTIFY, TASK_IDENTIFY_BATCH
 
         job = job or _new_id()
         job_key = self.keys.job(job)
         self.redis.hset(job_key, mapping={"total": len(images), "created_at": repr(time.time())})
         # (a job of no image is complete at once: job_results returns [] without waiting)
         self.redis.expire(job_key, self.settings.workers.result_ttl_s)
+        size = max(1, min(self.settings.workers.folder_batch, window))  # a batch never waits on itself
         sent = 0
+        pending: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if len(pending) == 1 and size == 1:
+                self._send(TASK_IDENTIFY, pending[0])
+            elif pending:
+                self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": [
+                    {k: v for k, v in item.items() if k != "job"} for item in pending]})
+            pending.clear()
+
         for i, image in enumerate(images):
-            self._wait_for_room(job, sent, window, window_timeout)
+            self._wait_for_room(job, sent, window, window_timeout)  # pending uploads count too
             try:
                 upload_id, display = self.upload(image)
             except ImageError as exc:
@@ -258,8 +272,11 @@ class Client:
                 continue
             if image_names:
                 display = image_names[i]
-            self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
+            pending.append({"job": job, "path": None, "key": upload_id, "name": display})
             sent += 1
+            if len(pending) >= size:
+                flush()
+        flush()
         return job
 
     def _wait_for_room(self, job: str, sent: int, window: int, timeout: float) -> None:

@@ -38,7 +38,8 @@ class FacesConfig(_Section):
 
     detector: str = Field("blazeface", description="face detector: 'blazeface' (MediaPipe full-range over a window pyramid; mtcnn was measured at ~167 ms per 600 px photo and not adopted)")
     min_face_px: int = Field(40, ge=8, le=1000, description="smallest face side, pixels, to report")
-    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection; boxes are mapped back")
+    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection, unless detect_max_pixels allows more; boxes are mapped back")
+    detect_max_pixels: int = Field(2_500_000, ge=0, le=200_000_000, description="pixel budget of the image as detected: a large photo is downscaled only to this many pixels (never below detect_max_side), so min_face_px counts nearly in its own pixels (a 6000x4000 photo: faces from ~125 px, was ~190; a 20000x1300 panorama: from ~130 px, was ~630; a 1920x1080 photo is detected whole: from 40 px, was 60, at ~3x the detection time); large pyramid levels run in fixed-size tiles; 0 = detect_max_side alone (the old rule)")
     score_threshold: float = Field(0.5, gt=0, lt=1, description="detector confidence below which a face is ignored (0.5: no face on no_face/, 2 of 231 dlib-HOG faces missed on group_photos/; 0.6 missed 9)")
     max_image_pixels: int = Field(60_000_000, ge=1, description="refuse images with more pixels than this before decoding (decompression bombs)")
     max_image_bytes: int = Field(50_000_000, ge=1, description="refuse encoded images larger than this")
@@ -89,6 +90,8 @@ class WorkerConfig(_Section):
     cluster_metrics: bool = Field(False, description="serve the cluster metrics read from Redis (queue depths, cameras, people, parked tasks) on this worker's /metrics; turn it on in ONE process per deployment (the trainer in deploy/), not on every worker, or each scrape of each pod reads Redis again")
     liveness_stale_s: int = Field(120, ge=5, le=3600, description="/healthz of a worker fails when its consumer loop (which beats every 5 s) has not run for this long: stuck, or its broker connection lost")
     read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
+    folder_batch: int = Field(16, ge=1, le=256, description="images of a folder job per task: their faces are embedded in one model call (1 = one task per image, the unbatched path)")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads that read, decode and detect the images of one folder-job batch in a worker process (at most this many decoded images are held at once)")
 
 
 class ProducerConfig(_Section):

@@ -156,6 +156,28 @@ def models_rollback(reason: str) -> None:
     click.echo(f"in service: {event['version']} (rolled back from {event['previous']})")
 
 
+@models.command("export")
+@click.argument("version", required=False)
+@click.option("--format", "fmt", type=click.Choice(["tflite", "savedmodel"]), default="tflite", show_default=True,
+              help="TensorFlow Lite file or a TensorFlow SavedModel folder")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="folder to write (created)")
+def models_export(version: str | None, fmt: str, out_dir: str) -> None:
+    """Write VERSION (default: the one in service) as one model: backbone + comparison head,
+    chips in, normalised embeddings out, with model_card.json and example.py."""
+    from pathlib import Path
+
+    from faec_rec.faces.export import export_model
+    from faec_rec.workers.runtime import load_projector
+
+    with _backend() as backend:
+        registry = _registry(backend)
+        version = version or registry.current()
+        projector = load_projector(version, backend.settings, backend.redis)
+        settings = backend.settings
+    card = export_model(version, fmt, Path(out_dir), projector, cache_dir=Path(settings.data_dir) / "models")
+    click.echo(f"exported {card['name']} ({fmt}) to {out_dir}: model_card.json, example.py")
+
+
 # ---- train ------------------------------------------------------------------
 
 @click.group("train", cls=_Group)

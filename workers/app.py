@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TASK_RECOGNISE = "faec_rec.recognise_frame"
 TASK_IDENTIFY = "faec_rec.identify_image"
+TASK_IDENTIFY_BATCH = "faec_rec.identify_images"
 TASK_ENROL = "faec_rec.enrol"
 TASK_TRAIN = "faec_rec.train_head"
 TASK_RETENTION = "faec_rec.retention_sweep"
@@ -36,6 +37,7 @@ QUEUES = (QUEUE_FRAMES, QUEUE_ENROL, QUEUE_TRAIN)
 ROUTES: dict[str, dict[str, str]] = {
     TASK_RECOGNISE: {"queue": QUEUE_FRAMES},
     TASK_IDENTIFY: {"queue": QUEUE_FRAMES},
+    TASK_IDENTIFY_BATCH: {"queue": QUEUE_FRAMES},
     TASK_ENROL: {"queue": QUEUE_ENROL},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
     TASK_RETENTION: {"queue": QUEUE_ENROL},  # light; every default worker serves "enrol"
@@ -233,7 +235,10 @@ def _check_broker(app: Celery | None) -> None:
 def _warm_up(**_: object) -> None:
     # Load the model and the gallery replica in each fresh worker process
     # before the first task arrives, so the first frame is not slow.
+    from faec_rec import quiet
     from faec_rec.workers import runtime
+
+    quiet.install_from_environment()  # TensorFlow's start-up lines only when the parent said -v
 
     target = _worker_app if _worker_app is not None else app
     if getattr(target, "faec_settings", None) is None:

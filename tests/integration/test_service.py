@@ -311,3 +311,39 @@ def test_killed_worker_loses_no_enrolment_and_duplicates_none(redis_url: str, tm
         if second is not None:
             second.stop()
         _cleanup(redis_url, prefix)
+
+
+def test_folder_results_are_the_same_with_and_without_batching(enrolled: dict[str, Any], service: dict[str, Any],
+                                                                 faces_dir: Path, tmp_path: Path) -> None:
+    """A batch task (decode in threads, every face of the batch embedded in one call) records
+    the same faces, names and scores (within 1e-3) as one task per image."""
+    from faec_rec.client import Client
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picks = [p for who in (*PEOPLE.values(), *STRANGERS) for p in sorted((faces_dir / "lfw" / who).glob("*.jpg"))[3:5]]
+    picks += sorted((faces_dir / "group_photos").glob("*.jpg"))[:2]
+    for i, path in enumerate(picks):
+        (folder / f"{i:02d}_{path.name}").symlink_to(path)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    settings = service["settings"]
+    assert settings.workers.folder_batch > 1
+    unbatched = settings.model_copy(update={"workers": settings.workers.model_copy(update={"folder_batch": 1})})
+    batched_records = service["client"].identify_folder(folder, wait=True, timeout=WAIT_S)
+    with Client(settings=unbatched) as single:
+        single_records = single.identify_folder(folder, wait=True, timeout=WAIT_S)
+    batched = {r["path"]: r for r in batched_records}
+    single = {r["path"]: r for r in single_records}
+    assert set(batched) == set(single) and len(batched) == len(picks) + 1
+    (corrupt,) = [p for p in batched if p.endswith("corrupt.jpg")]
+    assert batched[corrupt]["error"] and single[corrupt]["error"] and batched[corrupt]["faces"] == []
+    known = 0
+    for path, record in single.items():
+        other = batched[path]
+        assert len(other["faces"]) == len(record["faces"]), path
+        for a, b in zip(sorted(record["faces"], key=lambda f: f["box"]), sorted(other["faces"], key=lambda f: f["box"])):
+            assert a["person"] == b["person"] and a["decision"] == b["decision"], (path, a, b)
+            assert abs(a["score"] - b["score"]) <= 1e-3, (path, a, b)
+            assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 0.5
+            known += a["decision"] == "known"
+    assert known >= 6  # the enrolled people's photos were named in both runs
