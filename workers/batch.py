@@ -25,6 +25,7 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError
+from faec_rec.visitors import hook as _visitors
 from faec_rec.workers.pipeline import ImagePayload, _face_result, _identify, _seen_field, decode, read_image_bytes
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ def identify_images(runtime: "Runtime", payloads: list[ImagePayload]) -> list[di
     if len(features):
         with metrics.stage("identify"):
             matches = _identify(runtime, features)
+            matches = _visitors.check_collisions(runtime, features, matches)
 
     records = []
     start = 0
@@ -145,8 +147,11 @@ def identify_images(runtime: "Runtime", payloads: list[ImagePayload]) -> list[di
         record: dict[str, Any] = {"path": item.payload.name, "faces": [], "error": item.error,
                                   "model_version": runtime.model_version}
         n = len(item.faces) if item.chips is not None else 0
-        record["faces"] = [_face_result(face, matches[start + i], features[start + i]).to_json()
-                           for i, face in enumerate(item.faces[:n])]
+        results = [_face_result(face, matches[start + i], features[start + i], item.chips[i])
+                   for i, face in enumerate(item.faces[:n])]
+        record["faces"] = [f.to_json() for f in results]
+        # unknown faces are kept and joined to visitors, as on the one-image path
+        _visitors.join_image(runtime, item.payload, results, record["faces"])
         start += n
         if item.error:
             metrics.frame_error("folder", item.error.split(":")[0])
