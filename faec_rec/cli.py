@@ -139,6 +139,9 @@ def _setup_logging(verbose: int, state: State) -> None:
     from faec_rec.logs import setup_logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from faec_rec import quiet
+
+    quiet.install(quiet=not verbose)  # TensorFlow's start-up lines only with -v
     try:
         settings = state.settings()
     except ConfigError:
@@ -231,6 +234,9 @@ def _register_plugins() -> None:
         "faec_rec.workers.commands",   # tasks dead-letter ...
         "faec_rec.cluster.commands",   # gallery export/import, retention sweep
         "faec_rec.training.commands",  # models, train, feedback
+        "faec_rec.sinks.commands",     # sinks run|status|dead-letter
+        "faec_rec.visitors.commands",  # visitors list|show|name|merge|split|forget|regroup|expire
+        "faec_rec.web.commands",       # serve, keys create|list|revoke
     ):
         _register_from(module)
 
@@ -249,6 +255,20 @@ def _register_from(module: str) -> None:
             register(command)
 
 
+def _register_from(module: str) -> None:
+    """Register ``module.commands`` when the module imports (its extra may be missing)."""
+    import importlib
+
+    try:
+        commands = importlib.import_module(module).commands
+    except ImportError as exc:
+        log.debug("%s not available: %s", module, exc)
+        return
+    for command in commands:
+        if command.name not in cli.commands:
+            register(command)
+
+
 # ---- config -------------------------------------------------------------------------
 
 @cli.command("config")
@@ -261,6 +281,10 @@ def config_cmd(state: State, describe: bool) -> None:
     settings = state.settings()
     if settings.redis_url:  # never print a password
         settings = settings.model_copy(update={"redis_url": redact_url(settings.redis_url)})
+    if settings.mqtt.url:  # nor the broker's
+        settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"url": redact_url(settings.mqtt.url)})})
+    if any(w.secret for w in settings.webhooks):  # nor a webhook secret
+        settings = settings.model_copy(update={"webhooks": [w.model_copy(update={"secret": "***" if w.secret else None}) for w in settings.webhooks]})
     if not describe:
         _echo_json(settings.model_dump(mode="json"))
         return
@@ -281,6 +305,17 @@ def _describe(model: Any, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
 
 # ---- worker and beat -------------------------------------------------------------------
 
+def in_deployment_image() -> bool:
+    """True in the faec-rec image (deploy/Dockerfile's /opt/faec-rec) or a Kubernetes pod."""
+    return sys.prefix == "/opt/faec-rec" or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def in_container(root: Path = Path("/")) -> bool:
+    """True inside a Docker/Podman container or a Kubernetes pod."""
+    return ((root / ".dockerenv").exists() or (root / "run" / ".containerenv").exists()
+            or bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
+
+
 @cli.command("worker")
 @click.option("-Q", "--queues", default="frames,enrol,train", show_default=True,
               help="comma-separated queues to consume.")
@@ -289,12 +324,18 @@ def _describe(model: Any, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True,
               help="Celery pool; prefork gives each process its own model and gallery replica.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True, help="Celery log level.")
+@click.option("--embedded", "embedded_ok", is_flag=True,
+              help="inside a container without FAEC_REDIS_URL, start a private Redis anyway.")
 @pass_state
-def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, loglevel: str) -> None:
+def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, loglevel: str,
+               embedded_ok: bool = False) -> None:
     """Run a Celery worker with this project's defaults (until stopped with Ctrl-C).
 
     Embedded mode (no FAEC_REDIS_URL): starts the private Redis and keeps it up
     while the worker runs, so other faec-rec commands on this machine share it.
+    In the deployment image or a pod that is almost always a forgotten FAEC_REDIS_URL
+    (a worker alone with its own queue), so it is refused there unless --embedded is
+    given; in another container it starts with a warning.
     """
     from faec_rec.embedded import PrivateRedisLease, redact_url
 
@@ -302,11 +343,21 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names:
         raise CommandFailed("--queues names no queue")
+    if not settings.redis_url and in_container() and not embedded_ok and not in_deployment_image():
+        click.echo("WARNING: FAEC_REDIS_URL is not set and this looks like a container: starting a private Redis "
+                   f"under {Path(settings.data_dir) / 'redis'} that only processes of this container can reach",
+                   err=True)
+    elif not settings.redis_url and in_deployment_image() and not embedded_ok:
+        raise CommandFailed("FAEC_REDIS_URL is not set and this runs inside a container: the worker would start "
+                            "a private Redis of its own that no producer or other worker can reach. Set "
+                            "FAEC_REDIS_URL (or FAEC_REDIS_URL_FILE), or pass --embedded to do it anyway")
     lease = None
     if not settings.redis_url:
         lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
         # Environment, so that forked pool processes and the module-level app agree.
         os.environ["FAEC_REDIS_URL"] = lease.url
+        if not settings.workers.read_roots:  # only this user's commands reach the private Redis
+            os.environ["FAEC_WORKERS__READ_ROOTS"] = '["/"]'
         state._settings = None
         settings = state.settings()
         click.echo(f"embedded mode: private Redis at {redact_url(lease.url)} (data in {lease.directory})", err=True)
@@ -317,12 +368,13 @@ def worker_cmd(state: State, queues: str, concurrency: int | None, pool: str, lo
             purge_stale_tasks(make_app(settings))
     else:
         from faec_rec.embedded import connect, redact_url
-        from faec_rec.redis_checks import check_redis
+        from faec_rec.redis_checks import check_redis_once
 
         client = connect(settings.redis_url)
         try:
-            for text in check_redis(client, require_noeviction=settings.redis_require_noeviction,
-                                    where=redact_url(settings.redis_url)).warnings:
+            found = check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
+                                     where=redact_url(settings.redis_url))
+            for text in found.warnings if found is not None else ():
                 click.echo(f"warning: {text}", err=True)
         finally:
             client.close()
@@ -474,8 +526,9 @@ def events_start(redis: Any, stream: str, count: int) -> str:
 @click.option("-n", "--count", type=click.IntRange(0, 100_000), default=20, show_default=True,
               help="how many past events to print first.")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line.")
+@click.option("--visitor", help="only events of this visitor (e.g. v-12).")
 @pass_state
-def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_json: bool) -> None:
+def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_json: bool, visitor: str | None) -> None:
     """Print recognition events (arrived / updated / left / error)."""
     from faec_rec.keys import safe_id
 
@@ -486,7 +539,11 @@ def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_js
             raise CommandFailed(str(exc)) from exc
     with _backend(state) as backend:
         after = events_start(backend.redis, backend.keys.events(camera), count)
+        if visitor is not None and not follow:
+            after = "0-0"  # a visitor's events may be anywhere in the stream: scan it all
         for event in _client(backend).events(camera=camera, follow=follow, last_id=after):
+            if visitor is not None and event.get("visitor") != visitor:
+                continue
             click.echo(json.dumps(event, ensure_ascii=False) if as_json else _event_line(event))
 
 

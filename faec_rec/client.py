@@ -54,11 +54,13 @@ class FaceResult:
     score: float | None
     decision: str
     runner_up: str | None = None
+    visitor: str | None = None  # the visitor an unknown face was grouped into (faec_rec.visitors)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaceResult:
         return cls(box=list(data["box"]), person=data.get("person"), person_id=data.get("person_id"),
-                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"))
+                   score=data.get("score"), decision=data["decision"], runner_up=data.get("runner_up"),
+                   visitor=data.get("visitor"))
 
 
 def _new_id() -> str:
@@ -73,7 +75,12 @@ class Client:
     required (the embedded mode is ``faec_rec.embedded.open_backend``).
     """
 
-    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None, *,
+                 actor: str | None = None) -> None:
+        from faec_rec.audit import default_actor
+
+        #: who the changes made through this client are audited as (see :meth:`as_actor`)
+        self.actor = actor or default_actor()
         settings = settings or load_settings()
         if redis_url:
             settings = settings.model_copy(update={"redis_url": redis_url})
@@ -115,6 +122,25 @@ class Client:
         self.redis.set(self.keys.upload(upload_id), data, ex=self.settings.workers.upload_ttl_s)
         return upload_id, name
 
+    def as_actor(self, actor: str) -> "Client":
+        """This client (same connections) acting for ``actor`` in the audit stream."""
+        import copy
+
+        other = copy.copy(self)
+        other.actor = actor
+        return other
+
+    def _audit(self, action: str, **details: Any) -> None:
+        from faec_rec import audit
+
+        audit.record(self.redis, self.keys, self.actor, action, **details)
+
+    def audit_log(self, count: int = 100) -> list[dict[str, Any]]:
+        """The newest ``count`` audit entries (who, what, when), newest first."""
+        from faec_rec import audit
+
+        return audit.read(self.redis, self.keys, count)
+
     def close(self) -> None:
         self.redis.close()
         if self._app is not None:
@@ -137,13 +163,15 @@ class Client:
         wait: bool = True,
         timeout: float = 120.0,
         request_id: str | None = None,
+        image_names: Sequence[str] | None = None,
     ) -> "EnrolReport | str":
         """Enrol ``images`` of a person (by ``name``, or an existing ``person_id``).
 
         With ``wait`` (default) returns the :class:`EnrolReport` (per image:
         accepted, or refused with a reason); else the request id to pass to
         :meth:`enrol_report` later. ``request_id`` makes a retried call
-        idempotent. Raises :class:`TaskTimeout` when no report comes in
+        idempotent; ``image_names`` name the images in the report (default:
+        their paths). Raises :class:`TaskTimeout` when no report comes in
         ``timeout`` seconds, :class:`ImageError` for an unreadable local file.
         """
         from faec_rec.workers.app import TASK_ENROL
@@ -156,14 +184,16 @@ class Client:
 
             name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
         refs = []
-        for image in images:
+        for i, image in enumerate(images):
             upload_id, display = self.upload(image)
-            refs.append(ImageRef(name=display, key=upload_id))
+            refs.append(ImageRef(name=image_names[i] if image_names else display, key=upload_id))
         request = EnrolRequest(request_id=request_id or _new_id(), images=tuple(refs), name=name,
                                person_id=person_id, metadata=metadata)
         payload = request.to_json()
         EnrolRequest.from_json(payload)  # refuse a bad request here, not on the worker
         self._send(TASK_ENROL, payload)
+        self._audit("enrol", request_id=request.request_id, name=name, person_id=person_id,
+                    images=[r.name for r in refs])
         if not wait:
             return request.request_id
         return self.enrol_report(request.request_id, timeout=timeout)
@@ -199,9 +229,14 @@ class Client:
         return [FaceResult.from_json(f) for f in record.get("faces", [])]
 
     def submit_images(self, images: Sequence[ImageInput], job: str | None = None, *,
+                      image_names: Sequence[str] | None = None,
                       window: int = UPLOAD_WINDOW, window_timeout: float = 600.0) -> str:
-        """Upload images and queue one identify task each; returns the job id.
+        """Upload images and queue identify tasks; returns the job id.
 
+        Images go out ``workers.folder_batch`` at a time in one task each (their faces are
+        embedded together on the worker; 1 = one task per image).
+
+        ``image_names`` name the images in the results (default: their paths).
         Each image is queued as soon as it is uploaded, and at most ``window``
         uploads wait for a worker at once: past that, this waits for the job to
         progress (at most ``window_timeout`` s without progress, then
@@ -209,23 +244,39 @@ class Client:
         client refuses (unreadable, over the caps) gets its error record in the
         job's results like one a worker refused, and the others go on.
         """
-        from faec_rec.workers.app import TASK_IDENTIFY
+        from faec_rec.workers.app import TASK_IDENTIFY, TASK_IDENTIFY_BATCH
 
         job = job or _new_id()
         job_key = self.keys.job(job)
         self.redis.hset(job_key, mapping={"total": len(images), "created_at": repr(time.time())})
         # (a job of no image is complete at once: job_results returns [] without waiting)
         self.redis.expire(job_key, self.settings.workers.result_ttl_s)
+        size = max(1, min(self.settings.workers.folder_batch, window))  # a batch never waits on itself
         sent = 0
-        for image in images:
-            self._wait_for_room(job, sent, window, window_timeout)
+        pending: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if len(pending) == 1 and size == 1:
+                self._send(TASK_IDENTIFY, pending[0])
+            elif pending:
+                self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": [
+                    {k: v for k, v in item.items() if k != "job"} for item in pending]})
+            pending.clear()
+
+        for i, image in enumerate(images):
+            self._wait_for_room(job, sent, window, window_timeout)  # pending uploads count too
             try:
                 upload_id, display = self.upload(image)
             except ImageError as exc:
                 self._record_refused(job, exc)
                 continue
-            self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": display})
+            if image_names:
+                display = image_names[i]
+            pending.append({"job": job, "path": None, "key": upload_id, "name": display})
             sent += 1
+            if len(pending) >= size:
+                flush()
+        flush()
         return job
 
     def _wait_for_room(self, job: str, sent: int, window: int, timeout: float) -> None:
@@ -332,14 +383,103 @@ class Client:
         if after == "$":
             newest = self.redis.xrevrange(self.keys.events(camera), count=1)
             after = newest[0][0].decode() if newest else "0-0"
+        named: dict[str, str | None] = {}  # visitor -> person name, once per call
         while True:
             batch = read_events(self.redis, self.keys, camera, after=after, count=500,
                                 block_ms=block_ms if follow else None)
             for stream_id, event in batch:
                 after = stream_id
-                yield {"id": stream_id, **event.to_json()}
+                data = {"id": stream_id, **event.to_json()}
+                if data.get("visitor"):  # a stranger named since resolves to the person
+                    data["visitor_person"] = self._visitor_person(data["visitor"], named)
+                yield data
             if not follow and len(batch) < 500:
                 return
+
+    def _visitor_person(self, visitor_id: str, cache: dict[str, str | None]) -> str | None:
+        if visitor_id not in cache:
+            try:
+                cache[visitor_id] = self.visitors_store.list_one(visitor_id).get("person")
+            except Exception:  # noqa: BLE001 - a forgotten visitor resolves to nobody
+                cache[visitor_id] = None
+        return cache[visitor_id]
+
+    def event_snapshot(self, event: dict[str, Any] | str, part: str = "face") -> bytes | None:
+        """JPEG of an "arrived" event's face crop (``part="face"``) or downscaled frame
+        (``"frame"``); ``event`` is the event dict or its ``snapshot`` key. None when the
+        event has none or it expired (``events.snapshot_ttl_s``); ValueError for a key
+        that is not a snapshot of this deployment."""
+        from faec_rec.workers.snapshots import read_snapshot
+
+        key = event.get("snapshot") if isinstance(event, dict) else event
+        return None if not key else read_snapshot(self.redis, self.keys, key, part)
+    def search_events(
+        self,
+        *,
+        camera: str | None = None,
+        person: str | None = None,
+        visitor: str | None = None,
+        types: Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        scan_limit: int = 20_000,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Events newest first, filtered; returns ``(events, cursor)`` where ``cursor``
+        (a stream id) is passed back as ``before`` for the next page (None: no more).
+
+        ``person`` matches a person id or (case-insensitively) a name; ``visitor`` a
+        visitor id; ``since``/``until`` are Unix times (the stream ids' clock);
+        at most ``scan_limit`` events are examined per call.
+        """
+        from faec_rec.workers.events import EVENT_FIELD
+
+        stream = self.keys.events(camera)
+        high = "+" if before is None else f"({before}"
+        if until is not None and before is None:
+            high = str(int(until * 1000))
+        low = "-" if since is None else str(int(since * 1000))
+        wanted = person.casefold() if person else None
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        cursor: str | None = None
+        while len(found) < limit and scanned < scan_limit:
+            batch = self.redis.xrevrange(stream, max=high, min=low, count=500)
+            if not batch:
+                cursor = None
+                break
+            for raw_id, values in batch:
+                stream_id = raw_id.decode()
+                scanned += 1
+                cursor = stream_id
+                try:
+                    event = json.loads(values[EVENT_FIELD.encode()])
+                except (KeyError, ValueError):
+                    continue
+                if wanted and wanted not in {str(event.get("person_id") or "").casefold(),
+                                             str(event.get("person") or "").casefold()}:
+                    continue
+                if visitor and visitor not in {event.get("visitor"), event.get("visitor_id")}:
+                    continue
+                if types and event.get("type") not in types:
+                    continue
+                found.append({"id": stream_id, **event})
+                if len(found) >= limit:
+                    break
+            high = f"({cursor}"
+            if len(batch) < 500 and len(found) < limit:
+                cursor = None
+                break
+        return found, cursor
+
+    def event(self, event_id: str, camera: str | None = None) -> dict[str, Any] | None:
+        """One event by its stream id (of the combined stream, or ``camera``'s); None if gone."""
+        from faec_rec.workers.events import EVENT_FIELD
+
+        for raw_id, values in self.redis.xrange(self.keys.events(camera), min=event_id, max=event_id, count=1):
+            return {"id": raw_id.decode(), **json.loads(values[EVENT_FIELD.encode()])}
+        return None
 
     # ---- people ------------------------------------------------------------------------
     @property
@@ -377,11 +517,216 @@ class Client:
         count = int(self.gallery.forget(f"id:{person_id}"))
         forget_feedback(self.redis, self.keys, person_id)
         erase_person_traces(self.redis, self.keys, person_id, [name])
+        from faec_rec.training.negatives import forget_negative_pairs
+        from faec_rec.visitors.corrections import forget_person_collisions
+
+        forget_negative_pairs(self.redis, self.keys, person_id)  # faces corrected as not them
+        forget_person_collisions(self.redis, self.keys, person_id)
+        self._audit("forget", person_id=person_id, templates=count)
         return count
 
     def rename(self, id_or_name: str, new_name: str) -> None:
         """Give a person a new display name; raises :class:`UnknownPersonError`."""
         self.gallery.rename(id_or_name, new_name)
+        self._audit("rename", person=id_or_name, new_name=new_name)
+
+    def person_faces(self, id_or_name: str) -> list[dict[str, Any]]:
+        """A person's templates: ``{"template_id", "crop", "source", "quality"}`` each, where
+        ``crop`` is the JPEG crop's path (under ``data_dir``; None when none was stored)."""
+        person = self.person(id_or_name)
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in person.template_ids:
+            pipe.hmget(self.keys.template(tid), ["crop", "source", "quality"])
+        out = []
+        for tid, (crop, source, quality) in zip(person.template_ids, pipe.execute()):
+            path = Path(self.settings.data_dir) / crop.decode() if crop else None
+            out.append({"template_id": tid, "crop": path if path and path.is_file() else None,
+                        "source": source.decode() if source else None,
+                        "quality": float(quality) if quality else None})
+        return out
+
+    # ---- cameras -------------------------------------------------------------------------
+    def cameras(self) -> list[dict[str, Any]]:
+        """Every camera a producer registered, with its stats hash (status, pushed,
+        dropped, processed, faces, errors...) as ``{"camera": id, **stats}``."""
+        from faec_rec.producers.camera import camera_stats
+
+        ids = sorted(c.decode() for c in self.redis.smembers(self.keys.cameras()))
+        return [{"camera": cid, **camera_stats(self.redis, self.keys, cid)} for cid in ids]
+
+    def frame_crop(self, camera: str, frame: int, box: Sequence[float], margin: float = 0.25) -> bytes | None:
+        """A JPEG of ``box`` (grown by ``margin``) cut from a camera frame still in Redis
+        (frames live ``workers.frame_ttl_s``); None once the frame has expired."""
+        import cv2
+        import numpy as np
+
+        data = self.redis.get(self.keys.frame(camera, frame))
+        if not data:
+            return None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            return None
+        h, w = image.shape[:2]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+        xa, ya = max(0, int(x1 - mx)), max(0, int(y1 - my))
+        xb, yb = min(w, int(x2 + mx)), min(h, int(y2 + my))
+        if xb <= xa or yb <= ya:
+            return None
+        ok, buf = cv2.imencode(".jpg", image[ya:yb, xa:xb], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return buf.tobytes() if ok else None
+
+    # ---- models ---------------------------------------------------------------------------
+    @property
+    def registry(self) -> Any:
+        from faec_rec.training.registry import ModelRegistry
+
+        return ModelRegistry(self.redis, self.keys, Path(self.settings.data_dir) / "models")
+
+    def models(self) -> dict[str, Any]:
+        """``{"current": version in service, "models": [record dicts, oldest first]}``."""
+        registry = self.registry
+        return {"current": registry.current(), "models": [json.loads(r.to_json()) for r in registry.records()]}
+
+    def promote_model(self, version: str, reason: str = "manual") -> dict[str, Any]:
+        """Put ``version`` in service (file verified first); the gallery re-projects and
+        workers swap live. Returns the model event (``version``, ``previous``...)."""
+        from faec_rec.training.retrain import switch_gallery
+
+        event = self.registry.promote(version, reason=reason)
+        switch_gallery(self.redis, self.keys, Path(self.settings.data_dir), version)
+        self._audit("promote", version=version, previous=event.get("previous"), reason=reason)
+        return event
+
+    def rollback_model(self, reason: str = "manual") -> dict[str, Any]:
+        """Return to the version in service before the current one; returns the model event."""
+        from faec_rec.training.retrain import switch_gallery
+
+        event = self.registry.rollback(reason=reason)
+        switch_gallery(self.redis, self.keys, Path(self.settings.data_dir), event["version"])
+        self._audit("rollback", version=event["version"], previous=event.get("previous"), reason=reason)
+        return event
+
+    def train_head(self) -> str:
+        """Queue a head-training run for a worker on queue ``train``; returns the task id.
+        Its outcome appears in :meth:`models` (a new version, promoted or rejected)."""
+        from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
+
+        result = self.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
+        self._audit("train", task_id=result.id)
+        return str(result.id)
+
+    # ---- visitors (faec_rec.visitors) -----------------------------------------------------
+    @property
+    def visitors_store(self) -> Any:
+        """The :class:`~faec_rec.visitors.service.Visitors` of this deployment."""
+        if getattr(self, "_visitors", None) is None:
+            from faec_rec.visitors.service import Visitors
+
+            self._visitors = Visitors(self.redis, self.keys, self.settings.visitors, self.settings.data_dir)
+        return self._visitors
+
+    def visitors(self, *, limit: int = 50, offset: int = 0, sort: str = "faces") -> list[dict[str, Any]]:
+        """Visitors, most faces first (``sort``: "faces", "last_seen", "first_seen", "id").
+
+        Each: ``{"id", "faces", "first_seen", "last_seen", "cameras", "cover_face",
+        "crop", "person_id", "person", "manual"}`` (times unix s; ``crop`` the
+        representative crop's path on this machine; person/person_id once named).
+        """
+        return self.visitors_store.list(limit=limit, offset=offset, sort=sort)
+
+    def visitor(self, visitor_id: str) -> dict[str, Any]:
+        """One visitor: the summary of :meth:`visitors` plus ``face_list`` (each face:
+        ``{"id", "visitor", "at", "source", "camera", "frame", "job", "track", "event",
+        "box", "good", "quality", "crop"}``, oldest first). Raises :class:`UnknownVisitorError`."""
+        return self.visitors_store.get(visitor_id)
+
+    def name_visitor(self, visitor_id: str, name: str, *, into_existing: bool = False,
+                     wait: bool = True, timeout: float = 120.0) -> "EnrolReport | str":
+        """Enrol a visitor's good faces as the person ``name`` through the enrolment queue.
+
+        A person of that name already enrolled needs ``into_existing=True``
+        (the faces are added to them), else :class:`VisitorError`. Returns the
+        :class:`EnrolReport` (``images``: one entry per face), or the request
+        id without ``wait``.
+        """
+        from faec_rec.errors import UnknownPersonError, VisitorError
+        from faec_rec.index.store import clean_name
+        from faec_rec.workers.app import TASK_ENROL
+        from faec_rec.workers.enrolment import EnrolRequest
+
+        summary = self.visitors_store.get(visitor_id)
+        if summary["person_id"]:
+            raise VisitorError(f"visitor {visitor_id} is already named {summary['person']!r}")
+        display = clean_name(name)
+        person_id = None
+        try:
+            existing = self.gallery.person(display)
+        except UnknownPersonError:
+            existing = None
+        if existing is not None:
+            if not into_existing:
+                raise VisitorError(f"a person named {existing.name!r} is already enrolled: pass into_existing "
+                                   "(--into-existing) to add this visitor's faces to them, or choose another name")
+            person_id = existing.id
+        request = EnrolRequest(request_id=_new_id(), images=(), name=display, person_id=person_id, visitor=visitor_id)
+        payload = request.to_json()
+        EnrolRequest.from_json(payload)
+        self._send(TASK_ENROL, payload)
+        self._audit("visitor.name", visitor=visitor_id, name=display, person_id=person_id,
+                    request_id=request.request_id)
+        if not wait:
+            return request.request_id
+        return self.enrol_report(request.request_id, timeout=timeout)
+
+    def merge_visitors(self, visitor_ids: list[str]) -> str:
+        """Merge visitors into the first one; returns its id. Raises :class:`VisitorError`
+        for fewer than two, a repeated id, or visitors named as different people."""
+        kept = self.visitors_store.merge(visitor_ids)
+        self._audit("visitor.merge", visitors=list(visitor_ids), into=kept)
+        return kept
+
+    def split_visitor(self, visitor_id: str, face_ids: list[str]) -> str:
+        """Move some faces of a visitor into a new visitor; returns the new id."""
+        new = self.visitors_store.split(visitor_id, face_ids)
+        self._audit("visitor.split", visitor=visitor_id, faces=list(face_ids), new_visitor=new)
+        return new
+
+    def forget_visitor(self, visitor_id: str) -> int:
+        """Delete a visitor with every face (features, crops, records); returns faces deleted."""
+        count = self.visitors_store.forget(visitor_id)
+        self._audit("visitor.forget", visitor=visitor_id, faces=count)
+        return count
+
+    def unknown_face_crop(self, face_id: str) -> bytes:
+        """The JPEG crop (150x150 aligned chip) of a stored unknown face."""
+        return self.visitors_store.crop(face_id)
+
+    def regroup_visitors(self) -> dict[str, int]:
+        """Group every stored unknown face again from scratch (keeps names and manual merges/splits)."""
+        return self.visitors_store.regroup()
+
+    def expire_visitors(self) -> int:
+        """Apply the retention settings now; returns unknown faces deleted."""
+        return self.visitors_store.expire()
+
+    def feedback(self, event_id: str, *, is_: str | None = None, not_: str | None = None) -> dict[str, Any]:
+        """Confirm (``is_``) or correct (``not_``) a recognition event; exactly one of them.
+
+        ``is_`` adds the event's face to the person as a template; ``not_``
+        moves the face into a visitor, records a hard negative pair for head
+        training (``keys.negative_pairs()``) and raises the person's threshold
+        around that face. Returns ``{"feedback_id", "event_id", "person_id",
+        "person", "is_person", "usable", "reason", "template_id", "visitor",
+        "negative_id"}``.
+        """
+        from faec_rec.visitors.corrections import apply_feedback
+
+        result = apply_feedback(self, event_id, is_=is_, not_=not_)
+        self._audit("feedback", event_id=event_id, is_=is_, not_=not_, person_id=result.get("person_id"),
+                    visitor=result.get("visitor"))
+        return result
+
 
     def person_faces(self, id_or_name: str) -> list[dict[str, Any]]:
         """One person's templates (id, source photo, quality, crop...), oldest first;

@@ -38,7 +38,8 @@ class FacesConfig(_Section):
 
     detector: str = Field("blazeface", description="face detector: 'blazeface' (MediaPipe full-range over a window pyramid; mtcnn was measured at ~167 ms per 600 px photo and not adopted)")
     min_face_px: int = Field(40, ge=8, le=1000, description="smallest face side, pixels, to report")
-    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection; boxes are mapped back")
+    detect_max_side: int = Field(1280, ge=128, le=8192, description="larger images are downscaled to this side for detection, unless detect_max_pixels allows more; boxes are mapped back")
+    detect_max_pixels: int = Field(2_500_000, ge=0, le=200_000_000, description="pixel budget of the image as detected: a large photo is downscaled only to this many pixels (never below detect_max_side), so min_face_px counts nearly in its own pixels (a 6000x4000 photo: faces from ~125 px, was ~190; a 20000x1300 panorama: from ~130 px, was ~630; a 1920x1080 photo is detected whole: from 40 px, was 60, at ~3x the detection time); large pyramid levels run in fixed-size tiles; 0 = detect_max_side alone (the old rule)")
     score_threshold: float = Field(0.5, gt=0, lt=1, description="detector confidence below which a face is ignored (0.5: no face on no_face/, 2 of 231 dlib-HOG faces missed on group_photos/; 0.6 missed 9)")
     max_image_pixels: int = Field(60_000_000, ge=1, description="refuse images with more pixels than this before decoding (decompression bombs)")
     max_image_bytes: int = Field(50_000_000, ge=1, description="refuse encoded images larger than this")
@@ -88,8 +89,11 @@ class WorkerConfig(_Section):
     task_soft_time_limit_s: int = Field(120, ge=1, le=86_400, description="seconds a frame, image or enrolment task may run before it is interrupted (SoftTimeLimitExceeded: it fails, is acknowledged, not run again); keep below visibility_timeout_s")
     task_time_limit_s: int = Field(180, ge=1, le=86_400, description="seconds after which a task still running has its worker process killed (prefork pool); keep below visibility_timeout_s")
     max_deliveries: int = Field(3, ge=1, le=100, description="runs of one task that may end with their worker process dead (crash, OOM kill) before the next delivery parks it in the dead-letter stream instead of running it")
+    cluster_metrics: bool = Field(False, description="serve the cluster metrics read from Redis (queue depths, cameras, people, parked tasks) on this worker's /metrics; turn it on in ONE process per deployment (the trainer in deploy/), not on every worker, or each scrape of each pod reads Redis again")
     liveness_stale_s: int = Field(120, ge=5, le=3600, description="/healthz of a worker fails when its consumer loop (which beats every 5 s) has not run for this long: stuck, or its broker connection lost")
     read_roots: tuple[Path, ...] = Field((), description="folders a task may name image files in (folder jobs sent by path); a path outside them, or any path when empty and redis_url is set, is refused (uploads always work). Empty with the private Redis: any file this user can read")
+    folder_batch: int = Field(16, ge=1, le=256, description="images of a folder job per task: their faces are embedded in one model call (1 = one task per image, the unbatched path)")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads that read, decode and detect the images of one folder-job batch in a worker process (at most this many decoded images are held at once)")
 
 
 class ProducerConfig(_Section):
@@ -113,6 +117,8 @@ class EventsConfig(_Section):
     track_switch_frames: int = Field(2, ge=1, le=100, description="matched frames in a row naming another person before a track's identity changes")
     track_min_hits: int = Field(2, ge=1, le=100, description="frames a face must be tracked in before its 'arrived' event (1 = at once)")
     features_ttl_s: int = Field(7 * 86_400, ge=0, le=90 * 86_400, description="seconds the face features of an 'arrived'/'updated' event are kept so feedback on it can train the head (0 = not stored); also how long a forgotten person's face may stay in those keys")
+    snapshot_ttl_s: int = Field(86_400, ge=0, le=90 * 86_400, description="seconds the face crop and downscaled frame of an 'arrived' event (its `snapshot` key) are kept; 0 = no snapshots")
+    snapshot_max_side: int = Field(640, ge=64, le=8192, description="longest side, pixels, of the frame kept with an 'arrived' event")
 
 
 class TrainingConfig(_Section):
@@ -159,6 +165,123 @@ class RetentionConfig(_Section):
     sweep_schedule: str = Field("17 * * * *", description="cron expression (UTC) of the periodic sweep sent by `faec-rec beat`; empty = no periodic sweep")
 
 
+class SinksConfig(_Section):
+    """The sink runner (`faec-rec sinks`): events out to MQTT and webhooks."""
+
+    batch: int = Field(100, ge=1, le=10_000, description="events read from the stream per XREADGROUP")
+    block_ms: int = Field(1000, ge=10, le=60_000, description="how long one read waits for new events, ms")
+    max_attempts: int = Field(8, ge=1, le=1000, description="delivery attempts of one event to one sink before it is parked in that sink's dead-letter stream (a broker that is down does not count: the sink waits for it)")
+    backoff_base_s: float = Field(0.5, gt=0, le=3600, description="first retry delay; doubles each attempt, half of each delay random (jitter)")
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay (also the longest wait between checks of a sink that is down)")
+    claim_idle_ms: int = Field(30_000, ge=100, le=86_400_000, description="a delivery pending this long in a runner that died is reclaimed (XAUTOCLAIM) by another runner or the restarted one; must exceed the longest delivery with its retries in flight")
+    dead_letter_maxlen: int = Field(100_000, ge=100, description="approximate length cap of each sink's dead-letter stream")
+    health_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz and /readyz port of `faec-rec sinks`; 0 = off")
+    allow_networks: list[str] = Field([], description="CIDRs webhooks may reach although they are loopback, private, link-local or otherwise internal (e.g. ['10.0.0.0/8']); by default only public addresses are allowed")
+
+
+class MqttConfig(_Section):
+    """MQTT output with Home Assistant discovery; off while ``url`` is unset."""
+
+    url: str | None = Field(None, description="mqtt://[user:pass@]host[:1883] or mqtts://[user:pass@]host[:8883] (TLS); unset = no MQTT sink")
+    prefix: str = Field("faec_rec", pattern=r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$", description="first topic level(s): <prefix>/events, <prefix>/<camera>/person, <prefix>/person/<name>, <prefix>/available")
+    qos: int = Field(1, ge=0, le=2, description="QoS of every message; with 1 or 2 an event is acknowledged only after the broker's PUBACK/PUBCOMP")
+    retain: bool = Field(True, description="retain the state topics (<camera>/person, person/<name>) so a new subscriber sees the current state")
+    client_id: str = Field("", max_length=64, description="MQTT client id; empty = faec_rec-<host>-<pid>")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    connect_timeout_s: float = Field(10.0, gt=0, le=600, description="how long delivery waits for a (re)connection before treating the broker as down")
+    ca_file: Path | None = Field(None, description="CA bundle for mqtts:// (unset = system CAs)")
+    tls_insecure: bool = Field(False, description="mqtts:// without checking the broker's certificate name (test brokers only)")
+    discovery: bool = Field(True, description="publish Home Assistant MQTT discovery configs (a sensor per camera, a device tracker per person)")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Home Assistant's discovery prefix")
+    node_id: str = Field("faec_rec", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="node id in discovery topics and the shared device's identifier")
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if not value:  # an empty FAEC_MQTT__URL (compose's ${VAR:-}) means unset
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError("must be mqtt://host[:port] or mqtts://host[:port] (TLS), optionally with user:pass@")
+        parts.port  # raises ValueError on a bad port
+        return value
+
+
+class WebhookConfig(_Section):
+    """One webhook: events POSTed as JSON, signed when a secret is set."""
+
+    url: str = Field(..., description="http:// or https:// URL; its host must resolve to an allowed address (see sinks.allow_networks)")
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="sink name (dead-letter stream, consumer group, metrics); empty = webhook-<hash of url>")
+    cameras: list[str] = Field(default_factory=list, description="only events of these cameras (empty = all)")
+    people: list[str] = Field(default_factory=list, description="only events naming these people, by name or person id (empty = all)")
+    decisions: list[str] = Field(default_factory=list, description="only these decisions: known, unknown (empty = all)")
+    types: list[str] = Field(default_factory=list, description="only these event types: arrived, updated, left, error (empty = all)")
+    secret: str | None = Field(None, description="HMAC-SHA256 key of X-Faec-Signature (prefer secret_file or secret_env)")
+    secret_file: Path | None = Field(None, description="file holding the secret (trailing newline stripped)")
+    secret_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description="environment variable holding the secret")
+    timeout_s: float = Field(5.0, gt=0, le=300, description="connect and response timeout of one POST")
+    ca_file: Path | None = Field(None, description="CA bundle that signs an https:// receiver's certificate (unset = system CAs)")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (e.g. Authorization)")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("decisions")
+    @classmethod
+    def _decisions(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in {"known", "unknown"}]
+        if bad:
+            raise ValueError(f"unknown decision(s) {bad}: use known, unknown")
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in {"arrived", "updated", "left", "error"}]
+        if bad:
+            raise ValueError(f"unknown event type(s) {bad}: use arrived, updated, left, error")
+        return value
+
+
+class WebConfig(_Section):
+    """`faec-rec serve`: the REST API and the pages."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=255, description="address the server listens on (127.0.0.1 = this machine only; see the README's threat model before widening)")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the server")
+    max_upload_bytes: int = Field(20_000_000, ge=1_000, le=1_000_000_000, description="largest request body accepted (413 above); each image is also held to faces.max_image_bytes and faces.max_image_pixels")
+    max_images_per_request: int = Field(50, ge=1, le=10_000, description="most images in one enrol or jobs request")
+    rate_limit_per_s: float = Field(50.0, gt=0, le=100_000, description="requests per second each key (or session) may sustain")
+    rate_burst: int = Field(100, ge=1, le=1_000_000, description="requests a key may make at once before the rate limit applies")
+    task_timeout_s: float = Field(30.0, gt=0, le=3600, description="seconds a request waits for a worker (identify, enrol) before a 504 'no worker answered'")
+    session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 86_400, description="seconds a page login lasts")
+    secure_cookies: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only; browsers also accept it on http://localhost)")
+    trusted_proxy: bool = Field(False, description="trust X-Forwarded-For/-Proto from a reverse proxy in front of the server")
+class VisitorsConfig(_Section):
+    """Unknown faces kept and grouped into visitors (see faec_rec.visitors)."""
+
+    enabled: bool = Field(True, description="store every face decided 'unknown' and group it into a visitor")
+    link_threshold: float = Field(0.94, ge=-1, le=1, description="cosine similarity (L2-normalised backbone features) at which two faces count as a link")
+    strong_threshold: float = Field(0.95, ge=-1, le=1, description="similarity a single link needs to join a visitor that holds one good face (two faces make a visitor only this close)")
+    centre_threshold: float = Field(0.94, ge=-1, le=1, description="similarity a face needs to its visitor's centre (mean of its good faces) to join it: linkage to the group, not to one face")
+    min_links: int = Field(2, ge=1, le=64, description="links to a visitor's good faces a face needs to join it (fewer when the visitor holds fewer good faces)")
+    merge_threshold: float = Field(0.94, ge=-1, le=1, description="centre-to-centre similarity at which two visitors that one face joins strongly are merged")
+    search_k: int = Field(32, ge=4, le=1024, description="nearest stored faces examined per join")
+    approximate_above: int = Field(50_000, ge=1, description="above this many good faces the visitor index is IVF (inverted lists, exact re-scoring), below it exact (flat search costs ~0.05 ms per 1000 faces here)")
+    ivf_nprobe: int = Field(48, ge=1, le=100_000, description="IVF lists searched per join: recall of the links vs speed")
+    retention_days: float = Field(30.0, ge=0, le=3650, description="unknown faces older than this that belong to no named person are deleted (0 = keep forever)")
+    max_faces: int = Field(1_000_000, ge=0, le=100_000_000, description="at most this many unknown faces are kept: the oldest go first (0 = no limit)")
+    crop_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored unknown-face crops")
+
+
 class Settings(BaseSettings):
     """Everything configurable, with its default."""
 
@@ -183,6 +306,11 @@ class Settings(BaseSettings):
     redis_tls_insecure_skip_verify: bool = Field(False, description="INSECURE: accept a rediss:// URL whose ssl_cert_reqs is none/optional (or ssl_check_hostname=false), i.e. TLS without checking who answers; for a test bench only")
     durability: DurabilityConfig = DurabilityConfig()
     retention: RetentionConfig = RetentionConfig()
+    sinks: SinksConfig = SinksConfig()
+    mqtt: MqttConfig = MqttConfig()
+    webhooks: list[WebhookConfig] = Field(default_factory=list, description="webhooks that receive events (each a sink of `faec-rec sinks`)")
+    web: WebConfig = WebConfig()
+    visitors: VisitorsConfig = VisitorsConfig()
 
     @field_validator("redis_url")
     @classmethod

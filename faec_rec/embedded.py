@@ -382,6 +382,10 @@ def open_backend(
     lease = PrivateRedisLease(Path(settings.data_dir) / "redis").acquire()
     try:
         live = settings.model_copy(update={"redis_url": lease.url})
+        if not settings.workers.read_roots:
+            # Only this user's commands reach the private Redis: its tasks may name any
+            # file this user can read (a deployment's workers read none by default).
+            live = live.model_copy(update={"workers": settings.workers.model_copy(update={"read_roots": (Path("/"),)})})
         client = connect(lease.url)
         backend = Backend(settings=live, redis=client, embedded=True)
         try:

@@ -146,3 +146,60 @@ class DurabilityError(BackendUnavailable):
 
 class ArchiveError(FaecError, ValueError):
     """A gallery archive is damaged, of a foreign version, or does not fit the target."""
+
+
+class SinkError(FaecError):
+    """An event could not be delivered to a sink (MQTT broker, webhook); counts as one failed attempt."""
+
+
+class SinkUnavailable(SinkError):
+    """The sink as a whole is away (broker disconnected): wait for it, do not count an attempt."""
+
+
+class DeliveryRefused(SinkError):
+    """Delivery can never succeed as configured (e.g. a webhook host resolves to a forbidden
+    address): the event is parked in the dead-letter stream at once."""
+
+
+class AuthError(FaecError):
+    """A request carries no credentials, or unknown, revoked or wrong ones (HTTP 401)."""
+
+
+class PermissionDenied(FaecError):
+    """The caller's role may not do this (HTTP 403)."""
+
+
+class CsrfError(PermissionDenied):
+    """A page request changing something came without the session's CSRF token (HTTP 403)."""
+
+
+class RateLimited(FaecError):
+    """Too many requests from one key; ``retry_after`` seconds until the next is allowed (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTooLarge(FaecError):
+    """A request body or an uploaded image is over the configured size or pixel cap (HTTP 413)."""
+
+
+class UnsupportedImage(ImageError):
+    """An upload is not an image format the engine reads (HTTP 415)."""
+
+
+class NotFound(FaecError, KeyError):
+    """No such job, event, model version or crop (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+class VisitorError(FaecError):
+    """A visitor operation that cannot be done as asked (merge into itself, split out every face...)."""
+
+
+class UnknownVisitorError(VisitorError, KeyError):
+    """No visitor (or unknown face) with that id is stored."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -99,6 +99,51 @@ class Keys:
         """Stream of confirmations/corrections of events by people."""
         return self._k("feedback")
 
+    # ---- visitors (visitors/) ---------------------------------------------
+    def unknown_face(self, face_id: str) -> str:
+        """Hash: one stored unknown face: features (bytes), visitor, good, quality, source, crop, at, ..."""
+        return self._k("uface", safe_id(face_id, "face id"))
+
+    def unknown_faces(self) -> str:
+        """Sorted set: every stored unknown face id, scored by capture time (unix s): retention."""
+        return self._k("ufaces")
+
+    def visitor(self, visitor_id: str) -> str:
+        """Hash: one visitor: created, first_seen, last_seen, person (once named), manual (0/1)."""
+        return self._k("visitor", safe_id(visitor_id, "visitor id"))
+
+    def visitor_faces(self, visitor_id: str) -> str:
+        """Set of one visitor's face ids."""
+        return self._k("visitor", safe_id(visitor_id, "visitor id"), "faces")
+
+    def visitors(self) -> str:
+        """Set of every visitor id."""
+        return self._k("visitors")
+
+    def visitor_counter(self) -> str:
+        """Integer: the last visitor number handed out (ids are ``v-<n>``)."""
+        return self._k("visitors", "next")
+
+    def visitor_events(self) -> str:
+        """Stream of visitor changes that every visitor replica follows."""
+        return self._k("visitors", "events")
+
+    def visitor_lock(self) -> str:
+        """String with TTL: held while a regroup or retention sweep runs."""
+        return self._k("visitors", "lock")
+
+    def visitor_tracks(self, camera_id: str) -> str:
+        """Hash with TTL: track id -> visitor id of a camera's unknown tracks (for their "left" events)."""
+        return self._k("visitors", "tracks", safe_id(camera_id, "camera id"))
+
+    def negative_pairs(self) -> str:
+        """Stream of hard negatives: a face that is NOT a person (``feedback --not``)."""
+        return self._k("negatives")
+
+    def person_collisions(self, person_id: str) -> str:
+        """Hash: face id -> (128,) float32 features of faces corrected as not this person."""
+        return self._k("person", safe_id(person_id, "person id"), "collisions")
+
     # ---- frames and events (producers/, workers/) -------------------------
     def frame(self, camera_id: str, frame_no: int) -> str:
         """String with TTL: one JPEG frame."""
@@ -126,6 +171,11 @@ class Keys:
         number ``face`` (0-based, detection order) of a camera frame, stored when that
         face made an "arrived"/"updated" event; the event names it as ``features_key``."""
         return self._k("event-features", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
+
+    def event_snapshot(self, camera_id: str, frame_no: int, face: int) -> str:
+        """Hash with TTL: face crop and downscaled frame (JPEG) of the face that made an
+        "arrived" event; the event names it as ``snapshot`` (workers/snapshots.py)."""
+        return self._k("event-snapshot", safe_id(camera_id, "camera id"), str(int(frame_no)), str(int(face)))
 
     def events_channel(self) -> str:
         """Pub/sub channel mirroring the combined event stream."""
@@ -159,6 +209,30 @@ class Keys:
     def dead_letter(self) -> str:
         """Stream of parked tasks (task name, id, payload, deliveries), for ``faec-rec tasks dead-letter``."""
         return self._k("dead-letter")
+    # ---- sinks (sinks/) ------------------------------------------------------
+    def sink_group(self, sink: str) -> str:
+        """Consumer-group name (not a key) of one sink on the combined events stream."""
+        return "sink:" + safe_id(sink, "sink name")
+
+    def sink_dead_letter(self, sink: str) -> str:
+        """Stream of one sink's parked events (fields: event_id, event, error, attempts, parked_at)."""
+        return self._k("sinks", safe_id(sink, "sink name"), "dead-letter")
+
+    def sink_stats(self) -> str:
+        """Hash of counters ``<sink>:<outcome>`` (delivered, failed, dead_lettered, malformed...)."""
+        return self._k("sinks", "stats")
+
+    def mqtt_people(self) -> str:
+        """Hash: person id -> the person's MQTT topic name (so a forget can clear it)."""
+        return self._k("sinks", "mqtt", "people")
+
+    def mqtt_tracks(self) -> str:
+        """Hash: ``<camera>:<track id>`` -> person id of each known track seen on MQTT."""
+        return self._k("sinks", "mqtt", "tracks")
+
+    def mqtt_presence(self, person_id: str) -> str:
+        """Set of ``<camera>:<track id>`` where a person is now; empty = away."""
+        return self._k("sinks", "mqtt", "presence", safe_id(person_id, "person id"))
 
     def celery(self) -> str:
         """Prefix of the Celery broker's and result backend's own keys (queues, results)."""
@@ -189,6 +263,22 @@ class Keys:
     def retention_stats(self) -> str:
         """Hash: per sweep step, items removed in total and at the last sweep."""
         return self._k("retention", "stats")
+    # ---- web server (web/) ---------------------------------------------------
+    def api_keys(self) -> str:
+        """Hash: key id -> JSON record (name, role, sha256 of the secret, password scrypt hash, created, revoked)."""
+        return self._k("web", "api-keys")
+
+    def api_key_hashes(self) -> str:
+        """Hash: sha256 hex of an API key's secret -> key id (lookup on each request)."""
+        return self._k("web", "api-key-hashes")
+
+    def web_session(self, session_hash: str) -> str:
+        """String with TTL: JSON of a page login (key id, CSRF token), under the sha256 of the cookie."""
+        return self._k("web", "session", safe_id(session_hash, "session"))
+
+    def audit(self) -> str:
+        """Stream of every change (who, what, when): enrol, rename, forget, promote, keys..."""
+        return self._k("audit")
 
     def pattern(self) -> str:
         """Glob matching every key of this deployment (tests, cleanup)."""
@@ -206,6 +296,14 @@ class Keys:
     def enrolment_pattern(self) -> str:
         """Glob matching every enrolment report."""
         return self._k("enrolment", "*")
+
+    def event_snapshots_pattern(self) -> str:
+        """Glob matching every event snapshot (face crop + frame)."""
+        return self._k("event-snapshot", "*")
+
+    def sink_dead_letters_pattern(self) -> str:
+        """Glob matching every sink's dead-letter stream."""
+        return self._k("sinks", "*", "dead-letter")
 
     def celery_results_pattern(self) -> str:
         """Glob matching Celery's task results (``celery-task-meta-<task id>``) of this deployment."""

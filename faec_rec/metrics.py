@@ -130,21 +130,20 @@ class Metrics:
         self.gallery_size = Gauge(
             "faec_gallery_replica_size", "People and templates in this process's gallery replica",
             ["kind"], multiprocess_mode="livemax", registry=r)
-        self.model_version = Gauge(
-            "faec_model_version_info", "1 for the model version a live process is serving, 0 for earlier ones",
-            ["version"], multiprocess_mode="livemax", registry=r)
         self.tasks_dead_lettered = Counter(
             "faec_tasks_dead_lettered", "Tasks parked in the dead-letter stream after killing their worker "
             "workers.max_deliveries times", ["task"], registry=r)
+        r.register(ModelVersionCollector())
         self._version: str | None = None
         self._lock = threading.Lock()
 
     def set_model_version(self, version: str) -> None:
+        # Not a Gauge: an info metric is 1 for what is, never 0 for what was, and a
+        # multiprocess gauge cannot forget a label. The version goes into this process's
+        # state (like readiness) and ModelVersionCollector exposes live processes' versions.
         with self._lock:
-            if self._version is not None and self._version != version:
-                self.model_version.labels(version=self._version).set(0)
-            self.model_version.labels(version=version).set(1)
             self._version = version
+        _set_state(_MODEL_VERSION_STATE, {"ok": True, "detail": version, "at": time.time()})
 
 
 _metrics: Metrics | None = None
@@ -308,14 +307,39 @@ _ready: dict[str, dict[str, Any]] = {}
 _ready_lock = threading.Lock()
 
 
+_MODEL_VERSION_STATE = "model_version"
+
+
 def mark_ready(check: str, ok: bool = True, detail: str = "") -> None:
     """Record the state of a readiness ``check`` ("model", "gallery") for this process.
 
     In multiprocess mode the state is also written to ``ready_<pid>.json`` so the
     server in the main process sees it.
     """
+    _set_state(check, {"ok": bool(ok), "detail": detail, "at": time.time()})
+
+
+class ModelVersionCollector:
+    """``faec_model_version_info{version}`` = 1 for each version a live process serves."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("faec_model_version_info", "1 for each model version a live process is serving",
+                                   labels=["version"])
+        versions = sorted({str(st[_MODEL_VERSION_STATE]["detail"]) for st in _process_states().values()
+                           if st.get(_MODEL_VERSION_STATE, {}).get("detail")})
+        for version in versions:
+            family.add_metric([version], 1.0)
+        yield family
+
+
+def _set_state(check: str, state: dict[str, Any]) -> None:
     with _ready_lock:
-        _ready[check] = {"ok": bool(ok), "detail": detail, "at": time.time()}
+        _ready[check] = state
         snapshot = dict(_ready)
     directory = multiprocess_dir()
     if directory is not None:
@@ -492,7 +516,9 @@ def _camera_stats_families(stats: Iterable[tuple[str, dict[Any, Any]]]) -> list[
                 if edge != float("inf"):
                     buckets.append((_go_float(edge), total))
             buckets.append(("+Inf", total))
-            latency.add_metric([camera], buckets, sum_value=None)
+            # _count comes with _sum; a hash written before workers kept the sum has none.
+            raw_sum = fields.get("latency_ms_sum")
+            latency.add_metric([camera], buckets, sum_value=_number(raw_sum) / 1000.0 if raw_sum is not None else None)
         if fields.get("status"):
             status.add_metric([camera, fields["status"]], 1.0)
     return [frames, faces, latency, status]
@@ -610,6 +636,7 @@ def _exposition_registry() -> CollectorRegistry:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))
+    registry.register(ModelVersionCollector())
     return registry
 
 
@@ -716,7 +743,7 @@ def install_worker_hooks(settings: Settings | None = None, checks: Sequence[str]
         if directory is None:
             directory = _owned_dir = Path(tempfile.mkdtemp(prefix="faec-metrics-"))
         enable_multiprocess(directory)
-        _worker_server = serve(current, checks=checks, heartbeat=True)
+        _worker_server = serve(current, checks=checks, heartbeat=True, cluster=current.workers.cluster_metrics)
 
     def on_child_exit(**_: Any) -> None:
         process_exited(os.getpid())

@@ -18,6 +18,8 @@ from faec_rec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+_checked: set[str] = set()  # Redis servers (redacted URLs) this process has checked
+
 
 @dataclass
 class RedisFindings:
@@ -64,6 +66,7 @@ def inspect_redis(client: Any) -> RedisFindings:
 def check_redis(client: Any, *, require_noeviction: bool = True, where: str = "Redis") -> RedisFindings:
     """Log the warnings; raise :class:`ConfigError` for a refusal when ``require_noeviction``."""
     found = inspect_redis(client)
+    _checked.add(where)
     for text in found.warnings:
         log.warning("%s: %s", where, text)
     for text in found.refusals:
@@ -71,3 +74,12 @@ def check_redis(client: Any, *, require_noeviction: bool = True, where: str = "R
             raise ConfigError(f"{where}: {text}")
         log.warning("%s: %s", where, text)
     return found
+
+
+
+def check_redis_once(client: Any, *, require_noeviction: bool = True, where: str = "Redis") -> RedisFindings | None:
+    """:func:`check_redis` unless this process already checked ``where`` (``faec-rec worker``
+    checks before Celery starts; the worker's start-up hook then skips it)."""
+    if where in _checked:
+        return None
+    return check_redis(client, require_noeviction=require_noeviction, where=where)

@@ -86,6 +86,8 @@ def normalise_face(face: Mapping[str, Any]) -> dict[str, Any]:
         "score": _round(face.get("score")),
         "decision": decision,
         "runner_up": face.get("runner_up"),
+        # the visitor (faec_rec.visitors) a stranger was grouped into, e.g. "v-12"
+        "visitor": None if known else face.get("visitor"),
     }
 
 
@@ -142,6 +144,7 @@ def summarise(images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "unknown": len(faces) - sum(people.values()),
         "by_status": {s.value: statuses.get(s.value, 0) for s in ImageStatus},
         "people": dict(sorted(people.items())),
+        "visitors": dict(sorted(Counter(f["visitor"] for f in faces if f.get("visitor")).items())),
     }
 
 
@@ -242,6 +245,7 @@ def default_loader(path: str) -> np.ndarray:
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:1em;background:#fafafa;color:#222}
 h1{font-size:1.3em;margin:.2em 0}.meta{color:#666;margin-bottom:.6em}
+h2{font-size:1.1em;margin:1em 0 .3em}.visitor{margin:.3em 0}.vc{width:48px;height:48px;margin:0 2px;vertical-align:middle;border-radius:3px}
 .bar{position:sticky;top:0;background:#fafafa;padding:.4em 0;border-bottom:1px solid #ddd;z-index:1}
 .bar button{margin-right:.3em;padding:.25em .7em;border:1px solid #bbb;border-radius:4px;background:#fff;cursor:pointer}
 .bar button.on{background:#333;color:#fff}
@@ -279,7 +283,37 @@ def _face_item(face: Mapping[str, Any]) -> str:
         return f'<li><span class="k">{_esc(face.get("person"))}</span>{score}</li>'
     runner = face.get("runner_up")
     hint = f' <span class="score">(closest: {_esc(runner)})</span>' if isinstance(runner, str) and runner else ""
-    return f'<li><span class="u">unknown</span>{score}{hint}</li>'
+    visitor = f' <span class="score">visitor {_esc(face["visitor"])}</span>' if face.get("visitor") else ""
+    return f'<li><span class="u">unknown</span>{visitor}{score}{hint}</li>'
+
+
+VISITOR_CROP_SIDE = 64
+VISITOR_CROPS_SHOWN = 12
+
+
+def face_crop_uri(image: np.ndarray, box: Sequence[float], side: int = VISITOR_CROP_SIDE) -> str | None:
+    """A small JPEG data URI of one face box cut from ``image`` (None when the box is empty)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    crop = cv2.resize(np.ascontiguousarray(image[y1:y2, x1:x2]), (side, side), interpolation=cv2.INTER_AREA)
+    return jpeg_data_uri(crop)
+
+
+def _visitor_section(groups: Mapping[str, list[str | None]], counts: Mapping[str, int]) -> str:
+    """Strangers grouped by visitor: "visitor v-12: 14 photos" with their crops, most photos first."""
+    if not counts:
+        return ""
+    rows = []
+    for vid, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        crops = "".join(f'<img class="vc" alt="{_esc(vid)}" src="{uri}">'
+                        for uri in groups.get(vid, [])[:VISITOR_CROPS_SHOWN] if uri)
+        rows.append(f'<div class="visitor"><b>visitor {_esc(vid)}</b>: {n} photo{"s" if n != 1 else ""} {crops}</div>')
+    return '<h2>Strangers by visitor</h2><div class="visitors">' + "".join(rows) + "</div>"
 
 
 def _card(image: Mapping[str, Any], picture: str | None) -> str:
@@ -320,11 +354,16 @@ def render_html(
     """
     summary = report["summary"]
     cards = []
+    visitor_crops: dict[str, list[str | None]] = {}
     for image in report["images"]:
         picture = None
         if loader is not None and not image.get("error"):
             try:
-                picture = jpeg_data_uri(thumbnail(loader(source_path(image)), image["faces"], max_side))
+                pixels = loader(source_path(image))
+                picture = jpeg_data_uri(thumbnail(pixels, image["faces"], max_side))
+                for face in image["faces"]:
+                    if face.get("visitor"):
+                        visitor_crops.setdefault(face["visitor"], []).append(face_crop_uri(pixels, face["box"]))
             except Exception as exc:  # a thumbnail must never sink the report
                 log.warning("no thumbnail for %s: %s", image["path"], exc)
         cards.append(_card(image, picture))
@@ -352,7 +391,8 @@ def render_html(
         f"<div class=\"bar\">show: {bar} sort: <select id=\"sort\"><option value=\"path\">path</option>"
         "<option value=\"decision\">decision (strangers first)</option><option value=\"score\">lowest score first</option>"
         f"<option value=\"faces\">most faces first</option></select></div>"
-        f"<div class=\"grid\" id=\"grid\">{''.join(cards)}</div><script>{_JS}</script></body></html>\n"
+        f"<div class=\"grid\" id=\"grid\">{''.join(cards)}</div>"
+        f"{_visitor_section(visitor_crops, summary.get('visitors') or {})}<script>{_JS}</script></body></html>\n"
     )
 
 

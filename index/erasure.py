@@ -10,11 +10,17 @@ and is erased here (:func:`erase_person_traces`):
   (a rewritten copy would get a new id at the stream's end, out of order), and an
   event with the name and id taken out would still place the person at a camera
   at a time; so the entries go. Other events keep their ids, so a reader resuming
-  from a stream id is not disturbed;
+  from a stream id is not disturbed. The snapshots (face crop and frame) their
+  ``snapshot`` points to go too;
+- events parked in the sinks' dead-letter streams naming them: deleted. (The MQTT
+  sink's record of their topic and presence is left to the sink: it reads the FORGET
+  event through its own consumer group, even after a restart, clears the retained
+  topics on the broker with it, then deletes the record.)
 - enrolment reports (``keys.enrolment``) and Celery's task results
   (``celery-task-meta-*``: enrol reports, identify records) naming them: deleted;
 - per-image records of identify jobs (``keys.job_results``) naming them: deleted;
-- feedback entries naming them (with the features they hold): deleted.
+- feedback entries naming them (with the features they hold): deleted;
+- parked tasks (the dead-letter stream, ``keys.dead_letter()``) whose payload names them: deleted.
 
 An entry "names" the person when its stored bytes hold their person id, or their
 display name as a JSON string (``"Ada Lovelace"``, quotes included, so a longer
@@ -28,6 +34,7 @@ copies that readers took before (event sinks, MQTT subscribers, reports on disk)
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -51,10 +58,14 @@ class Erased:
     enrolment_reports: int = 0
     task_results: int = 0
     job_records: int = 0
+    parked_tasks: int = 0
+    snapshots: int = 0
+    dead_letters: int = 0
     streams: list[str] = field(default_factory=list)
 
     def total(self) -> int:
-        return self.events + self.features + self.enrolment_reports + self.task_results + self.job_records
+        return (self.events + self.features + self.enrolment_reports + self.task_results + self.job_records
+                + self.parked_tasks + self.snapshots + self.dead_letters)
 
 
 def _needles(person_id: str, names: Iterable[str]) -> list[bytes]:
@@ -95,11 +106,12 @@ def _scrub_stream(redis: Any, stream: str, needles: list[bytes]) -> tuple[int, l
                 doomed.append(entry_id)
                 for value in fields.values():
                     try:
-                        key = json.loads(value).get("features_key")
+                        event = json.loads(value)
+                        # the features, and the snapshot (face crop + frame) of an arrival
+                        found = [event.get("features_key"), event.get("snapshot")]
                     except (ValueError, AttributeError, TypeError):
                         continue
-                    if key:
-                        features.append(key)
+                    features += [key for key in found if key]
         last = batch[-1][0].decode() if isinstance(batch[-1][0], bytes) else batch[-1][0]
     for start in range(0, len(doomed), 500):
         redis.xdel(stream, *doomed[start:start + 500])
@@ -123,12 +135,23 @@ def erase_person_traces(redis: Any, keys: Keys, person_id: str, names: Iterable[
         features += feats
         if deleted:
             erased.streams.append(stream)
+    snapshots = [k for k in features if fnmatch.fnmatchcase(k, keys.event_snapshots_pattern())]
+    features = [k for k in features if not fnmatch.fnmatchcase(k, keys.event_snapshots_pattern())]
     for start in range(0, len(features), 500):
         erased.features += int(redis.delete(*features[start:start + 500]) or 0)
+    for start in range(0, len(snapshots), 500):
+        erased.snapshots += int(redis.delete(*snapshots[start:start + 500]) or 0)
+    # events parked by the sinks, and the MQTT sink's record of the person
+    for stream in _scan(redis, keys.sink_dead_letters_pattern()):
+        if redis.type(stream) in (b"stream", "stream"):
+            erased.dead_letters += _scrub_stream(redis, stream, needles)[0]
     # per-image records of identify jobs
     for stream in _scan(redis, keys.job_results_pattern()):
         if redis.type(stream) in (b"stream", "stream"):
             erased.job_records += _scrub_stream(redis, stream, needles)[0]
+    # tasks parked after killing their worker (an enrolment's payload holds the name)
+    if redis.type(keys.dead_letter()) in (b"stream", "stream"):
+        erased.parked_tasks += _scrub_stream(redis, keys.dead_letter(), needles)[0]
     # enrolment reports (hashes) and Celery's task results (strings)
     for key in _scan(redis, keys.enrolment_pattern()):
         if redis.type(key) in (b"hash", "hash") and _names_them(redis.hvals(key), needles):

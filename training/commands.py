@@ -91,10 +91,13 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON records instead of a table")
 def models_list(as_json: bool) -> None:
     """Every version with its status and key metrics; * marks the one in service."""
+    from faec_rec.client import Client
+    from faec_rec.training.registry import ModelRecord
+
     with _backend() as backend:
-        registry = _registry(backend)
-        current = registry.current()
-        records = registry.records()
+        listing = Client(settings=backend.settings).models()
+    current = listing["current"]
+    records = [ModelRecord.from_json(json.dumps(m)) for m in listing["models"]]
     if as_json:
         click.echo(json.dumps({"current": current, "models": [json.loads(r.to_json()) for r in records]}, indent=2))
         return
@@ -130,24 +133,15 @@ def models_show(version: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _switch_gallery(backend: Any, version: str) -> None:
-    from pathlib import Path
-
-    from faec_rec.keys import Keys
-    from faec_rec.training.retrain import switch_gallery
-
-    switch_gallery(backend.redis, Keys(backend.settings.prefix), Path(backend.settings.data_dir), version)
-
-
 @models.command("promote")
 @click.argument("version")
 @click.option("--reason", default="manual", show_default=True, help="recorded in the model event")
 def models_promote(version: str, reason: str) -> None:
     """Put VERSION in service now (its file is verified first); workers swap live."""
+    from faec_rec.client import Client
+
     with _backend() as backend:
-        registry = _registry(backend)
-        event = registry.promote(version, reason=reason)
-        _switch_gallery(backend, version)
+        event = Client(settings=backend.settings).promote_model(version, reason=reason)
     click.echo(f"in service: {event['version']} (was {event['previous']})")
 
 
@@ -155,11 +149,33 @@ def models_promote(version: str, reason: str) -> None:
 @click.option("--reason", default="manual", show_default=True, help="recorded in the model event")
 def models_rollback(reason: str) -> None:
     """Return to the version in service before the current one."""
+    from faec_rec.client import Client
+
+    with _backend() as backend:
+        event = Client(settings=backend.settings).rollback_model(reason=reason)
+    click.echo(f"in service: {event['version']} (rolled back from {event['previous']})")
+
+
+@models.command("export")
+@click.argument("version", required=False)
+@click.option("--format", "fmt", type=click.Choice(["tflite", "savedmodel"]), default="tflite", show_default=True,
+              help="TensorFlow Lite file or a TensorFlow SavedModel folder")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="folder to write (created)")
+def models_export(version: str | None, fmt: str, out_dir: str) -> None:
+    """Write VERSION (default: the one in service) as one model: backbone + comparison head,
+    chips in, normalised embeddings out, with model_card.json and example.py."""
+    from pathlib import Path
+
+    from faec_rec.faces.export import export_model
+    from faec_rec.workers.runtime import load_projector
+
     with _backend() as backend:
         registry = _registry(backend)
-        event = registry.rollback(reason=reason)
-        _switch_gallery(backend, event["version"])
-    click.echo(f"in service: {event['version']} (rolled back from {event['previous']})")
+        version = version or registry.current()
+        projector = load_projector(version, backend.settings, backend.redis)
+        settings = backend.settings
+    card = export_model(version, fmt, Path(out_dir), projector, cache_dir=Path(settings.data_dir) / "models")
+    click.echo(f"exported {card['name']} ({fmt}) to {out_dir}: model_card.json, example.py")
 
 
 # ---- train ------------------------------------------------------------------
@@ -176,10 +192,11 @@ def train_head(now: bool, dry_run: bool) -> None:
     """Retrain the head on the gallery, feedback and the reference set; promote it if the gate passes."""
     with _backend() as backend:
         if not now and not backend.embedded:
-            from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
+            from faec_rec.client import Client
+            from faec_rec.training.schedule import QUEUE_TRAIN
 
-            result = backend.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
-            click.echo(f"queued training task {result.id} on queue {QUEUE_TRAIN!r}; "
+            task_id = Client(settings=backend.settings).train_head()
+            click.echo(f"queued training task {task_id} on queue {QUEUE_TRAIN!r}; "
                        "`faec-rec models list` shows the outcome")
             return
         if not now:
@@ -238,30 +255,32 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @click.option("--is", "is_name", metavar="NAME", help="the face in the event was this person")
 @click.option("--not", "not_name", metavar="NAME", help="the face in the event was NOT this person")
 def feedback(event_id: str, is_name: str | None, not_name: str | None) -> None:
-    """Confirm or correct a recognition event (EVENT is its stream id)."""
-    from pathlib import Path
+    """Confirm or correct a recognition event (EVENT is its stream id).
 
-    from faec_rec.index.store import Store
-    from faec_rec.keys import Keys
-    from faec_rec.training.feedback import record_feedback
+    --is adds the face to the person; --not moves it into a visitor, records a
+    hard negative pair for retraining and raises the person's threshold around it
+    (the work is :meth:`faec_rec.client.Client.feedback`).
+    """
+    from faec_rec.client import Client
 
     if (is_name is None) == (not_name is None):
         raise click.UsageError("give exactly one of --is NAME or --not NAME")
-    name = is_name if is_name is not None else not_name
     with _backend() as backend:
-        keys = Keys(backend.settings.prefix)
-        store = Store(backend.redis, keys, Path(backend.settings.data_dir))
-        person = store.person(name)
-        stream_id, entry = record_feedback(
-            backend.redis, keys, event_id, person.id, person.name, is_name is not None
-        )
-    verb = "was" if entry.is_person else "was not"
-    click.echo(f"recorded: event {event_id} {verb} {entry.person} (feedback {stream_id})")
-    if not entry.usable:
-        click.echo(f"note: {entry.reason}; the feedback is kept for review but cannot train the head")
-    elif not entry.is_person:
-        click.echo("note: corrections (--not) are kept with the face's features for review; "
-                   "head training uses confirmations (--is) only")
+        client = Client(settings=backend.settings)
+        try:
+            out = client.feedback(event_id, is_=is_name, not_=not_name)
+        finally:
+            client.close()
+    verb = "was" if out["is_person"] else "was not"
+    click.echo(f"recorded: event {event_id} {verb} {out['person']} (feedback {out['feedback_id']})")
+    if not out["usable"]:
+        click.echo(f"note: {out['reason']}; the feedback is kept for review but cannot train the head")
+    elif out["is_person"]:
+        click.echo(f"the face was added to {out['person']} (template {out['template_id']})" if out["template_id"]
+                   else f"{out['person']} already had this face")
+    else:
+        click.echo(f"the face is now with visitor {out['visitor'] or '(none)'}; negative pair {out['negative_id']} "
+                   f"recorded for retraining; {out['person']}'s threshold is raised around this face")
 
 
 commands: list[click.Command] = [models, train, feedback]

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TASK_RECOGNISE = "faec_rec.recognise_frame"
 TASK_IDENTIFY = "faec_rec.identify_image"
+TASK_IDENTIFY_BATCH = "faec_rec.identify_images"
 TASK_ENROL = "faec_rec.enrol"
 TASK_TRAIN = "faec_rec.train_head"
 TASK_RETENTION = "faec_rec.retention_sweep"
@@ -36,6 +37,7 @@ QUEUES = (QUEUE_FRAMES, QUEUE_ENROL, QUEUE_TRAIN)
 ROUTES: dict[str, dict[str, str]] = {
     TASK_RECOGNISE: {"queue": QUEUE_FRAMES},
     TASK_IDENTIFY: {"queue": QUEUE_FRAMES},
+    TASK_IDENTIFY_BATCH: {"queue": QUEUE_FRAMES},
     TASK_ENROL: {"queue": QUEUE_ENROL},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
     TASK_RETENTION: {"queue": QUEUE_ENROL},  # light; every default worker serves "enrol"
@@ -191,13 +193,52 @@ _worker_app: Celery | None = None
 def _remember_worker_app(sender: Any = None, **_: object) -> None:
     global _worker_app
     _worker_app = getattr(sender, "app", None)
+    from faec_rec.errors import ConfigError
+
+    try:
+        _check_broker(_worker_app)
+    except ConfigError as exc:
+        # Celery logs and swallows a handler's exceptions; SystemExit stops the worker.
+        log.critical("refusing to start: %s", exc)
+        raise SystemExit(2) from exc
+
+
+def _check_broker(app: Celery | None) -> None:
+    """Refuse an evicting Redis, warn about one without maxmemory or persistence
+    (``faec_rec.redis_checks``), however the worker was started."""
+    if app is None or getattr(app, "faec_settings", None) is None:
+        return
+    settings = app_settings(app)
+    if not settings.redis_url:
+        return
+    import redis as redis_lib
+
+    from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
+    from faec_rec.embedded import redact_url
+    from faec_rec.redis_checks import check_redis_once
+
+    try:
+        client = redis_from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    except (redis_lib.RedisError, OSError, ValueError) as exc:
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+        return
+    try:
+        check_redis_once(client, require_noeviction=settings.redis_require_noeviction,
+                         where=redact_url(settings.redis_url))
+    except (redis_lib.RedisError, OSError) as exc:  # unreachable now: Celery's own retries report it
+        log.warning("could not check the Redis configuration: %s", type(exc).__name__)
+    finally:
+        client.close()
 
 
 @worker_process_init.connect(weak=False)
 def _warm_up(**_: object) -> None:
     # Load the model and the gallery replica in each fresh worker process
     # before the first task arrives, so the first frame is not slow.
+    from faec_rec import quiet
     from faec_rec.workers import runtime
+
+    quiet.install_from_environment()  # TensorFlow's start-up lines only when the parent said -v
 
     target = _worker_app if _worker_app is not None else app
     if getattr(target, "faec_settings", None) is None:

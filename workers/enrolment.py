@@ -50,6 +50,7 @@ class EnrolRequest:
     name: str | None = None
     person_id: str | None = None
     metadata: dict[str, Any] | None = None
+    visitor: str | None = None  # enrol this visitor's good faces instead of images (faec_rec.visitors.naming)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -73,8 +74,16 @@ class EnrolRequest:
             raise PayloadError("enrol 'name' must be a non-empty string")
         if person_id is not None and not isinstance(person_id, str):
             raise PayloadError("enrol 'person_id' must be a string")
+        visitor = payload.get("visitor")
+        if visitor is not None:
+            try:
+                safe_id(visitor, "visitor id")
+            except ValueError as exc:
+                raise PayloadError(str(exc)) from exc
         raw_images = payload.get("images")
-        if not isinstance(raw_images, list) or not raw_images:
+        if visitor is not None and raw_images in (None, []):
+            raw_images = []
+        elif not isinstance(raw_images, list) or not raw_images:
             raise PayloadError("enrol needs a non-empty list of 'images'")
         images = []
         for i, raw in enumerate(raw_images):
@@ -85,7 +94,8 @@ class EnrolRequest:
         metadata = payload.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise PayloadError("enrol 'metadata' must be a JSON object")
-        return cls(request_id=rid, images=tuple(images), name=name, person_id=person_id, metadata=metadata)
+        return cls(request_id=rid, images=tuple(images), name=name, person_id=person_id, metadata=metadata,
+                   visitor=visitor)
 
 
 @dataclass
@@ -185,6 +195,12 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
         else:
             report.name = person.name
             report.person_id = person.id
+
+    if request.visitor is not None:
+        from faec_rec.visitors.naming import enrol_visitor
+
+        error, detail = enrol_visitor(runtime, request, report)
+        return _finish(runtime, request, report, error, detail)
 
     thresholds = QualityThresholds()
     reports: list[ImageReport] = []

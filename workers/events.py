@@ -28,6 +28,12 @@ Fields (every event carries all of them; absent values are ``null``):
                 backbone features ((128,) float32 bytes) of the face that made an
                 "arrived"/"updated" event, kept ``events.features_ttl_s`` seconds
                 so ``faec-rec feedback`` on the event can train the head
+``visitor``     null, or the visitor id (``"v-12"``, faec_rec.visitors) an unknown
+                face of an "arrived"/"updated" event was grouped into
+``snapshot``    null, or on "arrived" the Redis key (``keys.event_snapshot``) of a hash
+                with the face crop and a downscaled frame as JPEG (``face``,
+                ``frame``, ``box``), kept ``events.snapshot_ttl_s`` seconds
+                (see :mod:`faec_rec.workers.snapshots`)
 =============== ====================================================================
 """
 from __future__ import annotations
@@ -75,6 +81,8 @@ class Event:
     error: str | None = None
     detail: str | None = None
     features_key: str | None = None
+    visitor: str | None = None
+    snapshot: str | None = None
 
     def __post_init__(self) -> None:
         # Fail at construction, where the bug is, not in a subscriber. Enum members

@@ -36,6 +36,8 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+from faec_rec.workers.snapshots import store_snapshots
+from faec_rec.visitors import hook as _visitors
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -122,6 +124,9 @@ class FaceResult:
     runner_up: str | None = None
     detection_score: float = 0.0
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # the aligned (150, 150, 3) chip and (5, 2) landmarks, for keeping unknown faces (visitors)
+    chip: np.ndarray | None = field(default=None, repr=False, compare=False)
+    landmarks: np.ndarray | None = field(default=None, repr=False, compare=False)
     quality: float | None = None  # sharpness of the aligned chip (the enrolment gate's measure); weighs track votes
 
     def to_json(self) -> dict[str, Any]:
@@ -135,7 +140,8 @@ class FaceResult:
         }
 
 
-def _face_result(face: Any, match: Any, features: np.ndarray | None = None, quality: float | None = None) -> FaceResult:
+def _face_result(face: Any, match: Any, features: np.ndarray | None = None, chip: np.ndarray | None = None,
+                 quality: float | None = None) -> FaceResult:
     decision = getattr(match.decision, "value", match.decision)
     known = decision == "known"
     runner = getattr(match, "runner_up", None)
@@ -149,6 +155,8 @@ def _face_result(face: Any, match: Any, features: np.ndarray | None = None, qual
         runner_up=runner_name,
         detection_score=float(face.score),
         features=features,
+        chip=chip,
+        landmarks=getattr(face, "landmarks", None),
         quality=quality,
     )
 
@@ -166,7 +174,9 @@ def recognise_faces(runtime: Runtime, image: np.ndarray) -> list[FaceResult]:
     features = np.stack([a.features for a in analysed]).astype(np.float32, copy=False)
     with metrics.stage("identify"):
         matches = _identify(runtime, features)
-    return [_face_result(a.face, m, features[i], quality=_chip_sharpness(a)) for i, (a, m) in enumerate(zip(analysed, matches))]
+        matches = _visitors.check_collisions(runtime, features, matches)
+    return [_face_result(a.face, m, features[i], getattr(a, "crop", None), quality=_chip_sharpness(a))
+            for i, (a, m) in enumerate(zip(analysed, matches))]
 
 
 def _chip_sharpness(analysed: Any) -> float | None:
@@ -288,6 +298,9 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     with metrics.stage("track_publish"):
         events = track(runtime, payload, results)
         store_event_features(runtime, payload, results, events)
+        events = store_snapshots(r, keys, runtime.settings.events, payload.camera, payload.frame, image,
+                                 [f.box for f in results], events)
+        events = _visitors.join_frame(runtime, payload, results, events)
         ev.publish_many(r, keys, events, maxlen)
     processed_at = time.time()
 
@@ -296,6 +309,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     pipe.hincrby(stats, "processed", 1)
     pipe.hincrby(stats, "faces", len(results))
     pipe.hincrby(stats, _latency_field(latency_ms), 1)
+    pipe.hincrbyfloat(stats, "latency_ms_sum", round(latency_ms, 3))  # the histogram's _sum
     pipe.delete(payload.key)
     pipe.execute()
     metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)
@@ -399,8 +413,8 @@ def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: 
 
     At most ``faces.max_image_bytes`` are read (a larger image is refused before it
     fills memory). A ``path`` must be a regular file inside ``workers.read_roots``
-    (symlinks resolved); with no roots configured, paths are only accepted on the
-    private Redis, where only this user can queue tasks.
+    (symlinks resolved); the embedded backend and ``faec-rec worker`` on the private
+    Redis (which only this user's commands reach) set ``/`` when none are configured.
 
     Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``too_large``,
     ``not_allowed``, ``not_found`` or ``unreadable``.
@@ -482,7 +496,9 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
     try:
         image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
-        record["faces"] = [f.to_json() for f in recognise_faces(runtime, image)]
+        faces = recognise_faces(runtime, image)
+        record["faces"] = [f.to_json() for f in faces]
+        _visitors.join_image(runtime, payload, faces, record["faces"])
     except ImageError as exc:
         record["error"] = exc.reason
         metrics.frame_error("folder", exc.reason.split(":")[0])

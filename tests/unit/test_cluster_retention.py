@@ -110,3 +110,26 @@ def test_the_beat_schedule_sends_the_sweep(redis_client, keys, tmp_path) -> None
     assert entry["task"] == TASK_RETENTION and entry["options"]["queue"] == ROUTES[TASK_RETENTION]["queue"]
     off = celery_config(load_settings(prefix=keys.prefix, data_dir=tmp_path, retention={"sweep_schedule": ""}))
     assert "faec-rec-retention-sweep" not in off["beat_schedule"]
+
+
+def test_the_command_sweeps_and_reports(redis_url, redis_client, keys, tmp_path, monkeypatch) -> None:
+    import json as json_lib
+
+    from click.testing import CliRunner
+
+    from faec_rec.cli import _register_plugins, cli
+
+    _register_plugins()
+    old = int((time.time() - 40 * DAY) * 1000)
+    redis_client.xadd(keys.events(), {"event": "{}"}, id=f"{old}-0")
+    redis_client.xadd(keys.events(), {"event": "{}"})
+    for name, value in (("FAEC_REDIS_URL", redis_url), ("FAEC_PREFIX", keys.prefix), ("FAEC_DATA_DIR", str(tmp_path))):
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+    done = runner.invoke(cli, ["retention", "sweep", "--step", "events"])
+    assert done.exit_code == 0, done.output
+    assert json_lib.loads(done.stdout)["events"] == 1 and redis_client.xlen(keys.events()) == 1
+    bad = runner.invoke(cli, ["retention", "sweep", "--step", "nope"])
+    assert bad.exit_code == 2 and "no retention step 'nope'" in bad.output
+    shown = runner.invoke(cli, ["retention", "stats"])
+    assert json_lib.loads(shown.stdout)["events:total"] == "1"

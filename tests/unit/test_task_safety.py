@@ -110,3 +110,30 @@ def test_cluster_metrics_count_parked_tasks(redis_client, keys) -> None:
     registry = CollectorRegistry()
     registry.register(metrics.RedisCollector(redis_client, keys))
     assert "faec_dead_letter_tasks 1.0" in generate_latest(registry).decode()
+
+
+def test_the_python_client_lists_and_drops_parked_tasks(redis_url, prefix, redis_client, keys) -> None:
+    from faec_rec.client import Client
+    from faec_rec.workers import deadletter
+
+    entry = deadletter.park(redis_client, keys, task="faec_rec.enrol", task_id="t9", queue="enrol",
+                            args=[{"request_id": "r9"}], kwargs={}, deliveries=4, reason="r")
+    with Client(settings=load_settings(redis_url=redis_url, prefix=prefix)) as client:
+        assert [p.task_id for p in client.dead_letters()] == ["t9"]
+        assert client.drop_dead_letter(entry).task == "faec_rec.enrol"
+        assert client.dead_letters() == []
+        with pytest.raises(KeyError):
+            client.replay_dead_letter(entry)
+
+
+def test_forget_erases_parked_tasks_that_name_the_person(redis_client, keys) -> None:
+    from faec_rec.index.erasure import erase_person_traces
+    from faec_rec.workers import deadletter
+
+    deadletter.park(redis_client, keys, task="faec_rec.enrol", task_id="t1", queue="enrol",
+                    args=[{"request_id": "r1", "name": "Ada Lovelace", "images": []}], kwargs={}, deliveries=4, reason="r")
+    deadletter.park(redis_client, keys, task="faec_rec.enrol", task_id="t2", queue="enrol",
+                    args=[{"request_id": "r2", "name": "Ada Lovelace Byron", "images": []}], kwargs={}, deliveries=4, reason="r")
+    erased = erase_person_traces(redis_client, keys, "p-ada", ["Ada Lovelace"])
+    assert erased.parked_tasks == 1
+    assert [p.task_id for p in deadletter.list_parked(redis_client, keys)] == ["t2"]  # a longer name is kept

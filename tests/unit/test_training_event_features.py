@@ -118,8 +118,13 @@ def test_confirmed_events_enter_the_training_set_and_expired_ones_are_refused(re
     assert out.exit_code == 0, out.output
     assert "recorded" in out.output and "cannot" not in out.output
     out = CliRunner().invoke(feedback_command, [event_id, "--not", "person 1"], env=env)
-    assert out.exit_code == 0 and "confirmations (--is) only" in out.output
+    assert out.exit_code == 0 and "negative pair" in out.output and "visitor v-" in out.output
     confirmed, corrected = read_feedback(redis_client, keys)
+    from faec_rec.training.negatives import read_negative_pairs
+
+    [pair] = read_negative_pairs(redis_client, keys)  # the correction is a hard negative for retraining
+    np.testing.assert_array_equal(pair.features, face)
+    assert pair.person_id == store.person("person 1").id and pair.event_id == event_id
     assert confirmed.usable and confirmed.is_person and confirmed.person_id == ada.id
     np.testing.assert_array_equal(confirmed.vector(), face)
     assert corrected.usable and not corrected.is_person

@@ -1,0 +1,1 @@
+"""Events out: the sink runner (``faec-rec sinks``), MQTT with Home Assistant discovery, webhooks."""
