@@ -400,7 +400,7 @@ def _negative_rows(redis: "redis_lib.Redis", keys: Keys, person_ids: list[str]) 
         return []
     index = {p: n for n, p in enumerate(person_ids)}
     rows = []
-    for pair in read_negative_pairs(redis, keys, person_ids=person_ids):
+    for pair in read_negative_pairs(redis, keys, person_ids=set(person_ids)):
         vec = np.asarray(getattr(pair, "features", None), np.float32).reshape(-1)
         if pair.person_id in index and vec.shape == (128,) and np.isfinite(vec).all():
             rows.append((index[pair.person_id], vec))

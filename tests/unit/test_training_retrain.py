@@ -178,3 +178,17 @@ def test_feedback_not_faces_join_the_gates_impostor_pairs(rng):
     assert negative_pair_scores(base, data, lookalikes).size == 40 * int((data.train.labels == 0).sum())
     with_negatives = score(base, data, None, lookalikes)
     assert with_negatives["gallery_tar_at_far"] < plain["gallery_tar_at_far"]
+
+
+def test_negative_pairs_of_the_visitors_stream_reach_the_gate(redis_client, keys):
+    import base64
+    import json
+
+    from faec_rec.training.retrain import _negative_rows
+
+    vec = np.arange(128, dtype=np.float32) / 128
+    for person in ("pA", "gone"):
+        redis_client.xadd(keys.negative_pairs(), {"pair": json.dumps(
+            {"event_id": "1-0", "person_id": person, "at": 1.0, "features": base64.b64encode(vec.tobytes()).decode()})})
+    rows = _negative_rows(redis_client, keys, ["p0", "pA"])
+    assert [(label, v.tobytes()) for label, v in rows] == [(1, vec.tobytes())]
