@@ -88,7 +88,7 @@ class Embedder:
             raise VectorError(f"precision must be one of {', '.join((AUTO, *PRECISIONS))}, got {wanted!r}")
         self.precision = resolve_precision(wanted)  # "auto" resolved for this CPU
         self.cache_dir = cache_dir
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _ensure_loaded holds it while .model takes it again
         self._model: Any = None
         self._run: Any = None
 
@@ -120,17 +120,16 @@ class Embedder:
             return
         from faec_rec.faces.runtime import frozen_call, load_frozen, save_frozen
 
-        cache = self._graph_cache()
-        run_cached = load_frozen(cache) if cache is not None else None  # cold start: no Keras at all
-        if run_cached is not None:
-            with self._lock:
-                if self._run is None:
-                    self._run = run_cached
-            return
-        model = self.model
+        # One thread loads (the cached graph, else the Keras model); the others wait for it.
         with self._lock:
             if self._run is not None:
                 return
+            cache = self._graph_cache()
+            run_cached = load_frozen(cache) if cache is not None else None  # cold start: no Keras at all
+            if run_cached is not None:
+                self._run = run_cached
+                return
+            model = self.model
             import tensorflow as tf
 
             # uint8 in, cast inside the graph: a quarter of the bytes to hand over per call

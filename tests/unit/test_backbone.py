@@ -305,14 +305,25 @@ def test_embedder_loads_model_once_across_threads(cache_dir: Path, chips: np.nda
     # faec_rec.faces re-exports a function named embed over the module name
     embed_module = importlib.import_module("faec_rec.faces.embed")
 
+    from faec_rec.faces import runtime as runtime_module
+
+    # Either the Keras model or its cached frozen graph is loaded: once in all, whichever.
     calls = []
     real_load = embed_module.load_backbone
+    real_frozen = runtime_module.load_frozen
 
     def counting_load(*args, **kwargs):
         calls.append(threading.get_ident())
         return real_load(*args, **kwargs)
 
+    def counting_frozen(*args, **kwargs):
+        found = real_frozen(*args, **kwargs)
+        if found is not None:
+            calls.append(threading.get_ident())
+        return found
+
     monkeypatch.setattr(embed_module, "load_backbone", counting_load)
+    monkeypatch.setattr(runtime_module, "load_frozen", counting_frozen)
     e = Embedder(cache_dir=cache_dir, flip_average=False)
     results: list[np.ndarray] = []
     barrier = threading.Barrier(4)

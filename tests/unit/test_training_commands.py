@@ -22,7 +22,7 @@ def env(redis_url, prefix, tmp_path) -> dict[str, str]:
 
 def test_exported_commands():
     assert [c.name for c in commands] == ["models", "train", "feedback"]
-    assert set(models.commands) == {"list", "show", "promote", "rollback"}
+    assert set(models.commands) == {"list", "show", "promote", "rollback", "export"}
     assert set(train.commands) == {"head"}
 
 
