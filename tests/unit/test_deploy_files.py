@@ -684,3 +684,21 @@ def test_sinks_runner_has_a_compose_service_and_a_deployment(compose, manifests)
     check_cli(container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["FAEC_MQTT__URL"]["valueFrom"]["secretKeyRef"]["optional"] is True  # the URL holds a password
+
+
+def test_the_image_lock_pins_every_core_dependency() -> None:
+    """A dependency added to pyproject.toml without re-locking would make the image's
+    `pip install --require-hashes` (and its `pip check`) fail at build time."""
+    import tomllib
+
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pinned = {name.lower().replace("_", "-") for name in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    missing = []
+    for requirement in project["dependencies"]:
+        if "platform_machine != 'x86_64'" in requirement:
+            continue  # the image is linux/amd64; this is the non-x86 tensorflow
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+        if name not in pinned:
+            missing.append(name)
+    assert not missing, f"re-lock deploy/requirements.lock (deploy/README.md, Supply chain): {missing}"
