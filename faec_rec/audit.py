@@ -32,10 +32,24 @@ def default_actor() -> str:
 def record(redis: Any, keys: Keys, actor: str, action: str, **details: Any) -> str:
     """Append one entry; returns its stream id. ``details`` must be JSON-able."""
     entry = {"at": repr(time.time()), "actor": actor, "action": action,
-             "details": json.dumps(details, ensure_ascii=False, default=str, sort_keys=True)}
+             "details": json.dumps(_text(details), ensure_ascii=False, default=str, sort_keys=True)}
     stream_id = redis.xadd(keys.audit(), entry, maxlen=AUDIT_MAXLEN, approximate=True)
     log.info("audit %s %s %s", actor, action, entry["details"])
     return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+
+def _text(value: Any) -> Any:
+    """``value`` with every string valid UTF-8: a file name that is not (surrogate-escaped
+    bytes) is written as ``caf\\xe9``, as reports show it (:func:`faec_rec.files.display_name`)."""
+    from faec_rec.files import display_name
+
+    if isinstance(value, str):
+        return display_name(value)
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_text(v) for v in value]
+    return value
 
 
 def read(redis: Any, keys: Keys, count: int = 100) -> list[dict[str, Any]]:

@@ -883,10 +883,16 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
                 bar.clear()
                 _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
                 raise click.exceptions.Exit(130) from None
-            bar.clear()
-            _print_outcome(outcome, root)
-            bar.update()
-            outcomes.append(outcome)
+            try:
+                bar.clear()
+                _print_outcome(outcome, root)
+                bar.update()
+                outcomes.append(outcome)
+            except KeyboardInterrupt:  # between two people: nothing in hand
+                if outcome not in outcomes:
+                    outcomes.append(outcome)
+                click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
+                raise click.exceptions.Exit(130) from None
     return outcomes
 
 

@@ -522,7 +522,8 @@ class Client:
 
         forget_negative_pairs(self.redis, self.keys, person_id)  # faces corrected as not them
         forget_person_collisions(self.redis, self.keys, person_id)
-        self._audit("forget", person_id=person_id, templates=count)
+        # who forgot someone, and when, is kept; whom is not (that is the point of forgetting)
+        self._audit("forget", person="(erased)", templates=count)
         return count
 
     def rename(self, id_or_name: str, new_name: str) -> None:

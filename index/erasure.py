@@ -61,11 +61,12 @@ class Erased:
     parked_tasks: int = 0
     snapshots: int = 0
     dead_letters: int = 0
+    audit_entries: int = 0
     streams: list[str] = field(default_factory=list)
 
     def total(self) -> int:
         return (self.events + self.features + self.enrolment_reports + self.task_results + self.job_records
-                + self.parked_tasks + self.snapshots + self.dead_letters)
+                + self.parked_tasks + self.snapshots + self.dead_letters + self.audit_entries)
 
 
 def _needles(person_id: str, names: Iterable[str]) -> list[bytes]:
@@ -152,6 +153,10 @@ def erase_person_traces(redis: Any, keys: Keys, person_id: str, names: Iterable[
     # tasks parked after killing their worker (an enrolment's payload holds the name)
     if redis.type(keys.dead_letter()) in (b"stream", "stream"):
         erased.parked_tasks += _scrub_stream(redis, keys.dead_letter(), needles)[0]
+    # audit entries naming them (who enrolled or renamed them): the erasure wins over the
+    # trail; the forget itself is audited without the person (Client.forget)
+    if redis.type(keys.audit()) in (b"stream", "stream"):
+        erased.audit_entries += _scrub_stream(redis, keys.audit(), needles)[0]
     # enrolment reports (hashes) and Celery's task results (strings)
     for key in _scan(redis, keys.enrolment_pattern()):
         if redis.type(key) in (b"hash", "hash") and _names_them(redis.hvals(key), needles):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from faec_rec.files import display_name
+
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
 
@@ -136,7 +138,8 @@ def join_image(runtime: Runtime, payload: Any, results: list[Any], records: list
         record["visitor"] = None
         if result.decision != "unknown" or result.features is None:
             continue
-        digest = hashlib.sha1(f"{payload.job}\0{payload.name}\0{i}".encode()).hexdigest()[:24]
+        # surrogateescape: a file name that is not valid UTF-8 (see pipeline._seen_field)
+        digest = hashlib.sha1(f"{payload.job}\0{payload.name}\0{i}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
         try:
             face = new_face(runtime, f"img-{digest}", result, source=payload.name, at=now, job=payload.job)
             record["visitor"] = _join(runtime, face)

@@ -95,7 +95,11 @@ def check_identify_report(report: dict, html: str, mixed: Path) -> None:
         status, card = cards[f"stranger_{folder}.jpg"]
         assert status == "stranger" and '<span class="u">unknown</span>' in card and 'class="k"' not in card
     assert cards["dog.jpg"][0] == "no-face" and cards["corrupt.jpg"][0] == "error"
-    assert html.count("data:image/jpeg;base64,") == len(images) - 1  # all but the corrupt one
+    # a thumbnail per image but the corrupt one, plus the strangers' crops under "Strangers by visitor"
+    visitor_crops = html.count('<img class="vc"')
+    assert html.count("data:image/jpeg;base64,") - visitor_crops == len(images) - 1
+    strangers = [f for i in report["images"] for f in i["faces"] if f["decision"] == "unknown" and f.get("visitor")]
+    assert 1 <= visitor_crops <= len(strangers)
 
 
 # ---- embedded default ---------------------------------------------------------------

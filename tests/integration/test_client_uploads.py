@@ -55,7 +55,16 @@ def test_a_batch_is_uploaded_through_a_bounded_window(client: Client) -> None:
     with pytest.raises(TaskTimeout, match="3 uploads waited"):
         client.submit_images(images, window=3, window_timeout=1.0)
     assert _uploads(client) == 3  # not 20: the rest never reached Redis
-    assert client.redis.llen(client.keys.celery() + "frames") == 3  # each queued as soon as uploaded
+    # queued as soon as a batch is full (workers.folder_batch, capped by the window): one task of 3
+    assert client.redis.llen(client.keys.celery() + "frames") == 1
+
+
+def test_one_image_per_task_when_batching_is_off(redis_url: str, prefix: str, redis_client, tmp_path: Path) -> None:
+    settings = load_settings(redis_url=redis_url, prefix=prefix, data_dir=tmp_path, workers={"folder_batch": 1})
+    with Client(settings=settings) as client:
+        with pytest.raises(TaskTimeout, match="3 uploads waited"):
+            client.submit_images([_png_header(10, 10) + bytes([i]) for i in range(20)], window=3, window_timeout=1.0)
+        assert client.redis.llen(client.keys.celery() + "frames") == 3  # each queued as soon as uploaded
 
 
 def test_redis_memory_is_a_metric(client: Client) -> None:
