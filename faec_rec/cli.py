@@ -228,7 +228,9 @@ def register(command: click.Command) -> None:
 
 
 def _register_plugins() -> None:
-    from faec_rec.index.commands import add_people_commands; add_people_commands(people_group)  # noqa: E702
+    from faec_rec.index.commands import add_people_commands
+
+    add_people_commands(people_group)  # people faces | remove-face
     # One module per room that owns commands; each exposes ``commands`` (a list).
     for module in (
         "faec_rec.workers.commands",   # tasks dead-letter ...
@@ -251,20 +253,6 @@ def _register_from(module: str) -> None:
         log.debug("%s not available: %s", module, exc)
         return
     for command in found:
-        if command.name not in cli.commands:
-            register(command)
-
-
-def _register_from(module: str) -> None:
-    """Register ``module.commands`` when the module imports (its extra may be missing)."""
-    import importlib
-
-    try:
-        commands = importlib.import_module(module).commands
-    except ImportError as exc:
-        log.debug("%s not available: %s", module, exc)
-        return
-    for command in commands:
         if command.name not in cli.commands:
             register(command)
 
