@@ -413,6 +413,7 @@ class Client:
 
         key = event.get("snapshot") if isinstance(event, dict) else event
         return None if not key else read_snapshot(self.redis, self.keys, key, part)
+
     def search_events(
         self,
         *,

@@ -192,14 +192,20 @@ def get_event(event_id: str, who: Viewer, client: ClientDep) -> EventOut:
 @router.get("/{event_id}/crop", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}})
 def event_crop(event_id: str, who: Viewer, client: ClientDep) -> Response:
-    """A face picture for an event: cut from its frame while the frame is still in Redis
+    """A face picture for an event: the face snapshot an "arrived" event keeps
+    (``events.snapshot_ttl_s``), else cut from its frame while the frame is still in Redis
     (workers delete a frame once its events are out, so mostly not), else the enrolled
     face of the person it names, or the best face of the visitor it names; else 404."""
     event = client.event(_checked_id(event_id, "event id") or "")
     if event is None:
         raise NotFound(f"no event {event_id!r}")
     data = None
-    if event.get("frame") is not None and event.get("box"):
+    if event.get("snapshot"):
+        try:
+            data = client.event_snapshot(event, "face")
+        except ValueError:  # a snapshot key of another deployment: not ours to read
+            data = None
+    if data is None and event.get("frame") is not None and event.get("box"):
         data = client.frame_crop(event["camera"], int(event["frame"]), event["box"])
     if data is None and event.get("person_id"):
         try:
