@@ -104,6 +104,15 @@ def read_secret(directory: Path) -> str:
 ACL_RULES = "on ~* &* +@all -config +config|get -module -debug -acl"
 
 
+def private_maxmemory() -> int:
+    """Bytes the private Redis may hold: a quarter of this machine's memory, 256 MB to 4 GB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 4 << 30
+    return int(min(4 << 30, max(256 << 20, total // 4)))
+
+
 @dataclass
 class PrivateRedis:
     """A redis-server bound to 127.0.0.1 with data in ``directory``, for this user only.
@@ -139,6 +148,10 @@ class PrivateRedis:
             f"dir {_quote(self.directory)}",
             'save ""',
             f"appendonly {'yes' if self.persistent else 'no'}",
+            # refuse writes (a clear error) rather than grow until the kernel kills it, with
+            # room left for the append-only rewrite's fork
+            f"maxmemory {private_maxmemory()}",
+            "maxmemory-policy noeviction",
             f"logfile {_quote(self.directory / 'redis.log')}",
             "protected-mode yes",
             f"user default {ACL_RULES} >{self.secret}",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,10 @@ def serve(host: str | None, port: int | None) -> None:
     settings = _settings()
     host = host or settings.web.host
     port = port or settings.web.port
+    # uvicorn shuts down on SIGTERM, then raises the signal again: with this handler that
+    # ends the `with` below normally, so the private Redis is released (and stopped when
+    # this was its last user) instead of being left running
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with open_backend(settings, worker_queues=("frames", "enrol", "train")) as backend:
         mode = ("embedded: private Redis" + (", in-process worker" if backend.worker_here else ", worker of `faec-rec worker`")
                 if backend.embedded else f"Redis {backend.url}")
@@ -62,6 +67,10 @@ def serve(host: str | None, port: int | None) -> None:
         app = create_app(backend.settings, client)
         uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=settings.web.trusted_proxy,
                     forwarded_allow_ips="*" if settings.web.trusted_proxy else None)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @click.group("keys")

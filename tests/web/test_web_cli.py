@@ -69,3 +69,22 @@ def test_serve_on_the_embedded_default_with_keys_from_the_cli(tmp_path: Path) ->
         server.terminate()
         server.wait(60)
         log.close()
+    # SIGTERM (docker stop) ends serve cleanly: its private Redis, whose last user it was, is gone
+    deadline = time.monotonic() + 20
+    while _private_redis_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _private_redis_under(tmp_path), "serve left its private Redis running"
+
+
+def _private_redis_under(home: Path) -> list[int]:
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server" and \
+                    os.readlink(f"/proc/{pid}/cwd").startswith(str(home)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
