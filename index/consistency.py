@@ -12,7 +12,11 @@ functions over L2-normalised vectors of the projection in service:
 * photos of one call for a new person must agree: they are linked when a pair
   scores at least ``pair_threshold`` (0.1% of different-person pairs), and only a
   strict majority linked together (the largest connected group) is kept; without
-  one (two photos that disagree, a folder of many people) every photo is refused.
+  one, three or more photos (a folder of many people) are all refused. Two photos
+  that disagree are both kept with a warning (:data:`TWO_DISAGREE`): which one is
+  wrong cannot be told, and 2.7% of same-person pairs fall under the threshold, so
+  refusing both would turn away real people (Arnold Schwarzenegger's first two LFW
+  photos among them).
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import numpy as np
 
 NOT_THIS_PERSON = "not_this_person"
 PHOTOS_DISAGREE = "photos_disagree"
+# not a refusal: the warning put on both photos of a two-photo call that disagree
+TWO_DISAGREE = "check: the two photos of this request do not clearly show the same person"
 MARGIN = 0.0
 
 
@@ -43,6 +49,8 @@ def check_photos(new: np.ndarray, existing: np.ndarray, pair_threshold: float, m
     np.fill_diagonal(sims, -1.0)
     best = sims.max(axis=1)
     group = _largest_group(sims >= pair_threshold)
+    if len(new) == 2 and len(group) == 1:
+        return [(None, float(s)) for s in best]  # kept, with a warning (module docstring)
     if 2 * len(group) <= len(new):
         return [(PHOTOS_DISAGREE, float(s)) for s in best]
     return [(None if i in group else PHOTOS_DISAGREE, float(s)) for i, s in enumerate(best)]

@@ -303,7 +303,7 @@ def _consistent(runtime: Runtime, request: EnrolRequest, report: EnrolReport, ca
 
     from faec_rec.errors import UnknownPersonError
     from faec_rec.index.calibration import global_threshold
-    from faec_rec.index.consistency import NOT_THIS_PERSON, check_photos
+    from faec_rec.index.consistency import NOT_THIS_PERSON, TWO_DISAGREE, check_photos
 
     gallery = runtime.gallery
     projector = gallery.projector
@@ -324,6 +324,8 @@ def _consistent(runtime: Runtime, request: EnrolRequest, report: EnrolReport, ca
     for n, (c, (reason, score)) in enumerate(zip(candidates, verdicts)):
         if reason is None:
             keep.append(n)
+            if not len(existing) and len(candidates) == 2 and -1.0 < score < pair:
+                report.images[c.index].detail = f"{TWO_DISAGREE} (similarity {score:.3f})"
             continue
         image = report.images[c.index]
         image.accepted = False
