@@ -532,21 +532,6 @@ class Client:
         self.gallery.rename(id_or_name, new_name)
         self._audit("rename", person=id_or_name, new_name=new_name)
 
-    def person_faces(self, id_or_name: str) -> list[dict[str, Any]]:
-        """A person's templates: ``{"template_id", "crop", "source", "quality"}`` each, where
-        ``crop`` is the JPEG crop's path (under ``data_dir``; None when none was stored)."""
-        person = self.person(id_or_name)
-        pipe = self.redis.pipeline(transaction=False)
-        for tid in person.template_ids:
-            pipe.hmget(self.keys.template(tid), ["crop", "source", "quality"])
-        out = []
-        for tid, (crop, source, quality) in zip(person.template_ids, pipe.execute()):
-            path = Path(self.settings.data_dir) / crop.decode() if crop else None
-            out.append({"template_id": tid, "crop": path if path and path.is_file() else None,
-                        "source": source.decode() if source else None,
-                        "quality": float(quality) if quality else None})
-        return out
-
     # ---- cameras -------------------------------------------------------------------------
     def cameras(self) -> list[dict[str, Any]]:
         """Every camera a producer registered, with its stats hash (status, pushed,
@@ -731,9 +716,15 @@ class Client:
 
 
     def person_faces(self, id_or_name: str) -> list[dict[str, Any]]:
-        """One person's templates (id, source photo, quality, crop...), oldest first;
-        raises :class:`UnknownPersonError`."""
-        return self.gallery.store.templates(id_or_name)
+        """One person's templates, oldest first: ``id`` (also as ``template_id``), ``source``,
+        ``quality``, ``version``, ``created`` (unix s) and ``crop``, the JPEG crop's path on
+        this machine (None when none is stored here). Raises :class:`UnknownPersonError`."""
+        out = []
+        for template in self.gallery.store.templates(id_or_name):
+            path = Path(self.settings.data_dir) / template["crop"] if template["crop"] else None
+            out.append({**template, "template_id": template["id"],
+                        "crop": path if path is not None and path.is_file() else None})
+        return out
 
     def remove_face(self, template_id: str) -> str:
         """Delete one template (its vector, crop and hash entry) and return its person's id;

@@ -11,7 +11,8 @@ functions over L2-normalised vectors of the projection in service:
   David Beckham reach 0.90-0.91 against Arnold Schwarzenegger's, his own 0.94-0.97);
 * photos of one call for a new person must agree: they are linked when a pair
   scores at least ``pair_threshold`` (0.1% of different-person pairs), and only a
-  strict majority linked together (the largest connected group) is kept; without
+  strict majority linked together (the largest connected group) is kept, and a photo
+  outside it within :data:`GREY_BAND` of the threshold is kept with a warning; without
   one, three or more photos (a folder of many people) are all refused. Two photos
   that disagree are both kept with a warning (:data:`TWO_DISAGREE`): which one is
   wrong cannot be told, and 2.7% of same-person pairs fall under the threshold, so
@@ -24,9 +25,12 @@ import numpy as np
 
 NOT_THIS_PERSON = "not_this_person"
 PHOTOS_DISAGREE = "photos_disagree"
-# not a refusal: the warning put on both photos of a two-photo call that disagree
-TWO_DISAGREE = "check: the two photos of this request do not clearly show the same person"
+# not a refusal: the warning on a kept photo of a new person that matches none of the others clearly
+TWO_DISAGREE = "check: this photo does not clearly match the other photos of this request"
 MARGIN = 0.0
+# below the per-pair threshold by at most this, a photo of a new person's call that is outside
+# the majority is kept with a warning rather than refused (see check_photos)
+GREY_BAND = 0.05
 
 
 def check_photos(new: np.ndarray, existing: np.ndarray, pair_threshold: float, margin: float = MARGIN) -> list[tuple[str | None, float]]:
@@ -53,7 +57,18 @@ def check_photos(new: np.ndarray, existing: np.ndarray, pair_threshold: float, m
         return [(None, float(s)) for s in best]  # kept, with a warning (module docstring)
     if 2 * len(group) <= len(new):
         return [(PHOTOS_DISAGREE, float(s)) for s in best]
-    return [(None if i in group else PHOTOS_DISAGREE, float(s)) for i, s in enumerate(best)]
+    members = sorted(group)
+    verdicts: list[tuple[str | None, float]] = []
+    for i, s in enumerate(best):
+        if i in group:
+            verdicts.append((None, float(s)))
+            continue
+        # outside the majority: refused only when clearly someone else; a photo in the grey
+        # band under the threshold is kept (with a warning), as same-person pairs often land
+        # there (Arnold Schwarzenegger's first LFW photo scores 0.89-0.92 against his others)
+        to_group = float(sims[i, members].max())
+        verdicts.append((None, float(s)) if to_group >= pair_threshold - GREY_BAND else (PHOTOS_DISAGREE, float(s)))
+    return verdicts
 
 
 def _largest_group(linked: np.ndarray) -> set[int]:

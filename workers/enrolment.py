@@ -324,8 +324,8 @@ def _consistent(runtime: Runtime, request: EnrolRequest, report: EnrolReport, ca
     for n, (c, (reason, score)) in enumerate(zip(candidates, verdicts)):
         if reason is None:
             keep.append(n)
-            if not len(existing) and len(candidates) == 2 and -1.0 < score < pair:
-                report.images[c.index].detail = f"{TWO_DISAGREE} (similarity {score:.3f})"
+            if not len(existing) and len(candidates) >= 2 and -1.0 < score < pair:
+                report.images[c.index].detail = f"{TWO_DISAGREE} (best similarity {score:.3f})"
             continue
         image = report.images[c.index]
         image.accepted = False
