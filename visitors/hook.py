@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faec_rec.files import display_name
+from faec_rec.files import display_name, name_bytes
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -138,10 +138,10 @@ def join_image(runtime: Runtime, payload: Any, results: list[Any], records: list
         record["visitor"] = None
         if result.decision != "unknown" or result.features is None:
             continue
-        # surrogateescape: a file name that is not valid UTF-8 (see pipeline._seen_field)
-        digest = hashlib.sha1(f"{payload.job}\0{payload.name}\0{i}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        digest = hashlib.sha1(name_bytes(f"{payload.job}\0{payload.name}\0{i}")).hexdigest()[:24]
         try:
-            face = new_face(runtime, f"img-{digest}", result, source=payload.name, at=now, job=payload.job)
+            face = new_face(runtime, f"img-{digest}", result, source=display_name(payload.name), at=now,
+                            job=payload.job)
             record["visitor"] = _join(runtime, face)
             record["face_id"] = face.face_id
         except Exception:  # noqa: BLE001

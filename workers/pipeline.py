@@ -36,6 +36,7 @@ import numpy as np
 
 from faec_rec import metrics
 from faec_rec.errors import ImageError, PayloadError, VersionMismatchError
+from faec_rec.files import name_bytes
 from faec_rec.workers.snapshots import store_snapshots
 from faec_rec.visitors import hook as _visitors
 
@@ -474,9 +475,9 @@ def read_file_bounded(path: str, name: str, cap: int, roots: tuple[Path, ...] | 
 
 
 def _seen_field(name: str) -> str:
-    # surrogateescape: a file name that is not valid UTF-8 arrives with lone
-    # surrogates ('\udce9' for byte 0xe9); hash its exact bytes
-    return "seen:" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    # a file name that is not valid UTF-8 arrives with lone surrogates ('\udce9' for
+    # byte 0xe9): hash its exact bytes
+    return "seen:" + hashlib.sha1(name_bytes(name)).hexdigest()[:20]
 
 
 def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:

@@ -40,6 +40,8 @@ def test_non_utf8_file_names_get_results_and_a_report(faces_dir: Path, tmp_path:
     odd_entry = by_name["caf\\xe9_photo.jpg"]
     assert odd_entry["error"] is None and odd_entry["faces"], odd_entry
     assert base64.b64decode(odd_entry["path_bytes"]) == odd  # lossless
+    # the stranger in it is kept as an unknown face like any other (its source stored as caf\xe9...)
+    assert all(f.get("visitor") for f in odd_entry["faces"] if f["decision"] == "unknown"), odd_entry
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     # the odd file was read back for its thumbnail (the strangers' crops under "Strangers by visitor" aside)
     assert html.count("data:image/jpeg;base64,") - html.count('<img class="vc"') == 2
