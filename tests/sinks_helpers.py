@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from faec_rec.config import MqttConfig, SinksConfig, WebhookConfig
 from faec_rec.workers.events import Event, publish
+from tests import waiting
 
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 
@@ -24,14 +25,8 @@ def broker_up(port: int = MQTT_PORT) -> bool:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    """:func:`tests.waiting.wait_for`, polling faster: sink deliveries take milliseconds."""
+    return waiting.wait_for(predicate, timeout, what, every)
 
 
 def fast_sinks(**overrides: Any) -> SinksConfig:
@@ -256,8 +251,6 @@ def tls_receiver(directory: Any) -> tuple[Receiver, str]:
     """A :class:`Receiver` serving HTTPS with a fresh self-signed certificate for ``localhost``;
     returns it and the certificate's path (the CA bundle a client must trust)."""
     import ssl
-    import subprocess
-    from pathlib import Path
 
     cert, key = self_signed(directory)
     receiver = Receiver()

@@ -14,27 +14,16 @@ import signal
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from faec_rec.keys import Keys
 from tests.integration.worker_proc import WorkerProcess, _children
+from tests.waiting import wait_for  # noqa: F401 (the fault suite's modules import it from here)
 
 # Counters of ``keys.camera_stats(camera)`` that settle a pushed frame.
 SETTLED = ("processed", "dropped", "errors")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def cleanup(redis_url: str, prefix: str) -> None:

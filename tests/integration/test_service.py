@@ -17,6 +17,7 @@ import pytest
 from faec_rec.config import ProducerConfig, load_settings
 from faec_rec.keys import Keys
 from tests.integration.worker_proc import WorkerProcess
+from tests import waiting
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,13 +39,7 @@ def _cleanup(redis_url: str, prefix: str) -> None:
 
 
 def wait_for(predicate: Any, timeout: float = WAIT_S, what: str = "condition", every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return waiting.wait_for(predicate, timeout, what, every)
 
 
 @pytest.fixture(scope="module")

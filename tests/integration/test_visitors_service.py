@@ -22,6 +22,7 @@ import pytest
 from faec_rec.config import load_settings
 from faec_rec.keys import Keys
 from tests.integration.worker_proc import WorkerProcess
+from tests import waiting
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,14 +32,8 @@ KNOWN = "Arnold_Schwarzenegger"
 WAIT_S = 240.0
 
 
-def wait_for(predicate: Any, timeout: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+def wait_for(predicate: Any, timeout: float = WAIT_S, what: str = "condition", every: float = 0.2) -> Any:
+    return waiting.wait_for(predicate, timeout, what, every)
 
 
 @pytest.fixture(scope="module")

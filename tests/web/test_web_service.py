@@ -7,7 +7,6 @@ One worker and one server for the module (TensorFlow loads once).
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from faec_rec.keys import Keys
 from tests.integration.worker_proc import WorkerProcess
 from tests.web.conftest import ARTIFACTS, bearer, make_settings
 from tests.web.server import ServerThread
+from tests import waiting
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,14 +50,8 @@ def _camera_frames(client: Any, camera: str, data: bytes, n: int) -> None:
     wait_for(lambda: int(r.hget(keys.camera_stats(camera), "processed") or 0) >= start + n, what=f"{camera} frames")
 
 
-def wait_for(predicate: Any, timeout: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+def wait_for(predicate: Any, timeout: float = WAIT_S, what: str = "condition", every: float = 0.2) -> Any:
+    return waiting.wait_for(predicate, timeout, what, every)
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +240,6 @@ def _shot(page: Any, name: str) -> None:
 def test_a_person_uses_the_pages(service: dict[str, Any], browser: Any, faces_dir: Path) -> None:
     """Log in, enrol by uploading photos, identify a photo, watch an arrival appear live
     while a camera plays a video, look at sightings and models, forget the person."""
-    from faec_rec.config import ProducerConfig
-    from faec_rec.producers.camera import CameraSpec, run_cameras
 
     url = service["server"].url
     errors: list[str] = []
