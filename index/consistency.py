@@ -14,10 +14,11 @@ functions over L2-normalised vectors of the projection in service:
   strict majority linked together (the largest connected group) is kept, and a photo
   outside it within :data:`GREY_BAND` of the threshold is kept with a warning; without
   one, three or more photos (a folder of many people) are all refused. Two photos
-  that disagree are both kept with a warning (:data:`TWO_DISAGREE`): which one is
-  wrong cannot be told, and 2.7% of same-person pairs fall under the threshold, so
-  refusing both would turn away real people (Arnold Schwarzenegger's first two LFW
-  photos among them).
+  within :data:`GREY_BAND` under the threshold are both kept with a warning
+  (:data:`TWO_DISAGREE`): which one is wrong cannot be told, and 2.7% of same-person
+  pairs fall under the threshold, so refusing both would turn away real people
+  (Arnold Schwarzenegger's first two LFW photos score 0.892); two further apart are
+  both refused.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def check_photos(new: np.ndarray, existing: np.ndarray, pair_threshold: float, m
     np.fill_diagonal(sims, -1.0)
     best = sims.max(axis=1)
     group = _largest_group(sims >= pair_threshold)
-    if len(new) == 2 and len(group) == 1:
-        return [(None, float(s)) for s in best]  # kept, with a warning (module docstring)
+    if len(new) == 2 and len(group) == 1 and best[0] >= pair_threshold - GREY_BAND:
+        return [(None, float(s)) for s in best]  # no majority of two: kept, with a warning (module docstring)
     if 2 * len(group) <= len(new):
         return [(PHOTOS_DISAGREE, float(s)) for s in best]
     members = sorted(group)

@@ -37,8 +37,14 @@ def test_a_call_without_a_majority_is_refused_whole() -> None:
     many = _people(rng, 13, 4)  # 'enrol "Many"' with photos of 13 people
     assert {r for r, _ in check_photos(many, np.zeros((0, 128)), pair_threshold=0.92)} == {PHOTOS_DISAGREE}
     two = _people(rng, 2, 1)
-    # two that disagree: which is wrong cannot be told; both kept (the worker adds a warning)
-    assert [r for r, _ in check_photos(two, np.zeros((0, 128)), pair_threshold=0.92)] == [None, None]
+    # two clearly different people: both refused; two just under the threshold (the grey
+    # band, where same-person pairs land): which is wrong cannot be told, both kept (the
+    # worker adds a warning)
+    assert [r for r, _ in check_photos(two, np.zeros((0, 128)), pair_threshold=0.92)] == [PHOTOS_DISAGREE] * 2
+    close = _people(rng, 1, 2)
+    similarity = float(close[0] @ close[1])
+    assert [r for r, _ in check_photos(close, np.zeros((0, 128)), pair_threshold=similarity + 0.02)] == [None, None]
+    assert [r for r, _ in check_photos(close, np.zeros((0, 128)), pair_threshold=similarity + 0.08)] == [PHOTOS_DISAGREE] * 2
     assert [r for r, _ in check_photos(two[:1], np.zeros((0, 128)), pair_threshold=0.92)] == [None]
 
 
