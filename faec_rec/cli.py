@@ -892,15 +892,13 @@ def _report_interrupted(client: Any, person: str, request_id: str, done: int, to
     """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
     already hold that request; wait a little for its report (a second Ctrl-C stops
     waiting) so a person enrolled meanwhile is never enrolled unreported."""
-    from faec_rec.workers.enrolment import stored_report
-
     click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
                "photo in hand (Ctrl-C again to stop now)", err=True)
     report = None
     deadline = time.monotonic() + INTERRUPT_GRACE_S
     try:
         while report is None and time.monotonic() < deadline:
-            report = stored_report(client.redis, client.keys, request_id)
+            report = client.finished_enrolment(request_id)  # (the parts sent so far, for many photos)
             if report is None:
                 time.sleep(0.2)
     except KeyboardInterrupt:
