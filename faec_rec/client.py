@@ -214,10 +214,6 @@ class Client:
         names: list[str] = []
         sent = 0
         for part, part_id in zip(parts, part_ids):
-            if len(parts) > 1:  # what enrol_report merges: the parts sent so far
-                key = self.keys.enrolment(request_id)
-                self.redis.hset(key, mapping={"parts": len(queued) + 1, "started_at": repr(time.time())})
-                self.redis.expire(key, self.settings.workers.result_ttl_s)
             if stored_report(self.redis, self.keys, part_id) is None:  # a retried call skips parts done
                 refs = []
                 for i in part:
@@ -234,6 +230,10 @@ class Client:
             else:
                 sent += len(part)
             queued.append(part_id)
+            if len(parts) > 1:  # what enrol_report merges: the parts sent so far (all, unless interrupted)
+                key = self.keys.enrolment(request_id)
+                self.redis.hset(key, mapping={"parts": len(queued), "started_at": repr(time.time())})
+                self.redis.expire(key, self.settings.workers.result_ttl_s)
         self._audit("enrol", request_id=request_id, name=name, person_id=person_id, images=names)
         if not wait:
             return request_id
