@@ -158,7 +158,13 @@ class Keys:
         return self._k("camera", safe_id(camera_id, "camera id"), "stats")
 
     def cameras(self) -> str:
+        """Set of every camera id a producer registered (stats exist)."""
         return self._k("cameras")
+
+    def camera_sources(self) -> str:
+        """Hash: camera id -> JSON source record (producers.registry): the cameras a
+        registry-mode runner (``faec-rec camera --registry``) keeps running."""
+        return self._k("camera-sources")
 
     def events(self, camera_id: str | None = None) -> str:
         """Stream of recognition events: one per camera, and the combined one (None)."""

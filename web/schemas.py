@@ -154,12 +154,39 @@ class CameraOut(BaseModel):
     errors: int = 0
     fps: float | None = Field(None, description="frames/s the producer samples from the source")
     processed_fps: float | None = Field(None, description="frames/s processed, measured by the server between two looks")
-    source: str | None = None
+    source: str | None = Field(None, description="the source, with any user:password@ masked as ***@")
     last_error: str | None = None
+    registered: bool = Field(False, description="in the source registry (a registry runner keeps it running)")
+    loop: bool | None = None
 
 
 class CamerasOut(BaseModel):
     cameras: list[CameraOut]
+
+
+class CameraIn(BaseModel):
+    """A camera to register: a runner in registry mode (`faec-rec camera --registry`) starts it."""
+
+    model_config = {"extra": "forbid"}
+
+    camera: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$",
+                        description="camera id: letters, digits and _ . : @ -")
+    source: str = Field(..., min_length=1, max_length=2048,
+                        description="USB index, rtsp:// or http(s):// URL (credentials allowed; never shown back), "
+                                    "or a video file path on the runner's machine")
+    fps: float | None = Field(None, gt=0, le=120, description="frames/s to sample (default: producers.fps)")
+    loop: bool = Field(False, description="replay a video file from the start when it ends")
+
+
+class CameraSource(BaseModel):
+    """A registry entry as shown: the source masked."""
+
+    camera: str
+    source: str
+    fps: float | None = None
+    loop: bool = False
+    added_at: float = 0.0
+    added_by: str | None = None
 
 
 class AuditEntry(BaseModel):
