@@ -82,36 +82,87 @@
     source.addEventListener("arrived", (m) => addArrival(JSON.parse(m.data)));
 
     const tiles = $("#cameras");
+    const isAdmin = tiles.dataset.admin === "1";
+    function newTile(cam) {
+      const tile = el("article", "tile card");
+      tile.dataset.camera = cam.camera;
+      const h = el("header");
+      h.append(el("strong", "", cam.camera), " ");
+      const b = el("span", "badge"); b.dataset.field = "status"; h.append(b);
+      const src = el("p", "small muted source"); src.dataset.field = "source";
+      const dl = el("dl");
+      for (const [f, label] of [["processed_fps", "frames/s"], ["processed", "processed"], ["dropped", "dropped"], ["faces", "faces"]]) {
+        const d = el("div"); d.append(el("dt", "", label)); const dd = el("dd"); dd.dataset.field = f; d.append(dd); dl.append(d);
+      }
+      const last = el("p", "small muted last-faces", tileLast[cam.camera] ? "last: " + tileLast[cam.camera].join(", ") : "no faces yet");
+      last.dataset.field = "last";
+      tile.append(h, src, dl, last);
+      return tile;
+    }
     async function refreshCameras() {
       try {
         const data = await api("GET", "/api/v1/cameras");
+        const listed = new Set(data.cameras.map((c) => c.camera));
+        tiles.querySelectorAll(".tile[data-camera]").forEach((t) => { if (!listed.has(t.dataset.camera)) t.remove(); });
         for (const cam of data.cameras) {
           let tile = tiles.querySelector('.tile[data-camera="' + CSS.escape(cam.camera) + '"]');
           if (!tile) {
             const none = $("#no-cameras");
             if (none) none.remove();
-            tile = el("article", "tile card");
-            tile.dataset.camera = cam.camera;
-            const h = el("header");
-            h.append(el("strong", "", cam.camera), " ");
-            const b = el("span", "badge"); b.dataset.field = "status"; h.append(b);
-            const dl = el("dl");
-            for (const [f, label] of [["processed_fps", "frames/s"], ["processed", "processed"], ["dropped", "dropped"], ["faces", "faces"]]) {
-              const d = el("div"); d.append(el("dt", "", label)); const dd = el("dd"); dd.dataset.field = f; d.append(dd); dl.append(d);
-            }
-            const last = el("p", "small muted last-faces", tileLast[cam.camera] ? "last: " + tileLast[cam.camera].join(", ") : "no faces yet");
-            last.dataset.field = "last";
-            tile.append(h, dl, last);
+            tile = newTile(cam);
             tiles.append(tile);
           }
           for (const f of ["processed", "dropped", "faces"]) tile.querySelector('[data-field="' + f + '"]').textContent = cam[f];
           tile.querySelector('[data-field="processed_fps"]').textContent = cam.processed_fps == null ? "–" : cam.processed_fps;
+          const src = tile.querySelector('[data-field="source"]');
+          src.textContent = cam.source || ""; src.title = cam.source || "";
           const badge = tile.querySelector('[data-field="status"]');
           badge.textContent = cam.status || "unknown";
           badge.className = "badge status-" + (cam.status || "unknown");
+          if (isAdmin && cam.registered && !tile.querySelector(".remove-camera")) {
+            tile.append(el("button", "danger small-btn remove-camera", "Remove"));
+            tile.lastElementChild.type = "button";
+          }
+        }
+        if (!data.cameras.length && !$("#no-cameras")) {
+          tiles.append(el("p", "empty", "No camera yet." + (isAdmin ? " Add one below." : "")));
+          tiles.lastElementChild.id = "no-cameras";
         }
       } catch (e) { /* next round */ }
     }
+    // Remove asks once more on the button itself: a slip of the finger must not stop a camera.
+    tiles.addEventListener("click", async (e) => {
+      const btn = e.target.closest(".remove-camera");
+      if (!btn) return;
+      const id = btn.closest(".tile").dataset.camera;
+      if (!btn.classList.contains("armed")) {
+        btn.classList.add("armed"); btn.textContent = "Remove " + id + "?";
+        setTimeout(() => { btn.classList.remove("armed"); btn.textContent = "Remove"; }, 4000);
+        return;
+      }
+      btn.disabled = true;
+      try {
+        await api("DELETE", "/api/v1/cameras/" + encodeURIComponent(id));
+        btn.closest(".tile").remove();
+        toast("Camera " + id + " removed");
+        refreshCameras();
+      } catch (err) { btn.disabled = false; toast(err.message, true); }
+    });
+    const addForm = $("#add-camera-form");
+    if (addForm) addForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const body = { camera: $("#camera-id").value.trim(), source: $("#camera-source").value.trim(), loop: $("#camera-loop").checked };
+      if ($("#camera-fps").value) body.fps = Number($("#camera-fps").value);
+      const btn = addForm.querySelector("button[type=submit]");
+      btn.disabled = true;
+      try {
+        const rec = await api("POST", "/api/v1/cameras", body);
+        addForm.reset();
+        toast("Camera " + rec.camera + " added: " + rec.source);
+        await refreshCameras();
+      } catch (err) { toast(err.message, true); }
+      btn.disabled = false;
+    });
     refreshCameras();
     setInterval(refreshCameras, 3000);
   }
