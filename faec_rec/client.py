@@ -637,9 +637,20 @@ class Client:
         Its outcome appears in :meth:`models` (a new version, promoted or rejected)."""
         from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
 
+        from faec_rec.training.progress import mark_queued
+
         result = self.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
+        mark_queued(self.redis, self.keys, str(result.id))
         self._audit("train", task_id=result.id)
         return str(result.id)
+
+    def training_progress(self) -> dict[str, Any]:
+        """The newest training run: ``state`` (idle, queued, running, done, skipped, failed),
+        ``stage``, ``percent`` (0-100), ``epoch``/``epochs``/``loss`` while training,
+        ``result`` (status, reason, version) when done, ``error`` when failed, times (unix s)."""
+        from faec_rec.training.progress import read_progress
+
+        return read_progress(self.redis, self.keys)
 
     # ---- visitors (faec_rec.visitors) -----------------------------------------------------
     @property

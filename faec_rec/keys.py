@@ -95,6 +95,10 @@ class Keys:
     def train_lock(self) -> str:
         return self._k("train", "lock")
 
+    def train_progress(self) -> str:
+        """Hash: the newest training run's state, stage, epoch, loss, percent (training.progress)."""
+        return self._k("train", "progress")
+
     def feedback(self) -> str:
         """Stream of confirmations/corrections of events by people."""
         return self._k("feedback")

@@ -138,6 +138,26 @@ class PromoteIn(BaseModel):
     reason: str = Field("manual", max_length=200)
 
 
+class TrainingProgress(BaseModel):
+    """The newest head-training run, as the training worker reports it."""
+
+    state: str = Field(..., description="idle, queued, running, done, skipped or failed")
+    stage: str | None = Field(None, description="gallery, reference features, train, evaluate, done")
+    percent: float | None = Field(None, description="of the whole run, 0-100")
+    done: int | None = None
+    total: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = Field(None, description="training loss after the last epoch")
+    task_id: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = Field(None, description="status (promoted, rejected, skipped), reason, version")
+    error: str | None = None
+
+
 class TaskQueued(BaseModel):
     task_id: str
 

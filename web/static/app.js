@@ -314,18 +314,67 @@
     try { await api("POST", "/api/v1/models/rollback", { reason: "rolled back on the Models page" }); location.reload(); }
     catch (err) { toast(err.message, true); }
   });
+  // Training progress: the worker writes it to Redis, GET /api/v1/models/training reads it;
+  // polled once a second while a run is queued or running.
+  const progressBox = $("#train-progress");
   const train = $("#train");
+  const ACTIVE = ["queued", "running"];
+  const STAGE_NAMES = { gallery: "reading the gallery", "reference features": "reference features",
+    train: "training the head", evaluate: "judging it against the model in service" };
+  function showProgress(p) {
+    progressBox.hidden = p.state === "idle";
+    progressBox.dataset.state = p.state;
+    const title = $("#train-title"), detail = $("#train-detail"), bar = $("#train-bar"), result = $("#train-result");
+    bar.value = p.percent || 0;
+    const parts = [];
+    if (p.state === "queued") {
+      title.textContent = "Training queued";
+      parts.push("waiting for a worker on queue 'train'");
+    } else if (p.state === "running") {
+      title.textContent = "Training";
+      parts.push(STAGE_NAMES[p.stage] || p.stage || "starting");
+      if (p.stage === "train" && p.epochs) parts.push("epoch " + p.epoch + " of " + p.epochs);
+      else if (p.total > 1) parts.push(p.done + " of " + p.total);
+      if (p.loss != null) parts.push("loss " + Number(p.loss).toFixed(4));
+      parts.push(Math.round(p.percent || 0) + "%");
+    } else {
+      title.textContent = { done: "Last training", skipped: "Last training skipped", failed: "Last training failed" }[p.state] || p.state;
+      if (p.finished_at) parts.push(when(p.finished_at));
+      if (p.epochs) parts.push(p.epochs + " epochs");
+      if (p.loss != null) parts.push("final loss " + Number(p.loss).toFixed(4));
+    }
+    detail.textContent = parts.join(" · ");
+    const r = p.result || {};
+    result.textContent = p.state === "failed" ? (p.error || "") :
+      p.state === "done" ? (r.version + " " + r.status + (r.reason ? ": " + r.reason : "")) :
+      p.state === "skipped" ? (r.reason || "") : "";
+    result.className = "small " + (p.state === "failed" ? "bad" : r.status === "promoted" ? "ok" : "muted");
+  }
+  let polling = null;
+  function follow() {
+    if (polling) return;
+    polling = setInterval(async () => {
+      let p;
+      try { p = await api("GET", "/api/v1/models/training"); } catch (e) { return; }
+      showProgress(p);
+      if (!ACTIVE.includes(p.state)) {
+        clearInterval(polling); polling = null;
+        if (p.result && p.result.version) setTimeout(() => location.reload(), 1500);  // the new version's row
+        if (train) train.disabled = false;
+      }
+    }, 1000);
+  }
+  if (progressBox) {
+    const p = JSON.parse(progressBox.dataset.progress);
+    showProgress(p);
+    if (ACTIVE.includes(p.state)) { if (train) train.disabled = true; follow(); }
+  }
   if (train) train.addEventListener("click", async () => {
     train.disabled = true;
-    const st = $("#train-state");
     try {
-      const before = (await api("GET", "/api/v1/models")).models.length;
-      const t = await api("POST", "/api/v1/models/train");
-      st.textContent = "training (task " + t.task_id.slice(0, 8) + ")… the new version appears here when done";
-      const poll = setInterval(async () => {
-        const now = await api("GET", "/api/v1/models");
-        if (now.models.length > before) { clearInterval(poll); location.reload(); }
-      }, 3000);
+      await api("POST", "/api/v1/models/train");
+      showProgress({ state: "queued", percent: 0 });
+      follow();
     } catch (err) { train.disabled = false; toast(err.message, true); }
   });
 })();
