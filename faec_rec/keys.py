@@ -282,6 +282,15 @@ class Keys:
         """Hash: sha256 hex of an API key's secret -> key id (lookup on each request)."""
         return self._k("web", "api-key-hashes")
 
+    def web_rate(self, who: str) -> str:
+        """Hash with TTL: one key's (or session's) request token bucket (tokens, at), shared by every server process."""
+        return self._k("web", "rate", safe_id(who, "rate limit id"))
+
+    def login_failures(self, kind: str, subject_hash: str) -> str:
+        """Hash with TTL: failed logins of one account name or client address (``kind``):
+        count, locked_until (unix s). The subject is hashed: any text may be typed as a name."""
+        return self._k("web", "login-failures", safe_id(kind, "kind"), safe_id(subject_hash, "subject"))
+
     def web_session(self, session_hash: str) -> str:
         """String with TTL: JSON of a page login (key id, CSRF token), under the sha256 of the cookie."""
         return self._k("web", "session", safe_id(session_hash, "session"))
