@@ -316,7 +316,7 @@ def _use_the_pages(service: dict[str, Any], browser: Any, context: Any, page: An
         page.wait_for_timeout(3500)  # let the tile refresh twice (frames/s needs two looks)
         _shot(page, "live")
         first = page.locator("#arrivals li.arrival").first
-        assert first.locator("strong").inner_text().startswith(("Stranger", "David <b>Beckham"))
+        assert first.locator("strong").inner_text().startswith(("Stranger", "Visitor ", "David <b>Beckham"))
         assert "hall" in first.inner_text()
         assert page.locator(".tile[data-camera=hall] [data-field=last]").inner_text().startswith("last: ")
     finally:
@@ -570,3 +570,43 @@ def test_an_admin_adds_and_removes_cameras_on_the_live_page(service: dict[str, A
     assert not errors, errors
     viewer_page = service["http"].get("/live", headers={**bearer(service["keys"]["viewer"]), "Accept": "text/html"}).text
     assert "add-camera-form" not in viewer_page and "remove-camera" not in viewer_page  # admins only
+
+
+def test_a_recurring_stranger_arrives_on_the_live_page_as_its_visitor(service: dict[str, Any], browser: Any,
+                                                                      faces_dir: Path) -> None:
+    """A stranger walks past a camera: the Live page names the visitor the face was grouped
+    into (not just "Stranger") and links to the Review page showing that visitor."""
+    http, keys, client = service["http"], service["keys"], service["client"]
+    photo = _photos(faces_dir, "Tony_Blair", 1)[0]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page = _login(context, service["server"].url, "viewer")
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.wait_for_selector("#live-state.on")
+        _camera_frames(client, "porch", photo.read_bytes(), 2)
+        arrived = http.get("/api/v1/events", params={"camera": "porch", "type": "arrived"},
+                           headers=bearer(keys["viewer"])).json()["events"]
+        blair = arrived[0]["visitor"]
+        assert blair and arrived[0]["decision"] == "unknown", arrived
+        link = page.locator(f"#arrivals li.arrival a.visitor-link[href='/review?visitor={blair}']").first
+        link.wait_for(timeout=WAIT_S * 1000)
+        assert link.inner_text() == f"Visitor {blair}"
+        arrival = link.locator("xpath=ancestor::li[1]")
+        assert "porch" in arrival.inner_text() and "Stranger" not in arrival.inner_text()
+        _shot(page, "live-visitor")
+        page.reload()  # the server-rendered list links the same way
+        page.locator(f"#arrivals a.visitor-link[href='/review?visitor={blair}']").first.wait_for()
+        page.locator(f"#arrivals a.visitor-link[href='/review?visitor={blair}']").first.click()
+        page.wait_for_url(f"**/review?visitor={blair}")
+        assert page.locator("article.visitor").count() == 1
+        card = page.locator(f"article.visitor[data-visitor='{blair}']")
+        assert card.locator(".faces img").count() >= 1  # the camera's face
+        assert f"Showing visitor {blair} alone" in page.inner_text(".focus")
+        _shot(page, "review-one-visitor")
+    except Exception:
+        _shot(page, "FAILED-live-visitor")
+        raise
+    finally:
+        context.close()
+    assert not errors, errors

@@ -65,13 +65,21 @@
       img.src = "/api/v1/events/" + encodeURIComponent(ev.id) + "/crop";
       img.addEventListener("error", () => img.replaceWith(el("div", "crop placeholder", "?")));
       const div = el("div");
-      div.append(el("strong", "", ev.person || (ev.visitor ? "Stranger · " + ev.visitor : "Stranger")));
-      const score = ev.score == null ? "" : " · " + Number(ev.score).toFixed(3);
+      const who = el("strong", "", ev.person || (ev.visitor ? "" : "Stranger"));
+      if (!ev.person && ev.visitor) {  // a recurring stranger: its visitor, reviewed on the Review page
+        const a = el("a", "visitor-link", "Visitor " + ev.visitor);
+        a.href = "/review?visitor=" + encodeURIComponent(ev.visitor);
+        a.title = ev.visitor_person ? "named since: " + ev.visitor_person : "review this visitor";
+        who.append(a);
+      }
+      div.append(who);
+      // -1 is "nobody to compare with" (an empty gallery), not a score worth showing
+      const score = ev.score == null || ev.score <= -1 ? "" : " · " + Number(ev.score).toFixed(3);
       div.append(el("span", "small muted", ev.camera + " · " + when(ev.captured_at || ev.processed_at) + score));
       li.append(img, div);
       arrivals.prepend(li);
       while (arrivals.children.length > 60) arrivals.lastElementChild.remove();
-      (tileLast[ev.camera] = tileLast[ev.camera] || []).unshift(ev.person || "stranger");
+      (tileLast[ev.camera] = tileLast[ev.camera] || []).unshift(ev.person || ev.visitor || "stranger");
       tileLast[ev.camera] = tileLast[ev.camera].slice(0, 4);
       const tile = document.querySelector('.tile[data-camera="' + CSS.escape(ev.camera) + '"] [data-field="last"]');
       if (tile) tile.textContent = "last: " + tileLast[ev.camera].join(", ");
