@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,8 +46,8 @@ def check_source(camera: str, source: str, fps: float | None) -> None:
     if not isinstance(source, str) or not source.strip() or len(source) > 2048:
         raise SourceError("camera source: give a USB index, an rtsp:// or http:// URL, or a video file path "
                           "(at most 2048 characters)")
-    if any(ord(c) < 32 for c in source):
-        raise SourceError("camera source: control characters are not allowed")
+    if any(unicodedata.category(c).startswith("C") for c in source):
+        raise SourceError("camera source: control, format or unassigned characters are not allowed")
     parse_source(source.strip())
     if fps is not None and not (0 < fps <= 120):
         raise SourceError(f"camera {camera}: fps must be in (0, 120], got {fps}")

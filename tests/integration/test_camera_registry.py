@@ -51,6 +51,9 @@ def test_add_list_remove_with_masked_credentials(client: Any, redis_client: Any,
         client.cameras_add("../x", "0")
     with pytest.raises(SourceError):
         client.cameras_add("cam", "0", fps=0)
+    for bad in ("", "  ", "door\n.mp4", "a\u200bb.mp4", "x" * 2049):
+        with pytest.raises(SourceError):
+            client.cameras_add("cam", bad)
     rows = client.cameras()
     assert [(r["camera"], r["registered"], r["status"]) for r in rows] == [("door", True, "waiting")]
     assert "hunter2" not in json.dumps(rows) and "admin" not in json.dumps(rows)
