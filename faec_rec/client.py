@@ -602,12 +602,50 @@ class Client:
 
     # ---- cameras -------------------------------------------------------------------------
     def cameras(self) -> list[dict[str, Any]]:
-        """Every camera a producer registered, with its stats hash (status, pushed,
-        dropped, processed, faces, errors...) as ``{"camera": id, **stats}``."""
+        """Every camera registered (``cameras_add``) or streaming, by id: ``{"camera": id,
+        "registered": bool, "source" (credentials masked), "fps", "loop", **stats}``, stats
+        being the producer's hash (status, pushed, dropped, processed, faces, errors...)."""
+        from faec_rec.producers import registry
         from faec_rec.producers.camera import camera_stats
+        from faec_rec.producers.sources import mask_source
 
-        ids = sorted(c.decode() for c in self.redis.smembers(self.keys.cameras()))
-        return [{"camera": cid, **camera_stats(self.redis, self.keys, cid)} for cid in ids]
+        sources = registry.records(self.redis, self.keys)
+        ids = sorted({c.decode() for c in self.redis.smembers(self.keys.cameras())} | set(sources))
+        out = []
+        for cid in ids:
+            stats = camera_stats(self.redis, self.keys, cid)
+            row: dict[str, Any] = {"camera": cid, **stats, "registered": cid in sources}
+            if cid in sources:
+                record = sources[cid].public()
+                row.update(source=record["source"], loop=record["loop"])
+                row.setdefault("fps", record["fps"] if record["fps"] is not None else self.settings.producers.fps)
+                row.setdefault("status", "waiting")  # registered; no registry runner has started it yet
+            if row.get("source"):
+                row["source"] = mask_source(row["source"])  # stats written by an older producer
+            out.append(row)
+        return out
+
+    def cameras_add(self, camera: str, source: str, *, fps: float | None = None, loop: bool = False) -> dict[str, Any]:
+        """Register a camera source; a runner in registry mode (``faec-rec camera --registry``)
+        starts streaming it within a second. ``source``: USB index, rtsp/http URL (credentials
+        are kept, and masked wherever shown) or a video file on the runner's machine. Returns the
+        record with the source masked. Raises :class:`DuplicateCameraError` (id taken),
+        :class:`SourceError`/``ValueError`` (bad id, source or fps)."""
+        from faec_rec.producers import registry
+
+        record = registry.add(self.redis, self.keys, camera, source, fps=fps, loop=loop, actor=self.actor)
+        self._audit("camera.add", camera=camera, source=record.public()["source"], fps=fps, loop=loop)
+        return record.public()
+
+    def cameras_remove(self, camera: str) -> dict[str, Any]:
+        """Unregister a camera: its registry runner stops it and it leaves :meth:`cameras`
+        (its counters are kept). Returns the removed record (source masked); raises
+        :class:`UnknownCameraError`."""
+        from faec_rec.producers import registry
+
+        record = registry.remove(self.redis, self.keys, camera)
+        self._audit("camera.remove", camera=camera)
+        return record.public()
 
     def frame_crop(self, camera: str, frame: int, box: Sequence[float], margin: float = 0.25) -> bytes | None:
         """A JPEG of ``box`` (grown by ``margin``) cut from a camera frame still in Redis
@@ -667,9 +705,20 @@ class Client:
         Its outcome appears in :meth:`models` (a new version, promoted or rejected)."""
         from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
 
+        from faec_rec.training.progress import mark_queued
+
         result = self.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
+        mark_queued(self.redis, self.keys, str(result.id))
         self._audit("train", task_id=result.id)
         return str(result.id)
+
+    def training_progress(self) -> dict[str, Any]:
+        """The newest training run: ``state`` (idle, queued, running, done, skipped, failed),
+        ``stage``, ``percent`` (0-100), ``epoch``/``epochs``/``loss`` while training,
+        ``result`` (status, reason, version) when done, ``error`` when failed, times (unix s)."""
+        from faec_rec.training.progress import read_progress
+
+        return read_progress(self.redis, self.keys)
 
     # ---- visitors (faec_rec.visitors) -----------------------------------------------------
     @property

@@ -40,7 +40,7 @@ import redis as redis_lib
 from faec_rec.config import EventsConfig, ProducerConfig
 from faec_rec.errors import DuplicateCameraError, SourceError
 from faec_rec.keys import Keys, safe_id
-from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg
+from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg, mask_source
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_RECOGNISE
 from faec_rec.workers.events import publish_many
 from faec_rec.workers.tracker import TrackStore
@@ -291,7 +291,7 @@ class CameraProducer:
         try:
             self.redis.sadd(self.keys.cameras(), self.spec.camera_id)
             self._next_frame = max(self._next_frame, self.pusher.last_frame_number() + 1)
-            self.pusher.set_fields(source=self.spec.source, fps=self.fps, started_at=repr(time.time()), last_error=None)
+            self.pusher.set_fields(source=mask_source(self.spec.source), fps=self.fps, started_at=repr(time.time()), last_error=None)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
 
