@@ -604,6 +604,18 @@ def test_a_recurring_stranger_arrives_on_the_live_page_as_its_visitor(service: d
         assert card.locator(".faces img").count() >= 1  # the camera's face
         assert f"Showing visitor {blair} alone" in page.inner_text(".focus")
         _shot(page, "review-one-visitor")
+        # Sightings names the visitor too, in the table and on the timeline
+        page.goto(f"{service['server'].url}/sightings?camera=porch")
+        row_link = page.locator(f"table a.visitor-link[href='/review?visitor={blair}']").first
+        row_link.wait_for()
+        assert row_link.inner_text() == f"Visitor {blair}"
+        assert f"Visitor {blair}" in page.inner_text("main")
+        # ... and searches by visitor: another visitor's id finds nothing
+        page.goto(f"{service['server'].url}/sightings?visitor=v-999999")
+        assert "No sightings match." in page.inner_text("table")
+        page.goto(f"{service['server'].url}/sightings?visitor={blair}")
+        page.locator(f"table a.visitor-link[href='/review?visitor={blair}']").first.wait_for()
+        _shot(page, "sightings-visitor")
     except Exception:
         _shot(page, "FAILED-live-visitor")
         raise

@@ -79,6 +79,7 @@ def sightings(
     client: ClientDep,
     person: Annotated[str, Query(max_length=128)] = "",
     camera: Annotated[str, Query(max_length=128)] = "",
+    visitor: Annotated[str, Query(max_length=128)] = "",
     since: Annotated[str, Query(max_length=40)] = "",
     until: Annotated[str, Query(max_length=40)] = "",
     before: Annotated[str, Query(max_length=48)] = "",
@@ -86,7 +87,7 @@ def sightings(
     from faec_rec.web.routers.events import _checked_camera, _checked_id
 
     events, cursor = client.search_events(
-        person=person or None, camera=_checked_camera(camera or None), types=["arrived"],
+        person=person or None, camera=_checked_camera(camera or None), visitor=visitor or None, types=["arrived"],
         since=_parse_time(since), until=_parse_time(until), before=_checked_id(before or None, "before"), limit=100)
     timeline: list[dict[str, Any]] = []
     if events:
@@ -95,14 +96,14 @@ def sightings(
         span = max(hi - lo, 1.0)
         rows: dict[str, list[dict[str, Any]]] = {}
         for event, t in zip(events, times):
-            label = event.get("person") or "stranger"
+            label = event.get("person") or (f"Visitor {event['visitor']}" if event.get("visitor") else "stranger")
             rows.setdefault(label, []).append({"left": round(100 * (t - lo) / span, 2), "at": t, "camera": event.get("camera")})
         timeline = [{"label": k, "dots": v} for k, v in sorted(rows.items())]
         timeline_range = (lo, hi)
     else:
         timeline_range = (time.time(), time.time())
     return render(request, "sightings.html", who, active="sightings", events=events, next=cursor,
-                  query={"person": person, "camera": camera, "since": since, "until": until},
+                  query={"person": person, "camera": camera, "visitor": visitor, "since": since, "until": until},
                   timeline=timeline, timeline_range=timeline_range,
                   people=[p.name for p in client.people()], cameras=[c["camera"] for c in client.cameras()])
 

@@ -269,8 +269,9 @@
         g.strokeStyle = f.person ? "#1a7f37" : "#b26a00";
         g.strokeRect(x1, y1, x2 - x1, y2 - y1);
         g.fillStyle = g.strokeStyle;
-        g.fillText(f.person || "stranger", x1, Math.max(16, y1 - 6));
-        ul.append(el("li", "", (f.person || "stranger") + (f.score == null ? "" : " (" + Number(f.score).toFixed(3) + ")")));
+        const who = f.person || (f.visitor ? "Visitor " + f.visitor : "stranger");
+        g.fillText(who, x1, Math.max(16, y1 - 6));
+        ul.append(el("li", "", who + (f.score == null ? "" : " (" + Number(f.score).toFixed(3) + ")")));
       }
       out.replaceChildren(canvas, result.faces.length ? ul : el("p", "muted", "No face found in this photo."));
     } catch (err) {
