@@ -81,6 +81,9 @@ class Gallery:
         self._lock = threading.RLock()
         self._replica: Replica | None = None
         self._since_snapshot = 0
+        # The backbone the replica's features are in, with its own calibrated threshold
+        # (index/backbone_swap.py); read when the replica loads and on "backbone" events.
+        self.backbone: dict[str, Any] = {"name": backbone_version, "generation": 0, "threshold": None}
 
     # ---- the replica -------------------------------------------------------
     @property
@@ -114,7 +117,10 @@ class Gallery:
         # A search over N people gives a stranger N chances: the per-pair threshold is
         # lifted so that about gallery.search_far of strangers pass, whatever N.
         people = self._replica.people_count if self._replica is not None else 0
-        return global_threshold(self.config.threshold, getattr(self.projector, "threshold", None), self.version,
+        own = getattr(self.projector, "threshold", None)
+        if own is None and self.version == BASE_VERSION:
+            own = self.backbone.get("threshold")  # a supplied backbone's calibration
+        return global_threshold(self.config.threshold, own, self.version,
                                 people, self.config.search_far)
 
     def _projector_for(self, version: str) -> Projector | None:
@@ -136,6 +142,7 @@ class Gallery:
             # Process-wide: on a shared 2-core box two spinning OpenMP threads
             # made one flat query 100x slower than a single thread does.
             faiss.omp_set_num_threads(self.config.faiss_threads)
+        self._read_backbone()
         found = load_newest(self.snapshot_dir)
         if found is not None:
             path, meta, arrays = found
@@ -150,9 +157,16 @@ class Gallery:
             how = "Redis records"
         self._replica = replica
         applied = self._catch_up(replica)
+        replica = self._replica  # a "backbone" event among them replaced it
         log.info("gallery replica loaded from %s + %d event(s): %d templates, version %s, %s index, %.2f s",
                  how, applied, replica.size, replica.version, replica.index_kind, time.perf_counter() - started)
         return replica
+
+    def _read_backbone(self) -> None:
+        from faec_rec.index.backbone_swap import current_backbone
+
+        self.backbone = current_backbone(self.redis, self.keys)
+        self.store.backbone_version = str(self.backbone["name"])
 
     def _bootstrap_from_redis(self, projector: Projector | None = None) -> Replica:
         replica = Replica(self.config, projector or self._initial)
@@ -191,6 +205,16 @@ class Gallery:
             batch = self.events.read(replica.position, count=READ_CHUNK)
             if not batch:
                 break
+            if any(e.op is EventOp.BACKBONE for _, e in batch):
+                # Every stored feature was replaced: this replica's (and older snapshots')
+                # are stale. Read the records again; they already hold the new features.
+                self._read_backbone()
+                replica = self._replica = self._bootstrap_from_redis(replica.projector)
+                log.info("gallery features are now backbone %s's: replica reloaded (%d templates)",
+                         self.backbone["name"], replica.size)
+                applied += len(batch)
+                self._since_snapshot = self.config.snapshot_every  # a fresh snapshot at the next sync
+                continue
             added = [t for _, e in batch if e.op is EventOp.ADD for t in e.templates]
             features = self.store.fetch_features(added) if added else {}
             applied += replica.apply(batch, features, loader=self._projector_for)
