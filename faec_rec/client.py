@@ -622,8 +622,11 @@ class Client:
         store it (not yet in service: see :meth:`use_backbone`). Returns its listing row."""
         from faec_rec.training.backbones import gallery_crops
 
+        from faec_rec.faces.embed import Embedder
+
         chips, labels = gallery_crops(self.redis, self.keys, Path(self.settings.data_dir))
-        rec = self.backbone_registry.add(Path(model_path), Path(card_path), chips, labels)
+        builtin = Embedder(self.settings.faces, Path(self.settings.data_dir) / "models")
+        rec = self.backbone_registry.add(Path(model_path), Path(card_path), chips, labels, builtin=builtin.features)
         self._audit("add_backbone", backbone=rec.name, sha256=rec.sha256, licence=rec.licence)
         return next(r for r in self.backbones()["backbones"] if r["name"] == rec.name)
 
@@ -641,12 +644,13 @@ class Client:
             from faec_rec.faces.embed import Embedder
 
             embedder: Any = Embedder(self.settings.faces, Path(self.settings.data_dir) / "models")
-            threshold = None
+            calibration: dict[str, Any] = {"threshold": None}
         else:
             embedder = self.backbone_registry.embedder(name)
-            threshold = self.backbone_registry.record(name).threshold
+            rec = self.backbone_registry.record(name)
+            calibration = {"threshold": rec.threshold, "raise_scale": rec.calibration.get("raise_scale", 1.0)}
         result = swap_backbone(self.redis, self.keys, Path(self.settings.data_dir), name, embedder.features,
-                               threshold=threshold, progress=progress)
+                               calibration=calibration, progress=progress)
         self._audit("use_backbone", backbone=name, previous=result["previous"], templates=result["templates"])
         return result
 

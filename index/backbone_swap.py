@@ -37,10 +37,10 @@ Progress = Callable[[int, int], None]
 
 
 def current_backbone(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """``{"name", "generation", "threshold"}`` of the backbone the gallery's features are in
+    """``{"name", "generation", "threshold", "raise_scale"}`` of the backbone the gallery's features are in
     (the built-in one, generation 0, no threshold of its own, when never switched)."""
     raw = client.get(keys.backbone_current())
-    state: dict[str, Any] = {"name": DEFAULT_BACKBONE, "generation": 0, "threshold": None}
+    state: dict[str, Any] = {"name": DEFAULT_BACKBONE, "generation": 0, "threshold": None, "raise_scale": 1.0}
     if raw:
         try:
             state.update(json.loads(raw))
@@ -109,8 +109,11 @@ def embed_crops(chips: dict[str, np.ndarray], embed: Embed, progress: Progress |
 
 
 def swap_backbone(client: redis.Redis, keys: Keys, data_dir: Path, name: str, embed: Embed, *,
-                  threshold: float | None, progress: Progress | None = None) -> dict[str, Any]:
+                  calibration: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """Re-embed the whole gallery with ``embed`` and put backbone ``name`` in service atomically.
+
+    ``calibration``: ``{"threshold": per-pair threshold or None (the built-in card's),
+    "raise_scale": factor on the built-in search raise}``, kept with the backbone in service.
 
     Refused (:class:`GalleryError`) while a trained head serves the gallery (heads are
     trained on one backbone's features: roll back to "base" first) or when a template
@@ -133,7 +136,7 @@ def swap_backbone(client: redis.Redis, keys: Keys, data_dir: Path, name: str, em
                 if set(_templates(client, keys)) != set(crops):
                     continue  # enrolled or removed meanwhile: embed the new ones and try again
                 previous = current_backbone(pipe, keys)
-                state = {"name": name, "generation": int(previous["generation"]) + 1, "threshold": threshold}
+                state = {**calibration, "name": name, "generation": int(previous["generation"]) + 1}
                 pipe.multi()
                 for tid in crops:
                     pipe.hset(keys.template(tid), mapping={"features": features[tid].astype(np.float32).tobytes(), "backbone": name})

@@ -34,7 +34,7 @@ from faec_rec.config import GalleryConfig
 from faec_rec.errors import GalleryError
 from faec_rec.keys import Keys
 
-from faec_rec.index.calibration import global_threshold
+from faec_rec.index.calibration import global_threshold, search_raise
 from faec_rec.index.decision import Match
 from faec_rec.index.events import EventLog, EventOp, id_before
 from faec_rec.index.projection import BASE_VERSION, BaseProjector, Projector, check_unit_vectors, check_vectors
@@ -118,8 +118,14 @@ class Gallery:
         # lifted so that about gallery.search_far of strangers pass, whatever N.
         people = self._replica.people_count if self._replica is not None else 0
         own = getattr(self.projector, "threshold", None)
-        if own is None and self.version == BASE_VERSION:
-            own = self.backbone.get("threshold")  # a supplied backbone's calibration
+        supplied = self.backbone.get("threshold")
+        if self.config.threshold is None and own is None and self.version == BASE_VERSION and supplied is not None:
+            # A supplied backbone: its own per-pair threshold, and the built-in search raise
+            # scaled by how much wider its impostor scores spread (training/backbones.py).
+            # Capped like the built-in table (calibration.search_threshold) at 0.995.
+            scale = float(self.backbone.get("raise_scale") or 1.0)
+            lifted = float(supplied) + (scale * search_raise(people, self.config.search_far) if people > 0 else 0.0)
+            return max(float(supplied), min(lifted, 0.995))
         return global_threshold(self.config.threshold, own, self.version,
                                 people, self.config.search_far)
 

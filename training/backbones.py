@@ -69,19 +69,37 @@ def builtin_record() -> dict[str, Any]:
             "alignment": "dlib-150", "embedding_size": 128, "threshold": None, "calibration": {"calibrated_on": "faec_rec/faces/model_card.json (LFW View 2)"}}
 
 
-def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard) -> tuple[float | None, dict[str, Any]]:
+def _pair_scores(features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    return np.einsum("nd,nd->n", x[i], x[j])
+
+
+def raise_scale(impostor: np.ndarray, builtin_impostor: np.ndarray) -> float:
+    """How much wider this backbone's impostor scores spread than the built-in one's, on the
+    same pairs: the factor applied to the built-in search raise (the model card's table of
+    how far the best of N strangers' scores climbs, which grows with the spread)."""
+    ref = float(np.std(builtin_impostor))
+    return round(float(np.std(impostor)) / ref, 4) if ref > 0 and impostor.size >= 2 else 1.0
+
+
+def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
+              builtin_features: np.ndarray | None = None) -> tuple[float | None, dict[str, Any]]:
     """Per-pair threshold at ``TARGET_FAR`` from ``features`` (n, d) of people ``labels`` (n,).
 
-    Returns ``(threshold or None, details)``: pair counts, the FAR/TAR reached, and where
-    the threshold came from ("gallery crops", "card", or None when neither can give one).
+    ``builtin_features`` (n, 128): the built-in backbone's features of the same faces, for
+    ``raise_scale`` in the details (1.0 without them). Returns ``(threshold or None,
+    details)``: pair counts, the FAR/TAR reached, ``raise_scale``, and where the threshold
+    came from ("gallery crops", "card", or None when neither can give one).
     """
     from faec_rec.index.calibration import threshold_at_far
 
-    x = features / np.linalg.norm(features, axis=1, keepdims=True)
     i, j = np.triu_indices(len(labels), k=1)
     same = labels[i] == labels[j]
-    scores = np.einsum("nd,nd->n", x[i], x[j])
-    details: dict[str, Any] = {"genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "target_far": TARGET_FAR}
+    scores = _pair_scores(features, i, j)
+    details: dict[str, Any] = {"genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "target_far": TARGET_FAR,
+                               "raise_scale": 1.0}
+    if builtin_features is not None and (~same).sum() >= 2:
+        details["raise_scale"] = raise_scale(scores[~same], _pair_scores(builtin_features, i, j)[~same])
     measured = None
     if same.any() and (~same).any():
         cal = threshold_at_far(scores[same], scores[~same], TARGET_FAR)
@@ -153,9 +171,11 @@ class BackboneRegistry:
         return SuppliedEmbedder(blob, parse_card(rec.card, f"backbone {name}'s card"), flip_average=self.flip_average, what=str(path))
 
     # ---- adding -----------------------------------------------------------------
-    def add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray) -> BackboneRecord:
+    def add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
+            builtin: Callable[[np.ndarray], np.ndarray] | None = None) -> BackboneRecord:
         """Validate ``model_path`` against ``card_path``, calibrate on ``chips`` (n, 150, 150, 3)
         uint8 of people ``labels`` (n,) (the gallery's crops; may be empty), store and record it.
+        ``builtin``: the built-in backbone's ``features`` (for the search-raise scale).
 
         Raises :class:`ModelError` for a file that does not load, a card that does not match
         the model, a name taken (or the built-in's), or outputs that are not usable vectors.
@@ -177,8 +197,9 @@ class BackboneRegistry:
             raise ModelError(f"model file {model_path} gives the same vector for every face crop: it is not a face backbone")
         if len(feats) and (np.linalg.norm(feats, axis=1) < 1e-12).any():
             raise ModelError(f"model file {model_path} gives zero vectors for some face crops")
-        threshold, details = calibrate(feats, np.asarray(labels), card) if len(feats) >= 2 else (card.threshold, {
-            "calibrated_on": "card (no gallery crops to calibrate on)" if card.threshold is not None else None})
+        reference = builtin(np.asarray(chips, np.uint8)) if builtin is not None and len(chips) >= 2 else None
+        threshold, details = calibrate(feats, np.asarray(labels), card, reference) if len(feats) >= 2 else (card.threshold, {
+            "calibrated_on": "card (no gallery crops to calibrate on)" if card.threshold is not None else None, "raise_scale": 1.0})
         folder = self.folder / card.name
         name = f"{embedder.sha256[:12]}{SUFFIX[card.format]}"
         atomic_write_bytes(folder / name, model_path.read_bytes(), fsync=True)

@@ -99,6 +99,7 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
         assert cal["genuine_pairs"] + cal["impostor_pairs"] == n * (n - 1) // 2 and cal["impostor_pairs"] > 0
         assert isinstance(row["threshold"], float) and -1.0 <= row["threshold"] <= 1.0
         assert "only" in cal["calibrated_on"]  # too few pairs for 0.1%: said so
+        assert cal["raise_scale"] > 0 and cal["raise_scale"] != 1.0  # measured against the built-in on the same pairs
         assert client.backbones()["current"]["name"] == "dlib-resnet-v1"  # added, not in service
 
         # ---- a switch that fails half way changes nothing --------------------------------
