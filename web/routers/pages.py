@@ -111,7 +111,7 @@ def sightings(
 def models(request: Request, who: Viewer, client: ClientDep) -> Response:
     listing = client.models()
     return render(request, "models.html", who, active="models", current=listing["current"],
-                  models=list(reversed(listing["models"])))
+                  models=list(reversed(listing["models"])), backbone=client.backbones()["current"])
 
 
 @router.get("/audit", response_class=HTMLResponse)
