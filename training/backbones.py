@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from faec_rec.errors import ModelError, UnknownVersionError
+from faec_rec.errors import BackboneRefused, ModelError, UnknownVersionError
 from faec_rec.faces.card import BackboneCard, parse_card, read_card
 from faec_rec.files import atomic_write_bytes, sha256_file
 from faec_rec.keys import Keys
@@ -180,6 +180,15 @@ class BackboneRegistry:
         Raises :class:`ModelError` for a file that does not load, a card that does not match
         the model, a name taken (or the built-in's), or outputs that are not usable vectors.
         """
+        try:
+            return self._add(Path(model_path), Path(card_path), chips, labels, builtin)
+        except BackboneRefused:
+            raise
+        except ModelError as exc:  # a usage error: the user's file or card (exit 2 on the CLI)
+            raise BackboneRefused(str(exc)) from exc
+
+    def _add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
+             builtin: Callable[[np.ndarray], np.ndarray] | None) -> BackboneRecord:
         from faec_rec.faces.supplied import SuppliedEmbedder
 
         card = read_card(card_path)
