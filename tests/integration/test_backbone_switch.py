@@ -130,6 +130,11 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
         current = client.backbones()["current"]
         assert (current["name"], current["licence"], current["generation"]) == ("tiny-test", "CC0-1.0 (built by the test)", 1)
 
+        from faec_rec.training.retrain import run as retrain
+
+        skipped = retrain(settings, redis=r)  # heads train on the built-in backbone's features only
+        assert skipped["status"] == "skipped" and "backbone tiny-test" in skipped["reason"], skipped
+
         # ---- and back to the built-in backbone, from the same crops -----------------------
         back = client.use_backbone("dlib-resnet-v1")
         assert back["previous"] == "tiny-test" and back["generation"] == 2
