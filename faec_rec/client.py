@@ -604,8 +604,6 @@ class Client:
     def backbones(self) -> dict[str, Any]:
         """``{"current": {"name", "generation", "threshold", "licence"}, "backbones": [rows]}``:
         the built-in backbone and every supplied one, each with the licence of its weights."""
-        from dataclasses import asdict
-
         from faec_rec.training.backbones import builtin_record
 
         registry = self.backbone_registry
@@ -614,7 +612,7 @@ class Client:
             rows.append({"name": rec.name, "licence": rec.licence, "format": rec.card.get("format"),
                          "input_size": rec.card.get("input_size"), "alignment": rec.card.get("alignment"),
                          "embedding_size": rec.card.get("embedding_size"), "threshold": rec.threshold,
-                         "calibration": rec.calibration, "sha256": rec.sha256, "created": asdict(rec)["created"]})
+                         "calibration": rec.calibration, "sha256": rec.sha256, "created": rec.created})
         return {"current": registry.current(), "backbones": rows}
 
     def add_backbone(self, model_path: str | Path, card_path: str | Path) -> dict[str, Any]:

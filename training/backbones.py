@@ -18,6 +18,7 @@ it has one (else the small-sample value, flagged as such).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -164,8 +165,6 @@ class BackboneRegistry:
             blob = path.read_bytes()
         except OSError as exc:
             raise ModelError(f"backbone {name}: cannot read {path} ({exc.strerror or exc})") from exc
-        import hashlib
-
         if hashlib.sha256(blob).hexdigest() != rec.sha256:
             raise ModelError(f"backbone {name}: {path} does not match the checksum recorded when it was added")
         return SuppliedEmbedder(blob, parse_card(rec.card, f"backbone {name}'s card"), flip_average=self.flip_average, what=str(path))
@@ -249,5 +248,3 @@ def gallery_crops(redis: "redis_lib.Redis", keys: Keys, data_dir: Path, limit: i
         return np.zeros((0, 150, 150, 3), np.uint8), np.zeros(0, np.int64)
     return np.stack(chips), np.asarray(labels, np.int64)
 
-
-Progress = Callable[[int, int], None]
