@@ -83,7 +83,7 @@ class Gallery:
         self._since_snapshot = 0
         # The backbone the replica's features are in, with its own calibrated threshold
         # (index/backbone_swap.py); read when the replica loads and on "backbone" events.
-        self.backbone: dict[str, Any] = {"name": backbone_version, "generation": 0, "threshold": None}
+        self._backbone: dict[str, Any] = {"name": backbone_version, "generation": 0, "threshold": None}
 
     # ---- the replica -------------------------------------------------------
     @property
@@ -110,6 +110,13 @@ class Gallery:
         return self.replica.size
 
     @property
+    def backbone(self) -> dict[str, Any]:
+        """``{"name", "generation", "threshold", "raise_scale"}`` of the backbone this replica's
+        features are in (loads the replica; :meth:`sync` follows a switch)."""
+        self.replica
+        return self._backbone
+
+    @property
     def threshold(self) -> float:
         """The global threshold: configured (used as is), else the projector's or the model
         card's per-pair threshold lifted for the number of people enrolled (see
@@ -118,12 +125,12 @@ class Gallery:
         # lifted so that about gallery.search_far of strangers pass, whatever N.
         people = self._replica.people_count if self._replica is not None else 0
         own = getattr(self.projector, "threshold", None)
-        supplied = self.backbone.get("threshold")
+        supplied = self._backbone.get("threshold")
         if self.config.threshold is None and own is None and self.version == BASE_VERSION and supplied is not None:
             # A supplied backbone: its own per-pair threshold, and the built-in search raise
             # scaled by how much wider its impostor scores spread (training/backbones.py).
             # Capped like the built-in table (calibration.search_threshold) at 0.995.
-            scale = float(self.backbone.get("raise_scale") or 1.0)
+            scale = float(self._backbone.get("raise_scale") or 1.0)
             lifted = float(supplied) + (scale * search_raise(people, self.config.search_far) if people > 0 else 0.0)
             return max(float(supplied), min(lifted, 0.995))
         return global_threshold(self.config.threshold, own, self.version,
@@ -171,8 +178,8 @@ class Gallery:
     def _read_backbone(self) -> None:
         from faec_rec.index.backbone_swap import current_backbone
 
-        self.backbone = current_backbone(self.redis, self.keys)
-        self.store.backbone_version = str(self.backbone["name"])
+        self._backbone = current_backbone(self.redis, self.keys)
+        self.store.backbone_version = str(self._backbone["name"])
 
     def _bootstrap_from_redis(self, projector: Projector | None = None) -> Replica:
         replica = Replica(self.config, projector or self._initial)
@@ -217,7 +224,7 @@ class Gallery:
                 self._read_backbone()
                 replica = self._replica = self._bootstrap_from_redis(replica.projector)
                 log.info("gallery features are now backbone %s's: replica reloaded (%d templates)",
-                         self.backbone["name"], replica.size)
+                         self._backbone["name"], replica.size)
                 applied += len(batch)
                 self._since_snapshot = self.config.snapshot_every  # a fresh snapshot at the next sync
                 continue
