@@ -87,3 +87,35 @@ def test_a_switch_refused_while_a_head_serves(redis_client: Any, keys: Keys, tmp
     with pytest.raises(GalleryError, match="trained head 'head-3'.*rollback"):
         swap_backbone(redis_client, keys, tmp_path, "pixels", new_backbone, calibration={"threshold": 0.5})
     assert current_backbone(redis_client, keys)["name"] == "dlib-resnet-v1"
+
+
+def test_an_archive_in_another_backbones_features_is_refused(redis_client: Any, keys: Keys, tmp_path: Path) -> None:
+    import io
+
+    from faec_rec.cluster.archive import export_gallery, import_gallery
+    from faec_rec.config import load_settings
+    from faec_rec.errors import ArchiveError
+    from faec_rec.index.backbone_swap import swap_backbone
+    from faec_rec.index.store import Store
+
+    source = _gallery(redis_client, keys, tmp_path / "a")
+    chips = RNG.integers(0, 256, (2, 150, 150, 3), dtype=np.uint8)
+    source.enrol("P", RNG.standard_normal((2, 128)).astype(np.float32), sources=["1.jpg", "2.jpg"],
+                 content_hashes=["h1", "h2"], crops=[encode_jpeg(c, 95) for c in chips])
+    swap_backbone(redis_client, keys, tmp_path / "a", "pixels", new_backbone, calibration={"threshold": 0.5})
+    settings = load_settings()
+    archive = io.BytesIO()
+    export_gallery(redis_client, keys, tmp_path / "a", archive, settings)
+    target_keys = Keys(keys.prefix + "b")
+    try:
+        archive.seek(0)
+        with pytest.raises(ArchiveError, match="backbone pixels's features and this gallery serves dlib-resnet-v1"):
+            import_gallery(Store(redis_client, target_keys, tmp_path / "b"), archive, settings)
+        assert redis_client.scard(target_keys.people()) == 0
+        swap_backbone(redis_client, target_keys, tmp_path / "b", "pixels", new_backbone, calibration={"threshold": 0.5})
+        archive.seek(0)
+        summary = import_gallery(Store(redis_client, target_keys, tmp_path / "b"), archive, settings)
+        assert summary.templates_added == 2
+    finally:
+        for key in redis_client.scan_iter(match=f"{target_keys.prefix}:*", count=1000):
+            redis_client.delete(key)
