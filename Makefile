@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_REDIS_PORT ?= 6379
 TEST_MQTT_PORT ?= 1883
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean sbom pin-images
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,14 @@ test: setup
 	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)
 	$(BIN)/python -m faec_rec.sinks.broker ensure --port $(TEST_MQTT_PORT)
 	$(BIN)/python -m pytest
+
+# deploy/sbom.cdx.json from deploy/requirements.lock (after re-locking; the image build checks it)
+sbom:
+	$(PY) deploy/sbom.py
+
+# base images by digest (needs a registry: docker buildx, crane or skopeo); commit the result
+pin-images:
+	deploy/pin-images
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO / ".cache" / "openset"
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".webp"}
 CHUNK = 128
-REASONS = ("ok", "no_face", "several_faces", "face_too_small", "not_frontal", "blurry", "bad_image")
+REASONS = ("ok", "no_face", "several_faces", "face_too_small", "not_frontal", "blurry", "bad_image",
+           "not_a_photo", "face_covered")  # new reasons go last: cached arrays keep their codes
 
 
 def list_set(root: Path) -> list[str]:

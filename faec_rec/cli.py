@@ -892,15 +892,13 @@ def _report_interrupted(client: Any, person: str, request_id: str, done: int, to
     """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
     already hold that request; wait a little for its report (a second Ctrl-C stops
     waiting) so a person enrolled meanwhile is never enrolled unreported."""
-    from faec_rec.workers.enrolment import stored_report
-
     click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
                "photo in hand (Ctrl-C again to stop now)", err=True)
     report = None
     deadline = time.monotonic() + INTERRUPT_GRACE_S
     try:
         while report is None and time.monotonic() < deadline:
-            report = stored_report(client.redis, client.keys, request_id)
+            report = client.finished_enrolment(request_id)  # (the parts sent so far, for many photos)
             if report is None:
                 time.sleep(0.2)
     except KeyboardInterrupt:
@@ -1000,21 +998,33 @@ def _drain(backend: Any, cameras: Sequence[str], wait_s: float) -> None:
 @click.option("--loop", is_flag=True, help="replay video files from the start when they end.")
 @click.option("--duration", "duration_s", type=click.FloatRange(0.1, None), help="stop after this many seconds.")
 @click.option("--max-frames", type=click.IntRange(1, None), help="stop each camera after this many frames.")
+@click.option("--registry", is_flag=True,
+              help="run the cameras of the source registry instead (`faec-rec cameras add|remove`, the API, the "
+                   "Live page), starting and stopping them as they are added and removed.")
 @pass_state
 def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: bool,
-               duration_s: float | None, max_frames: int | None, sources_file: Path | None = None) -> None:
+               duration_s: float | None, max_frames: int | None, sources_file: Path | None = None,
+               registry: bool = False) -> None:
     """Stream cameras into the recognition queue (until Ctrl-C, --duration or --max-frames).
 
     SOURCE is ID=SOURCE or a bare source: a USB index (0), an rtsp:// or http://
     URL, or a video file. Embedded (no FAEC_REDIS_URL), a worker runs inside
     this command and the events are printed as they come; against a
-    deployment, watch them with `faec-rec events --follow`.
+    deployment, watch them with `faec-rec events --follow`. With --registry,
+    the cameras are those registered with `faec-rec cameras add`.
     """
     import threading
 
     from faec_rec.logs import redact
     from faec_rec.producers.camera import close_tracks, run_cameras
+    from faec_rec.producers.sources import mask_source
 
+    if registry:
+        if sources or sources_file is not None or fps is not None or loop or max_frames is not None:
+            raise click.UsageError("--registry takes its cameras (with their fps and loop) from the registry: "
+                                   "give no SOURCE, --sources-file, --fps, --loop or --max-frames with it")
+        _camera_registry_run(state, duration_s)
+        return
     specs = camera_specs(camera_sources(sources, sources_file), fps, loop)
     with _backend(state, worker_queues=("frames",)) as backend:
         settings = backend.settings
@@ -1027,7 +1037,7 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
             after = newest[0][0].decode() if newest else "0-0"
             printer = threading.Thread(target=_print_events_until, args=(backend, stop, after), daemon=True)
             printer.start()
-        click.echo(redact(f"streaming {', '.join(f'{s.camera_id}={s.source}' for s in specs)} (Ctrl-C stops)"),
+        click.echo(redact(f"streaming {', '.join(f'{s.camera_id}={mask_source(s.source)}' for s in specs)} (Ctrl-C stops)"),
                    err=True)
         try:
             counters = run_cameras(specs, backend.redis, backend.keys, backend.app, settings.producers,
@@ -1050,6 +1060,94 @@ def camera_cmd(state: State, sources: tuple[str, ...], fps: float | None, loop: 
         click.echo(redact(f"{camera_id}: {c.pushed} frames pushed, {c.dropped} dropped, {c.errors} errors, "
                           f"status {c.status}" + (f" ({c.last_error})" if c.last_error else "")))
     raise click.exceptions.Exit(int(ExitCode.PARTIAL if failed else ExitCode.OK))
+
+
+def _camera_registry_run(state: State, duration_s: float | None) -> None:
+    """``faec-rec camera --registry``: run the registry's cameras until Ctrl-C or ``duration_s``."""
+    import threading
+
+    from faec_rec.producers.camera import close_tracks
+    from faec_rec.producers.supervisor import run_registry
+
+    with _backend(state, worker_queues=("frames",)) as backend:
+        settings = backend.settings
+        if not backend.embedded:
+            backend.require_consumers("frames")
+        stop = threading.Event()
+        click.echo("running the cameras of the source registry (`faec-rec cameras add|remove`; Ctrl-C stops)",
+                   err=True)
+        try:
+            ran = run_registry(backend.redis, backend.keys, backend.app, settings.producers,
+                               settings.workers.frame_ttl_s, stop=stop, duration_s=duration_s,
+                               events=settings.events)
+        finally:
+            stop.set()
+        _drain(backend, ran, wait_s=60)
+        close_tracks(backend.redis, backend.keys, settings.events, ran)
+    click.echo(f"stopped; {len(ran)} camera(s) ran: {', '.join(ran) or 'none'}")
+
+
+# ---- cameras (the source registry) ------------------------------------------------------------
+
+@cli.group("cameras", cls=FaecGroup)
+def cameras_group() -> None:
+    """Register camera sources for `faec-rec camera --registry` (add, remove, list)."""
+
+
+@cameras_group.command("add")
+@click.argument("camera_id")
+@click.argument("source")
+@click.option("--fps", type=click.FloatRange(0.01, 120), help="frames per second (default: producers.fps).")
+@click.option("--loop", is_flag=True, help="replay a video file from the start when it ends.")
+@pass_state
+def cameras_add_cmd(state: State, camera_id: str, source: str, fps: float | None, loop: bool) -> None:
+    """Register CAMERA_ID streaming SOURCE (USB index, rtsp:// or http:// URL, video file).
+
+    SOURCE '-' reads it from standard input, which keeps a stream password off the
+    command line (where `ps` shows it). Credentials are stored, and masked wherever shown.
+    """
+    if source == "-":
+        source = sys.stdin.readline().strip()
+    with _backend(state) as backend:
+        try:
+            record = _client(backend).cameras_add(camera_id, source, fps=fps, loop=loop)
+        except ValueError as exc:
+            raise CommandFailed(str(exc), ExitCode.USAGE) from exc
+    click.echo(f"camera {record['camera']} registered: {record['source']}"
+               + (f" at {record['fps']:g} frames/s" if record["fps"] else "")
+               + " (a `faec-rec camera --registry` runner streams it)")
+
+
+@cameras_group.command("remove")
+@click.argument("camera_id")
+@pass_state
+def cameras_remove_cmd(state: State, camera_id: str) -> None:
+    """Unregister CAMERA_ID: the registry runner stops it (its counters are kept)."""
+    with _backend(state) as backend:
+        try:
+            _client(backend).cameras_remove(camera_id)
+        except ValueError as exc:
+            raise CommandFailed(str(exc), ExitCode.USAGE) from exc
+    click.echo(f"camera {camera_id} removed")
+
+
+@cameras_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON.")
+@pass_state
+def cameras_list_cmd(state: State, as_json: bool) -> None:
+    """Every camera (registered or streaming): status, frames pushed, processed, dropped, source (masked)."""
+    with _backend(state) as backend:
+        rows = _client(backend).cameras()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no camera: register one with `faec-rec cameras add ID SOURCE`")
+        return
+    for row in rows:
+        click.echo(f"{row['camera']:<16} {row.get('status') or '-':<12} pushed {row.get('pushed') or 0:>6}  "
+                   f"processed {row.get('processed') or 0:>6}  dropped {row.get('dropped') or 0:>5}  "
+                   f"{'registered' if row['registered'] else 'command line'}  {row.get('source') or ''}")
 
 
 # ---- demo ------------------------------------------------------------------------------------

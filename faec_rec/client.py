@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from faec_rec.config import Settings, load_settings
 from faec_rec.errors import ConfigError, ImageError, TaskTimeout, UnknownJobError
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 ImageInput = str | Path | bytes
 
 POLL_S = 0.05
-UPLOAD_WINDOW = 32  # uploads of one batch waiting for a worker at once (bounds the Redis memory they take)
+UPLOAD_WINDOW = 32  # uploads of one batch or enrolment waiting for a worker at once (bounds the Redis memory they take)
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ class Client:
         timeout: float = 120.0,
         request_id: str | None = None,
         image_names: Sequence[str] | None = None,
+        window: int = UPLOAD_WINDOW,
     ) -> "EnrolReport | str":
         """Enrol ``images`` of a person (by ``name``, or an existing ``person_id``).
 
@@ -173,38 +174,95 @@ class Client:
         idempotent; ``image_names`` name the images in the report (default:
         their paths). Raises :class:`TaskTimeout` when no report comes in
         ``timeout`` seconds, :class:`ImageError` for an unreadable local file.
+
+        The photos go through the same upload window as :meth:`submit_images`:
+        more than ``window`` of them are sent as consecutive requests of
+        ``window`` photos (``<request_id>.1``, ``.2``, ...), each uploaded once
+        the one before is done, so Redis never holds more than ``window``
+        uploads of this call; the report merges them (later parts are checked
+        against the templates the earlier ones made). Then ``wait=False``
+        returns once the last part is queued, and ``timeout`` bounds each wait.
         """
         from faec_rec.workers.app import TASK_ENROL
-        from faec_rec.workers.enrolment import EnrolRequest, ImageRef
+        from faec_rec.workers.enrolment import EnrolRequest, ImageRef, stored_report
 
         if not images:
             raise ValueError("enrol needs at least one image")
+        if window < 1:
+            raise ValueError(f"enrol upload window must be at least 1, not {window}")
         if name is not None:
             from faec_rec.index.store import clean_name
 
             name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
-        refs = []
-        for i, image in enumerate(images):
-            upload_id, display = self.upload(image)
-            refs.append(ImageRef(name=image_names[i] if image_names else display, key=upload_id))
-        request = EnrolRequest(request_id=request_id or _new_id(), images=tuple(refs), name=name,
-                               person_id=person_id, metadata=metadata)
-        payload = request.to_json()
-        EnrolRequest.from_json(payload)  # refuse a bad request here, not on the worker
-        self._send(TASK_ENROL, payload)
-        self._audit("enrol", request_id=request.request_id, name=name, person_id=person_id,
-                    images=[r.name for r in refs])
+        request_id = request_id or _new_id()
+        parts = [list(range(at, min(at + window, len(images)))) for at in range(0, len(images), window)]
+        part_ids = [request_id] if len(parts) == 1 else [_part_id(request_id, k) for k in range(1, len(parts) + 1)]
+        if len(parts) > 1:
+            for image in images:  # an unreadable photo is refused before any part is enrolled
+                _read_image(image, self.settings.faces.max_image_bytes, self.settings.faces.max_image_pixels)
+        queued: list[str] = []  # part ids sent (or found done by a retried call), in order
+        finished: list[EnrolReport] = []
+
+        def done() -> int:  # uploads of this call the workers are finished with
+            while len(finished) < len(queued):
+                report = stored_report(self.redis, self.keys, queued[len(finished)])
+                if report is None:
+                    break
+                finished.append(report)
+            return sum(len(parts[k]) for k in range(len(finished)))
+
+        names: list[str] = []
+        sent = 0
+        for part, part_id in zip(parts, part_ids):
+            if stored_report(self.redis, self.keys, part_id) is None:  # a retried call skips parts done
+                refs = []
+                for i in part:
+                    self._wait_for_window(done, sent, window, timeout, f"enrolment {request_id}", "enrol")
+                    upload_id, display = self.upload(images[i])
+                    refs.append(ImageRef(name=image_names[i] if image_names else display, key=upload_id))
+                    sent += 1
+                request = EnrolRequest(request_id=part_id, images=tuple(refs), name=name, person_id=person_id,
+                                       metadata=metadata)
+                payload = request.to_json()
+                EnrolRequest.from_json(payload)  # refuse a bad request here, not on the worker
+                self._send(TASK_ENROL, payload)
+                names += [r.name for r in refs]
+            else:
+                sent += len(part)
+            queued.append(part_id)
+            if len(parts) > 1:  # what enrol_report merges: the parts sent so far (all, unless interrupted)
+                key = self.keys.enrolment(request_id)
+                self.redis.hset(key, mapping={"parts": len(queued), "started_at": repr(time.time())})
+                self.redis.expire(key, self.settings.workers.result_ttl_s)
+        self._audit("enrol", request_id=request_id, name=name, person_id=person_id, images=names)
         if not wait:
-            return request.request_id
-        return self.enrol_report(request.request_id, timeout=timeout)
+            return request_id
+        return self.enrol_report(request_id, timeout=timeout)
+
+    def finished_enrolment(self, request_id: str) -> "EnrolReport | None":
+        """The report of enrolment ``request_id`` once it is done, else None (no wait).
+
+        A request :meth:`enrol` sent in parts is done when every part sent is:
+        their reports merged into one (:meth:`EnrolReport.merged`).
+        """
+        from faec_rec.workers.enrolment import EnrolReport, stored_report
+
+        report = stored_report(self.redis, self.keys, request_id)
+        if report is not None:
+            return report
+        parts = self.redis.hget(self.keys.enrolment(request_id), "parts")
+        if not parts:
+            return None
+        reports = [stored_report(self.redis, self.keys, _part_id(request_id, k)) for k in range(1, int(parts) + 1)]
+        if any(r is None for r in reports):
+            return None
+        return EnrolReport.merged(request_id, [r for r in reports if r is not None])
 
     def enrol_report(self, request_id: str, timeout: float = 120.0) -> "EnrolReport":
         """Wait for (at most ``timeout`` s) and return the report of an enrolment request."""
-        from faec_rec.workers.enrolment import stored_report
-
         deadline = time.monotonic() + timeout
         while True:
-            report = stored_report(self.redis, self.keys, request_id)
+            report = self.finished_enrolment(request_id)
             if report is not None:
                 return report
             if time.monotonic() >= deadline:
@@ -281,19 +339,29 @@ class Client:
 
     def _wait_for_room(self, job: str, sent: int, window: int, timeout: float) -> None:
         """Block until fewer than ``window`` of the ``sent`` tasks of ``job`` wait for a worker."""
+        def done_by_workers() -> int:
+            progress = self.job_progress(job)
+            return progress["done"] - int(self.redis.hget(self.keys.job(job), "refused") or 0)
+
+        self._wait_for_window(done_by_workers, sent, window, timeout, f"job {job}", "frames")
+
+    def _wait_for_window(self, done: Callable[[], int], sent: int, window: int, timeout: float,
+                         what: str, queue: str) -> None:
+        """The upload window of identify jobs and enrolments: block until fewer than
+        ``window`` of the ``sent`` uploads wait for a worker (``done()``: how many the
+        workers finished), at most ``timeout`` s without progress, then :class:`TaskTimeout`."""
         deadline = time.monotonic() + timeout
         last = -1
         while True:
-            progress = self.job_progress(job)
-            done_by_workers = progress["done"] - int(self.redis.hget(self.keys.job(job), "refused") or 0)
-            if sent - done_by_workers < window:
+            finished = done()
+            if sent - finished < window:
                 return
-            if done_by_workers != last:
-                last, deadline = done_by_workers, time.monotonic() + timeout
+            if finished != last:
+                last, deadline = finished, time.monotonic() + timeout
             if time.monotonic() >= deadline:
                 raise TaskTimeout(
-                    f"job {job}: {window} uploads waited {timeout:.0f}s for a worker ({done_by_workers} of "
-                    f"{sent} sent done): is a worker consuming queue 'frames' on this Redis with prefix "
+                    f"{what}: {window} uploads waited {timeout:.0f}s for a worker ({finished} of "
+                    f"{sent} sent done): is a worker consuming queue {queue!r} on this Redis with prefix "
                     f"{self.settings.prefix!r}?")
             time.sleep(POLL_S * 2)
 
@@ -534,12 +602,50 @@ class Client:
 
     # ---- cameras -------------------------------------------------------------------------
     def cameras(self) -> list[dict[str, Any]]:
-        """Every camera a producer registered, with its stats hash (status, pushed,
-        dropped, processed, faces, errors...) as ``{"camera": id, **stats}``."""
+        """Every camera registered (``cameras_add``) or streaming, by id: ``{"camera": id,
+        "registered": bool, "source" (credentials masked), "fps", "loop", **stats}``, stats
+        being the producer's hash (status, pushed, dropped, processed, faces, errors...)."""
+        from faec_rec.producers import registry
         from faec_rec.producers.camera import camera_stats
+        from faec_rec.producers.sources import mask_source
 
-        ids = sorted(c.decode() for c in self.redis.smembers(self.keys.cameras()))
-        return [{"camera": cid, **camera_stats(self.redis, self.keys, cid)} for cid in ids]
+        sources = registry.records(self.redis, self.keys)
+        ids = sorted({c.decode() for c in self.redis.smembers(self.keys.cameras())} | set(sources))
+        out = []
+        for cid in ids:
+            stats = camera_stats(self.redis, self.keys, cid)
+            row: dict[str, Any] = {"camera": cid, **stats, "registered": cid in sources}
+            if cid in sources:
+                record = sources[cid].public()
+                row.update(source=record["source"], loop=record["loop"])
+                row.setdefault("fps", record["fps"] if record["fps"] is not None else self.settings.producers.fps)
+                row.setdefault("status", "waiting")  # registered; no registry runner has started it yet
+            if row.get("source"):
+                row["source"] = mask_source(row["source"])  # stats written by an older producer
+            out.append(row)
+        return out
+
+    def cameras_add(self, camera: str, source: str, *, fps: float | None = None, loop: bool = False) -> dict[str, Any]:
+        """Register a camera source; a runner in registry mode (``faec-rec camera --registry``)
+        starts streaming it within a second. ``source``: USB index, rtsp/http URL (credentials
+        are kept, and masked wherever shown) or a video file on the runner's machine. Returns the
+        record with the source masked. Raises :class:`DuplicateCameraError` (id taken),
+        :class:`SourceError`/``ValueError`` (bad id, source or fps)."""
+        from faec_rec.producers import registry
+
+        record = registry.add(self.redis, self.keys, camera, source, fps=fps, loop=loop, actor=self.actor)
+        self._audit("camera.add", camera=camera, source=record.public()["source"], fps=fps, loop=loop)
+        return record.public()
+
+    def cameras_remove(self, camera: str) -> dict[str, Any]:
+        """Unregister a camera: its registry runner stops it and it leaves :meth:`cameras`
+        (its counters are kept). Returns the removed record (source masked); raises
+        :class:`UnknownCameraError`."""
+        from faec_rec.producers import registry
+
+        record = registry.remove(self.redis, self.keys, camera)
+        self._audit("camera.remove", camera=camera)
+        return record.public()
 
     def frame_crop(self, camera: str, frame: int, box: Sequence[float], margin: float = 0.25) -> bytes | None:
         """A JPEG of ``box`` (grown by ``margin``) cut from a camera frame still in Redis
@@ -657,9 +763,20 @@ class Client:
         Its outcome appears in :meth:`models` (a new version, promoted or rejected)."""
         from faec_rec.training.schedule import QUEUE_TRAIN, TASK_TRAIN
 
+        from faec_rec.training.progress import mark_queued
+
         result = self.app.send_task(TASK_TRAIN, args=[{}], queue=QUEUE_TRAIN)
+        mark_queued(self.redis, self.keys, str(result.id))
         self._audit("train", task_id=result.id)
         return str(result.id)
+
+    def training_progress(self) -> dict[str, Any]:
+        """The newest training run: ``state`` (idle, queued, running, done, skipped, failed),
+        ``stage``, ``percent`` (0-100), ``epoch``/``epochs``/``loss`` while training,
+        ``result`` (status, reason, version) when done, ``error`` when failed, times (unix s)."""
+        from faec_rec.training.progress import read_progress
+
+        return read_progress(self.redis, self.keys)
 
     # ---- visitors (faec_rec.visitors) -----------------------------------------------------
     @property
@@ -854,6 +971,17 @@ class Client:
         from faec_rec.cluster.retention import sweep
 
         return sweep(self.redis, self.keys, self.settings, now=now)
+
+
+def _part_id(request_id: str, part: int) -> str:
+    """The request id of part ``part`` (from 1) of an enrolment sent in parts."""
+    from faec_rec.keys import safe_id
+
+    try:
+        return safe_id(f"{request_id}.{part}", "request id")
+    except ValueError as exc:
+        raise ValueError(f"request id {request_id!r} is too long for an enrolment in parts (at most 120 characters)") from exc
+
 
 def _read_image(image: ImageInput, max_bytes: int, max_pixels: int) -> tuple[bytes, str]:
     """The bytes and display name of an image, refused (:class:`ImageError`) over

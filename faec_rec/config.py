@@ -265,6 +265,11 @@ class WebConfig(_Section):
     session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 86_400, description="seconds a page login lasts")
     secure_cookies: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only; browsers also accept it on http://localhost)")
     trusted_proxy: bool = Field(False, description="trust X-Forwarded-For/-Proto from a reverse proxy in front of the server")
+    login_failures_per_account: int = Field(5, ge=1, le=1000, description="failed logins of one key name before it is locked out (then each further failure doubles the lockout)")
+    login_failures_per_address: int = Field(20, ge=1, le=100_000, description="failed logins from one client address (any name, or a wrong key) before that address is locked out")
+    login_lockout_s: float = Field(30.0, gt=0, le=86_400, description="first lockout in seconds; it doubles with each failure after it, up to login_lockout_max_s")
+    login_lockout_max_s: float = Field(900.0, gt=0, le=7 * 86_400, description="longest lockout in seconds")
+    login_failure_window_s: int = Field(3600, ge=60, le=30 * 86_400, description="seconds a failure is remembered after the last one (counts reset then, and on a successful login for the account)")
 class VisitorsConfig(_Section):
     """Unknown faces kept and grouped into visitors (see faec_rec.visitors)."""
 

@@ -127,7 +127,7 @@ class BadEventIdError(TrainingError, UsageError):
 
 
 class DuplicateCameraError(SourceError, UsageError):
-    """Two cameras of one run with the same id."""
+    """Two cameras of one run (or of the source registry) with the same id."""
 
 
 class NameTakenError(GalleryError, UsageError):
@@ -198,6 +198,12 @@ class NotFound(FaecError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not found"
+
+
+class UnknownCameraError(NotFound, UsageError):
+    """No camera of that id in the source registry (HTTP 404)."""
+
+
 class VisitorError(FaecError):
     """A visitor operation that cannot be done as asked (merge into itself, split out every face...)."""
 

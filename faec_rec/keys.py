@@ -104,6 +104,10 @@ class Keys:
     def train_lock(self) -> str:
         return self._k("train", "lock")
 
+    def train_progress(self) -> str:
+        """Hash: the newest training run's state, stage, epoch, loss, percent (training.progress)."""
+        return self._k("train", "progress")
+
     def feedback(self) -> str:
         """Stream of confirmations/corrections of events by people."""
         return self._k("feedback")
@@ -167,7 +171,13 @@ class Keys:
         return self._k("camera", safe_id(camera_id, "camera id"), "stats")
 
     def cameras(self) -> str:
+        """Set of every camera id a producer registered (stats exist)."""
         return self._k("cameras")
+
+    def camera_sources(self) -> str:
+        """Hash: camera id -> JSON source record (producers.registry): the cameras a
+        registry-mode runner (``faec-rec camera --registry``) keeps running."""
+        return self._k("camera-sources")
 
     def events(self, camera_id: str | None = None) -> str:
         """Stream of recognition events: one per camera, and the combined one (None)."""
@@ -280,6 +290,15 @@ class Keys:
     def api_key_hashes(self) -> str:
         """Hash: sha256 hex of an API key's secret -> key id (lookup on each request)."""
         return self._k("web", "api-key-hashes")
+
+    def web_rate(self, who: str) -> str:
+        """Hash with TTL: one key's (or session's) request token bucket (tokens, at), shared by every server process."""
+        return self._k("web", "rate", safe_id(who, "rate limit id"))
+
+    def login_failures(self, kind: str, subject_hash: str) -> str:
+        """Hash with TTL: failed logins of one account name or client address (``kind``):
+        count, locked_until (unix s). The subject is hashed: any text may be typed as a name."""
+        return self._k("web", "login-failures", safe_id(kind, "kind"), safe_id(subject_hash, "subject"))
 
     def web_session(self, session_hash: str) -> str:
         """String with TTL: JSON of a page login (key id, CSRF token), under the sha256 of the cookie."""

@@ -40,7 +40,7 @@ import redis as redis_lib
 from faec_rec.config import EventsConfig, ProducerConfig
 from faec_rec.errors import DuplicateCameraError, SourceError
 from faec_rec.keys import Keys, safe_id
-from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg
+from faec_rec.producers.sources import VideoSource, downscale, encode_jpeg, mask_source
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_RECOGNISE
 from faec_rec.workers.events import publish_many
 from faec_rec.workers.tracker import TrackStore
@@ -67,6 +67,18 @@ redis.call('HINCRBY', KEYS[3], 'pushed', 1)
 if dropped > 0 then redis.call('HINCRBY', KEYS[3], 'dropped', dropped) end
 redis.call('HSET', KEYS[3], 'frame', ARGV[4], 'last_frame_at', ARGV[5])
 return dropped
+"""
+
+# Take back a pushed frame whose task was never sent: counted as dropped only if it is
+# still waiting (not claimed by a worker, not already dropped by the push script), so a
+# retried or late withdrawal never counts a frame twice.
+_WITHDRAW_SCRIPT = """
+local n = redis.call('LREM', KEYS[2], 1, KEYS[1])
+if n == 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HINCRBY', KEYS[3], 'dropped', 1)
+end
+return n
 """
 
 
@@ -166,6 +178,7 @@ class FramePusher:
         self.max_in_flight = int(max_in_flight)
         self.stats_key = keys.camera_stats(camera_id)
         self._script = redis.register_script(_PUSH_SCRIPT)
+        self._withdraw = redis.register_script(_WITHDRAW_SCRIPT)
 
     def push(self, frame_no: int, jpeg: bytes) -> tuple[str, int]:
         """Store one frame and queue its key; returns ``(frame key, frames dropped)``."""
@@ -176,13 +189,11 @@ class FramePusher:
         )
         return key, int(dropped)
 
-    def withdraw(self, key: str) -> None:
-        """Take back a pushed frame whose task could not be sent: it counts as dropped."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(self.keys.in_flight(self.camera_id), 1, key)
-        pipe.delete(key)
-        pipe.hincrby(self.stats_key, "dropped", 1)
-        pipe.execute()
+    def withdraw(self, key: str) -> bool:
+        """Take back a pushed frame whose task was not sent: True if it was still waiting
+        (now deleted and counted as dropped); False if a worker or the push script already
+        settled it. Safe to repeat."""
+        return bool(self._withdraw(keys=[key, self.keys.in_flight(self.camera_id), self.stats_key]))
 
     def last_frame_number(self) -> int:
         """The last frame number pushed by any earlier run (-1 if none), so keys never repeat."""
@@ -227,6 +238,9 @@ class CameraProducer:
         self._redis_retry_at: float | None = None
         self._unreported_drops = 0
         self._next_frame = 0
+        # frame keys pushed whose task is not known to be sent (Redis or the broker failed
+        # between the two, or the run stopped there): withdrawn as soon as Redis answers
+        self._unsent: list[str] = []
 
     # ---- the loop ------------------------------------------------------------
     def run(self, stop: threading.Event, max_frames: int | None = None, deadline: float | None = None) -> CameraCounters:
@@ -257,7 +271,19 @@ class CameraProducer:
             if self.counters.status != CameraStatus.FINISHED.value:
                 self._set_status(CameraStatus.STOPPED)
             self._flush_drops()
+            self.withdraw_unsent()
         return self.counters
+
+    def withdraw_unsent(self) -> None:
+        """Withdraw the frames pushed without a task (see ``_unsent``); those Redis cannot
+        take back now stay listed for the next attempt."""
+        while self._unsent:
+            try:
+                self.pusher.withdraw(self._unsent[0])
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc)
+                return
+            self._unsent.pop(0)
 
     # ---- steps ---------------------------------------------------------------
     def _register(self) -> None:
@@ -265,7 +291,7 @@ class CameraProducer:
         try:
             self.redis.sadd(self.keys.cameras(), self.spec.camera_id)
             self._next_frame = max(self._next_frame, self.pusher.last_frame_number() + 1)
-            self.pusher.set_fields(source=self.spec.source, fps=self.fps, started_at=repr(time.time()), last_error=None)
+            self.pusher.set_fields(source=mask_source(self.spec.source), fps=self.fps, started_at=repr(time.time()), last_error=None)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
 
@@ -314,7 +340,9 @@ class CameraProducer:
         jpeg = encode_jpeg(image, self.config.jpeg_quality)
         try:
             self._flush_drops()
+            self.withdraw_unsent()
             key, dropped = self.pusher.push(frame_no, jpeg)
+            self._unsent.append(key)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             self._drop_locally()
@@ -340,14 +368,15 @@ class CameraProducer:
         }
         try:
             self.sender.send_task(TASK_RECOGNISE, args=[payload], queue=QUEUE_FRAMES)
+            self._unsent.remove(key)
             self.counters.sent += 1
         except Exception as exc:  # any sender (Celery, kombu, a test double) may fail its own way
             self.counters.errors += 1
             self.counters.dropped += 1
             self.counters.last_error = f"task not sent: {exc}"
             self.log.warning("task for frame %d not sent (%s); frame withdrawn", frame_no, exc)
+            self.withdraw_unsent()
             try:
-                self.pusher.withdraw(key)
                 self.pusher.add(errors=1)
             except REDIS_ERRORS as rexc:
                 self._redis_failed(rexc)

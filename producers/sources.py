@@ -36,6 +36,18 @@ READ_TIMEOUT_MS = 5_000
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
+# scheme://<anything up to the last @ before the host>@  ->  scheme://***@
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
+# ...?user=x&password=y (some HTTP/ONVIF cameras take them in the query)
+_QUERY_SECRET = re.compile(r"(?P<name>[?&;](?:user(?:name)?|pass(?:word|wd)?|pwd|token|auth|key)=)[^&;#\s]*",
+                           re.IGNORECASE)
+
+
+def mask_source(text: str) -> str:
+    """``text`` with every URL's ``user:pass@`` (or ``user@``) and credential query
+    values replaced by ``***``: ``rtsp://admin:pw@10.0.0.5/s`` -> ``rtsp://***@10.0.0.5/s``."""
+    return _QUERY_SECRET.sub(r"\g<name>***", _USERINFO.sub(r"\g<scheme>***@", str(text)))
+
 
 class SourceKind(str, Enum):
     USB = "usb"
@@ -51,7 +63,8 @@ class SourceSpec:
     target: int | str
 
     def __str__(self) -> str:
-        return f"{self.kind.value}:{self.target}"
+        """Shown in logs, errors and a camera's ``last_error``: credentials masked."""
+        return f"{self.kind.value}:{mask_source(str(self.target))}"
 
 
 def parse_source(source: str | int) -> SourceSpec:

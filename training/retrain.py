@@ -435,10 +435,8 @@ def run(
     False registers the candidate without switching (dry run). Unknown
     ``payload`` keys from a task message are ignored with a warning.
     """
-    import redis as redis_lib
-
-    from faec_rec.training.head import HeadProjector, HeadTrainConfig, train_head
-    from faec_rec.training.registry import ModelRegistry, Status
+    from faec_rec.training.progress import ProgressReporter
+    from faec_rec.training.registry import ModelRegistry
 
     if payload:
         log.warning("train: ignoring unknown options %s", sorted(payload))
@@ -449,105 +447,131 @@ def run(
     from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
 
     client = redis or redis_from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
-    data_dir = Path(settings.data_dir)
     registry = ModelRegistry.from_settings(settings, client)
-    step = progress or (lambda stage, done, total: None)
+    reporter = ProgressReporter(client, keys)
+
+    def step(stage: str, done: int, total: int, loss: float | None = None) -> None:
+        reporter(stage, done, total, loss)
+        if progress is not None:
+            progress(stage, done, total)
+
     try:
         with TrainingLock(client, keys, cfg.lock_ttl_s):
-            from faec_rec.index.backbone_swap import DEFAULT_BACKBONE, current_backbone
-
-            backbone = current_backbone(client, keys)["name"]
-            if backbone != DEFAULT_BACKBONE:
-                # The generic reference (shipped or LFW) is the built-in backbone's features.
-                return _skipped(f"the gallery is in backbone {backbone}'s features; heads are trained and judged on "
-                                f"{DEFAULT_BACKBONE}'s (faec-rec models use-backbone {DEFAULT_BACKBONE} to train)",
-                                started, current=registry.current())
-            # 1. data
-            step("gallery", 0, 1)
-            feats, person_of = read_gallery(client, keys, data_dir)
-            data = gallery_data(feats, person_of, cfg.holdout_fraction, cfg.seed)
-            usable_people = int(np.sum(np.bincount(data.train.labels) >= 2)) if data.train.n else 0
-            if usable_people < 2 or not data.probes.n:
-                return _skipped(
-                    f"the gallery has {data.people} people and {feats.shape[0]} templates; training needs at least "
-                    "2 people with 3 or more templates each (2 to train, 1 held out to judge). People with one "
-                    "template are usable for recognition but give no positive pairs",
-                    started, current=registry.current(),
-                )
-            step("gallery", 1, 1)
-            if reference is None:
-                try:
-                    reference = load_reference(settings, progress)
-                except FaecError as exc:
-                    return _skipped(str(exc), started, current=registry.current())
-            fb_rows, fb_unusable = _feedback_rows(client, keys, data.person_ids)
-            tset = training_set(data, reference, fb_rows, cfg.seed)
-            # 2. train
-            head_cfg = HeadTrainConfig(
-                loss=cfg.loss, epochs=cfg.epochs, identities_per_batch=cfg.identities_per_batch,
-                images_per_identity=cfg.images_per_identity, learning_rate=cfg.learning_rate,
-                anchor_weight=cfg.anchor_weight, seed=cfg.seed,
-            )
-            result = train_head(
-                tset.features, tset.labels, head_cfg,
-                progress=lambda e, n, loss: step("train", e, n),
-            )
-            candidate = HeadProjector(result.model, "candidate")
-            # 3. judge
-            current_version = registry.current()
+            reporter.start()  # only once the lock is ours: a refused run never overwrites the running one's progress
             try:
-                current = registry.load(current_version)
-            except FaecError as exc:
-                log.error("model in service %s cannot be loaded (%s); judging against base", current_version, exc)
-                current = registry.load("base")
-            step("evaluate", 0, 1)
-            negatives = _negative_rows(client, keys, data.person_ids)
-            current_metrics = score(current, data, reference, negatives)
-            candidate_metrics = score(candidate, data, reference, negatives)
-            decision = promotion_gate(current_metrics, candidate_metrics, cfg.max_lfw_drop, cfg.min_gain)
-            step("evaluate", 1, 1)
-            base = registry.load("base")
-            from faec_rec.index.calibration import default_threshold
-
-            threshold = calibrate_threshold(candidate, base, reference, default_threshold("base"))
-            metrics = {
-                **{f"candidate_{k}": round(v, 5) for k, v in candidate_metrics.items()},
-                **{f"parent_{k}": round(v, 5) for k, v in current_metrics.items()},
-                "train_seconds": round(result.seconds, 2),
-                "final_loss": round(result.losses[-1], 5) if result.losses else None,
-                **tset.counts,
-                "gallery_people": data.people,
-                "negative_pairs": len(negatives),
-                "held_out_probes": data.probes.n,
-            }
-            will_promote = decision.promote and promote
-            record = registry.register(
-                result.model, metrics=metrics, parent=current_version, threshold=threshold,
-                status=Status.CANDIDATE if will_promote else Status.REJECTED, note=decision.reason,
-            )
-            # 4. promote
-            if will_promote:
-                registry.promote(record.version, reason=f"retrain: {decision.reason}")
-                switch_gallery(client, keys, data_dir, record.version)
-            status = "promoted" if will_promote else ("rejected" if not decision.promote else "registered")
-            summary = {
-                "status": status,
-                "reason": decision.reason,
-                "version": record.version,
-                "previous": current_version,
-                "current": registry.current(),
-                "candidate": candidate_metrics,
-                "in_service_before": current_metrics,
-                "threshold": threshold,
-                "training": tset.counts,
-                "feedback_without_features": fb_unusable,
-                "train_seconds": round(result.seconds, 2),
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-            log.info("training run: %s", json.dumps(summary, default=str))
+                summary = _locked_run(settings, client, keys, registry, reference, step, promote, started)
+            except TrainingError as exc:
+                summary = _skipped(str(exc), started, current=registry.current())
+            except BaseException as exc:
+                reporter.fail(f"{type(exc).__name__}: {exc}")
+                raise
+            reporter.finish(summary)
             return summary
-    except TrainingError as exc:
+    except TrainingError as exc:  # the lock is held by another run
         return _skipped(str(exc), started, current=registry.current())
     finally:
         if own_client:
             client.close()
+
+
+def _locked_run(settings: "Settings", client: "redis_lib.Redis", keys: Keys, registry: Any,
+                reference: "Reference | None", step: Callable[..., None], promote: bool,
+                started: float) -> dict[str, Any]:
+    """Steps 1-4 of :func:`run`, under the training lock; returns the run's summary."""
+    from faec_rec.training.head import HeadProjector, HeadTrainConfig, train_head
+    from faec_rec.training.registry import Status
+
+    cfg = settings.training
+    data_dir = Path(settings.data_dir)
+    from faec_rec.index.backbone_swap import DEFAULT_BACKBONE, current_backbone
+
+    backbone = current_backbone(client, keys)["name"]
+    if backbone != DEFAULT_BACKBONE:
+        # The generic reference (shipped or LFW) is the built-in backbone's features.
+        return _skipped(f"the gallery is in backbone {backbone}'s features; heads are trained and judged on "
+                        f"{DEFAULT_BACKBONE}'s (faec-rec models use-backbone {DEFAULT_BACKBONE} to train)",
+                        started, current=registry.current())
+    # 1. data
+    step("gallery", 0, 1)
+    feats, person_of = read_gallery(client, keys, data_dir)
+    data = gallery_data(feats, person_of, cfg.holdout_fraction, cfg.seed)
+    usable_people = int(np.sum(np.bincount(data.train.labels) >= 2)) if data.train.n else 0
+    if usable_people < 2 or not data.probes.n:
+        return _skipped(
+            f"the gallery has {data.people} people and {feats.shape[0]} templates; training needs at least "
+            "2 people with 3 or more templates each (2 to train, 1 held out to judge). People with one "
+            "template are usable for recognition but give no positive pairs",
+            started, current=registry.current(),
+        )
+    step("gallery", 1, 1)
+    if reference is None:
+        try:
+            reference = load_reference(settings, step)
+        except FaecError as exc:
+            return _skipped(str(exc), started, current=registry.current())
+    fb_rows, fb_unusable = _feedback_rows(client, keys, data.person_ids)
+    tset = training_set(data, reference, fb_rows, cfg.seed)
+    # 2. train
+    head_cfg = HeadTrainConfig(
+        loss=cfg.loss, epochs=cfg.epochs, identities_per_batch=cfg.identities_per_batch,
+        images_per_identity=cfg.images_per_identity, learning_rate=cfg.learning_rate,
+        anchor_weight=cfg.anchor_weight, seed=cfg.seed,
+    )
+    result = train_head(
+        tset.features, tset.labels, head_cfg,
+        progress=lambda e, n, loss: step("train", e, n, loss),
+    )
+    candidate = HeadProjector(result.model, "candidate")
+    # 3. judge
+    current_version = registry.current()
+    try:
+        current = registry.load(current_version)
+    except FaecError as exc:
+        log.error("model in service %s cannot be loaded (%s); judging against base", current_version, exc)
+        current = registry.load("base")
+    step("evaluate", 0, 1)
+    negatives = _negative_rows(client, keys, data.person_ids)
+    current_metrics = score(current, data, reference, negatives)
+    candidate_metrics = score(candidate, data, reference, negatives)
+    decision = promotion_gate(current_metrics, candidate_metrics, cfg.max_lfw_drop, cfg.min_gain)
+    step("evaluate", 1, 1)
+    base = registry.load("base")
+    from faec_rec.index.calibration import default_threshold
+
+    threshold = calibrate_threshold(candidate, base, reference, default_threshold("base"))
+    metrics = {
+        **{f"candidate_{k}": round(v, 5) for k, v in candidate_metrics.items()},
+        **{f"parent_{k}": round(v, 5) for k, v in current_metrics.items()},
+        "train_seconds": round(result.seconds, 2),
+        "final_loss": round(result.losses[-1], 5) if result.losses else None,
+        **tset.counts,
+        "gallery_people": data.people,
+        "negative_pairs": len(negatives),
+        "held_out_probes": data.probes.n,
+    }
+    will_promote = decision.promote and promote
+    record = registry.register(
+        result.model, metrics=metrics, parent=current_version, threshold=threshold,
+        status=Status.CANDIDATE if will_promote else Status.REJECTED, note=decision.reason,
+    )
+    # 4. promote
+    if will_promote:
+        registry.promote(record.version, reason=f"retrain: {decision.reason}")
+        switch_gallery(client, keys, data_dir, record.version)
+    status = "promoted" if will_promote else ("rejected" if not decision.promote else "registered")
+    summary = {
+        "status": status,
+        "reason": decision.reason,
+        "version": record.version,
+        "previous": current_version,
+        "current": registry.current(),
+        "candidate": candidate_metrics,
+        "in_service_before": current_metrics,
+        "threshold": threshold,
+        "training": tset.counts,
+        "feedback_without_features": fb_unusable,
+        "train_seconds": round(result.seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info("training run: %s", json.dumps(summary, default=str))
+    return summary

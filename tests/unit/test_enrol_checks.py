@@ -83,3 +83,21 @@ def test_exact_duplicates_are_reported_as_duplicates_not_accepted(tmp_path: Path
     out = CliRunner().invoke(show).output
     assert "  duplicate 1.jpg: already enrolled" in out
     assert "Ada (p1): 1 accepted, 1 duplicate, 1 refused" in out
+
+
+def test_the_parts_of_a_windowed_enrolment_merge_into_one_report() -> None:
+    """Client.enrol past its upload window sends parts; their reports read as one (item 2)."""
+    from faec_rec.workers.enrolment import EnrolReport, ImageReport
+
+    first = EnrolReport("r.1", "refused", None, "Ada", [ImageReport("a.jpg", False, "no_face")],
+                        error="no_acceptable_image", detail="none passed", finished_at=10.0)
+    second = EnrolReport("r.2", "done", "p7", "Ada", [ImageReport("b.jpg", True, "ok", template_id="t1"),
+                                                      ImageReport("c.jpg", False, "blurry")],
+                         model_version="base", finished_at=20.0, durability={"mode": "ack"})
+    merged = EnrolReport.merged("r", [first, second])
+    assert (merged.request_id, merged.status, merged.person_id, merged.error) == ("r", "done", "p7", None)
+    assert [i.name for i in merged.images] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [i.name for i in merged.accepted] == ["b.jpg"] and merged.finished_at == 20.0
+    assert merged.durability == {"mode": "ack"}
+    refused = EnrolReport.merged("r", [first, EnrolReport("r.2", "refused", None, "Ada", [], error="gallery_refused")])
+    assert (refused.status, refused.error, refused.detail) == ("refused", "no_acceptable_image", "none passed")

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from faec_rec.faces.quality import QualityThresholds, Reason, assess, choose_face, sharpness, yaw
+from faec_rec.faces.quality import (MOUTH, QualityThresholds, Reason, assess, choose_face, lip_colour, looks_real,
+                                    mouth_edges, sharpness, tone_entropy, yaw)
 from faec_rec.faces.types import Face
 
 
@@ -89,3 +90,44 @@ def test_chip_is_only_made_when_cheap_checks_pass(sharp_chip: np.ndarray) -> Non
     assert calls == []
     assess([make_face(0, 0, 120)], chip_of)
     assert len(calls) == 1
+
+
+def test_a_drawn_face_of_few_flat_tones_is_not_a_photo(sharp_chip: np.ndarray) -> None:
+    drawn = (sharp_chip // 86) * 86  # 3 tones per channel: flat fills, as a cartoon's
+    drawn = np.repeat(drawn[..., :1], 3, axis=2)  # the same in grey, so only the tones count
+    assert tone_entropy(drawn) < 2.0 < 7.5 < tone_entropy(sharp_chip)
+    verdict = assess([make_face(10, 10, 120)], lambda f: drawn)
+    assert verdict.reason is Reason.NOT_A_PHOTO and "drawn" in verdict.detail
+
+
+def test_a_covered_mouth_is_refused_and_the_rule_reads_the_mouth_only(sharp_chip: np.ndarray) -> None:
+    (r0, r1), (c0, c1) = MOUTH
+    masked = sharp_chip.copy()
+    masked[int(r0 * 150):int(r1 * 150), int(c0 * 150):int(c1 * 150)] = (235, 235, 235)  # a white mask
+    assert mouth_edges(masked) < 0.5 < 0.9 < mouth_edges(sharp_chip)
+    verdict = assess([make_face(10, 10, 120)], lambda f: masked)
+    assert verdict.reason is Reason.FACE_COVERED and "mouth is not visible" in verdict.detail
+    # the same flat patch on the forehead leaves the mouth visible
+    forehead = sharp_chip.copy()
+    forehead[20:45, 50:100] = (235, 235, 235)
+    assert looks_real(forehead)[0] is Reason.OK
+
+
+def test_weak_mouth_edges_without_lip_colour_are_covered_but_only_in_colour(rng: np.random.Generator) -> None:
+    """Between the two edge limits (0.5 and 0.8) the lips decide: a mouth region greener than
+    the cheeks (a mask) is covered, the same edges with red lips are not, and a grey photo,
+    with no colour to read, is judged on its edges alone."""
+    (r0, r1), (c0, c1) = MOUTH
+    mouth = (slice(int(r0 * 150), int(r1 * 150)), slice(int(c0 * 150), int(c1 * 150)))
+    base = np.repeat(rng.integers(0, 256, size=(150, 150, 1)), 3, axis=2).astype(np.float32)
+    base[mouth] = 128 + (base[mouth] - 128) * 0.6  # weaker mouth edges: about 0.67 of the face's
+    base[..., 0] += 12  # a warm photo
+    grey = np.repeat(base[..., 1:2], 3, axis=2).clip(0, 255).astype(np.uint8)
+    masked, lips = base.copy(), base.copy()
+    masked[mouth + (slice(1, 2),)] += 25  # green: no lip colour
+    lips[mouth + (slice(0, 1),)] += 25  # red lips
+    masked, lips = masked.clip(0, 255).astype(np.uint8), lips.clip(0, 255).astype(np.uint8)
+    assert 0.5 < mouth_edges(masked) < 0.8 and lip_colour(masked) < 0 < lip_colour(lips)
+    assert looks_real(masked)[0] is Reason.FACE_COVERED
+    assert looks_real(lips)[0] is Reason.OK
+    assert lip_colour(grey) is None and looks_real(grey)[0] is Reason.OK

@@ -316,7 +316,7 @@ def _use_the_pages(service: dict[str, Any], browser: Any, context: Any, page: An
         page.wait_for_timeout(3500)  # let the tile refresh twice (frames/s needs two looks)
         _shot(page, "live")
         first = page.locator("#arrivals li.arrival").first
-        assert first.locator("strong").inner_text().startswith(("Stranger", "David <b>Beckham"))
+        assert first.locator("strong").inner_text().startswith(("Stranger", "Visitor ", "David <b>Beckham"))
         assert "hall" in first.inner_text()
         assert page.locator(".tile[data-camera=hall] [data-field=last]").inner_text().startswith("last: ")
     finally:
@@ -424,3 +424,192 @@ def test_visitors_api(service: dict[str, Any], faces_dir: Path) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_visitor"
     actions = {e["action"] for e in http.get("/api/v1/audit", headers=admin).json()["entries"]}
     assert {"visitor.split", "visitor.merge", "visitor.forget"} <= actions
+
+
+SECRET_SOURCE = "rtsp://admin:hunter2-Secret@127.0.0.1:1/stream"
+
+
+@pytest.fixture(scope="module")
+def registry_runner(service: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real `faec-rec camera --registry` process on the service's Redis and prefix."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.integration.test_cli import _cli
+
+    home = tmp_path_factory.mktemp("runner")
+    settings = service["settings"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAEC_")}
+    env.update(HOME=str(home), FAEC_REDIS_URL=settings.redis_url, FAEC_PREFIX=service["prefix"],
+               FAEC_DATA_DIR=str(settings.data_dir))
+    log_path = home / "runner.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*_cli(), "-v", "camera", "--registry"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=home)
+    try:
+        wait_for(lambda: proc.poll() is not None or b"source registry" in log_path.read_bytes(), 120, "the runner")
+        assert proc.poll() is None, log_path.read_text()
+        yield {"proc": proc, "log": log_path}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _camera(http: Any, headers: dict[str, str], camera: str) -> dict[str, Any] | None:
+    return next((c for c in http.get("/api/v1/cameras", headers=headers).json()["cameras"] if c["camera"] == camera), None)
+
+
+def test_cameras_added_and_removed_through_the_api_run_in_a_registry_runner(
+        service: dict[str, Any], registry_runner: dict[str, Any], faces_dir: Path) -> None:
+    """POST a video file as a camera: the runner process streams it and the worker processes
+    its frames; DELETE it: the runner stops it. A source's password never comes back."""
+    http, keys, client = service["http"], service["keys"], service["client"]
+    viewer, admin = bearer(keys["viewer"]), bearer(keys["admin"])
+    video = str(faces_dir / "videos" / VIDEO)
+    body = {"camera": "api-hall", "source": video, "fps": 4, "loop": True}
+    r = http.post("/api/v1/cameras", json=body, headers=viewer)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = http.post("/api/v1/cameras", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    assert r.json()["source"] == video and r.json()["fps"] == 4
+    r = http.post("/api/v1/cameras", json=body, headers=admin)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "camera_exists"
+    for bad in ({"camera": "a/b", "source": "0"}, {"camera": "x", "source": ""}, {"camera": "x", "source": "0", "fps": -1}):
+        assert http.post("/api/v1/cameras", json=bad, headers=admin).status_code in (400, 422), bad
+
+    wait_for(lambda: (_camera(http, viewer, "api-hall") or {}).get("processed", 0) >= 3, WAIT_S, "frames processed")
+    row = _camera(http, viewer, "api-hall")
+    assert row["registered"] and row["status"] == "streaming" and row["pushed"] >= 3
+
+    r = http.post("/api/v1/cameras", json={"camera": "api-door", "source": SECRET_SOURCE}, headers=admin)
+    assert r.status_code == 201 and r.json()["source"] == "rtsp://***@127.0.0.1:1/stream"
+    wait_for(lambda: (_camera(http, viewer, "api-door") or {}).get("status") == "reconnecting", 60, "door retrying")
+    listing = http.get("/api/v1/cameras", headers=viewer).text
+    page = http.get("/live", headers={**admin, "Accept": "text/html"}).text
+    audit = http.get("/api/v1/audit", headers=admin).text
+    for shown in (listing, page, audit):
+        assert "hunter2" not in shown and "admin:" not in shown
+    assert "rtsp://***@127.0.0.1:1/stream" in listing and "rtsp://***@127.0.0.1:1/stream" in page
+
+    assert http.delete("/api/v1/cameras/api-hall", headers=viewer).status_code == 403
+    assert http.delete("/api/v1/cameras/api-hall", headers=admin).status_code == 204
+    stats = client.keys.camera_stats("api-hall")
+    wait_for(lambda: client.redis.hget(stats, "status") == b"stopped", 60, "api-hall stopped")
+    assert _camera(http, viewer, "api-hall") is None
+    pushed = int(client.redis.hget(stats, "pushed"))
+    time.sleep(1.5)  # a stopped camera pushes nothing more (at 4 frames/s it would have)
+    assert int(client.redis.hget(stats, "pushed")) == pushed
+    r = http.delete("/api/v1/cameras/api-hall", headers=admin)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_camera"
+    assert http.delete("/api/v1/cameras/api-door", headers=admin).status_code == 204
+    wait_for(lambda: client.redis.hget(client.keys.camera_stats("api-door"), "status") == b"stopped", 60, "door stopped")
+    assert registry_runner["proc"].poll() is None
+    log = registry_runner["log"].read_text()
+    assert "api-hall" in log and "hunter2" not in log and "admin:" not in log, log[-2000:]
+
+
+def _login(context: Any, url: str, role: str) -> Any:
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}/login")
+    page.click("#with-password summary")
+    page.fill("#name", f"{role}-key")
+    page.fill("#secret", f"{role}-password-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/live")
+    return page
+
+
+def test_an_admin_adds_and_removes_cameras_on_the_live_page(service: dict[str, Any], registry_runner: dict[str, Any],
+                                                             browser: Any, faces_dir: Path) -> None:
+    url = service["server"].url
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page = _login(context, url, "admin")
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        if not page.locator("#add-camera[open]").count():
+            page.click("#add-camera summary")
+        page.fill("#camera-id", "page-hall")
+        page.fill("#camera-source", str(faces_dir / "videos" / VIDEO))
+        page.fill("#camera-fps", "4")
+        page.check("#camera-loop")
+        page.click("#add-camera-form button[type=submit]")
+        page.wait_for_selector(".tile[data-camera=page-hall]")
+        page.fill("#camera-id", "page-door")
+        page.fill("#camera-source", SECRET_SOURCE)
+        page.click("#add-camera-form button[type=submit]")
+        page.wait_for_selector(".tile[data-camera=page-door]")
+        hall = page.locator(".tile[data-camera=page-hall]")
+        hall.locator("[data-field=status]", has_text="streaming").wait_for(timeout=WAIT_S * 1000)
+        page.locator(".tile[data-camera=page-door] [data-field=status]", has_text="reconnecting").wait_for(timeout=60_000)
+        page.wait_for_function("Number(document.querySelector('.tile[data-camera=page-hall] [data-field=processed]')"
+                               ".textContent) > 0", timeout=WAIT_S * 1000)
+        page.wait_for_timeout(3500)  # two refreshes: frames/s shows
+        _shot(page, "live-cameras")
+        assert "hunter2" not in page.content()
+        assert page.inner_text(".tile[data-camera=page-door] [data-field=source]") == "rtsp://***@127.0.0.1:1/stream"
+        for camera in ("page-hall", "page-door"):
+            button = page.locator(f".tile[data-camera={camera}] .remove-camera")
+            button.click()
+            assert button.inner_text() == f"Remove {camera}?"
+            button.click()
+            page.locator(f".tile[data-camera={camera}]").wait_for(state="detached")
+        _shot(page, "live-cameras-removed")
+        client = service["client"]
+        wait_for(lambda: client.redis.hget(client.keys.camera_stats("page-hall"), "status") == b"stopped", 60,
+                 "page-hall stopped")
+    except Exception:
+        _shot(page, "FAILED-cameras")
+        raise
+    finally:
+        context.close()
+    assert not errors, errors
+    viewer_page = service["http"].get("/live", headers={**bearer(service["keys"]["viewer"]), "Accept": "text/html"}).text
+    assert "add-camera-form" not in viewer_page and "remove-camera" not in viewer_page  # admins only
+
+
+def test_a_recurring_stranger_arrives_on_the_live_page_as_its_visitor(service: dict[str, Any], browser: Any,
+                                                                      faces_dir: Path) -> None:
+    """A stranger walks past a camera: the Live page names the visitor the face was grouped
+    into (not just "Stranger") and links to the Review page showing that visitor."""
+    http, keys, client = service["http"], service["keys"], service["client"]
+    photo = _photos(faces_dir, "Tony_Blair", 1)[0]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page = _login(context, service["server"].url, "viewer")
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.wait_for_selector("#live-state.on")
+        _camera_frames(client, "porch", photo.read_bytes(), 2)
+        arrived = http.get("/api/v1/events", params={"camera": "porch", "type": "arrived"},
+                           headers=bearer(keys["viewer"])).json()["events"]
+        blair = arrived[0]["visitor"]
+        assert blair and arrived[0]["decision"] == "unknown", arrived
+        link = page.locator(f"#arrivals li.arrival a.visitor-link[href='/review?visitor={blair}']").first
+        link.wait_for(timeout=WAIT_S * 1000)
+        assert link.inner_text() == f"Visitor {blair}"
+        arrival = link.locator("xpath=ancestor::li[1]")
+        assert "porch" in arrival.inner_text() and "Stranger" not in arrival.inner_text()
+        _shot(page, "live-visitor")
+        page.reload()  # the server-rendered list links the same way
+        page.locator(f"#arrivals a.visitor-link[href='/review?visitor={blair}']").first.wait_for()
+        page.locator(f"#arrivals a.visitor-link[href='/review?visitor={blair}']").first.click()
+        page.wait_for_url(f"**/review?visitor={blair}")
+        assert page.locator("article.visitor").count() == 1
+        card = page.locator(f"article.visitor[data-visitor='{blair}']")
+        assert card.locator(".faces img").count() >= 1  # the camera's face
+        assert f"Showing visitor {blair} alone" in page.inner_text(".focus")
+        _shot(page, "review-one-visitor")
+    except Exception:
+        _shot(page, "FAILED-live-visitor")
+        raise
+    finally:
+        context.close()
+    assert not errors, errors

@@ -1,14 +1,15 @@
-"""``/api/v1/cameras``: each camera's status, frames/s and drops (cameras are run by `faec-rec cameras`)."""
+"""``/api/v1/cameras``: each camera's status, frames/s and drops; admins add and remove
+camera sources (the source registry, run by `faec-rec camera --registry`)."""
 from __future__ import annotations
 
 import threading
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from faec_rec.web.deps import ClientDep, Viewer
-from faec_rec.web.schemas import CamerasOut, CameraOut, ErrorResponse
+from faec_rec.web.deps import Admin, ClientDep, Viewer
+from faec_rec.web.schemas import CameraIn, CamerasOut, CameraOut, CameraSource, ErrorResponse
 
 router = APIRouter(prefix="/api/v1/cameras", tags=["cameras"], responses={401: {"model": ErrorResponse}})
 
@@ -52,3 +53,19 @@ def camera_rows(client: Any) -> list[CameraOut]:
 @router.get("", response_model=CamerasOut)
 def list_cameras(request: Request, who: Viewer, client: ClientDep) -> CamerasOut:
     return CamerasOut(cameras=camera_rows(client))
+
+
+@router.post("", response_model=CameraSource, status_code=201,
+             responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+def add_camera(body: CameraIn, who: Admin, client: ClientDep) -> CameraSource:
+    """Register a camera source; a runner in registry mode starts it within a second.
+    The source's credentials are stored but never returned (``user:pass@`` shows as ``***@``)."""
+    return CameraSource.model_validate(client.cameras_add(body.camera, body.source, fps=body.fps, loop=body.loop))
+
+
+@router.delete("/{camera}", status_code=204,
+               responses={403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+def remove_camera(camera: str, who: Admin, client: ClientDep) -> Response:
+    """Unregister a camera: its registry runner stops it; its counters are kept."""
+    client.cameras_remove(camera)
+    return Response(status_code=204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from faec_rec.web.deps import Admin, ClientDep, Viewer
-from faec_rec.web.schemas import BackbonesOut, ErrorResponse, ModelEvent, ModelsOut, PromoteIn, TaskQueued
+from faec_rec.web.schemas import BackbonesOut, ErrorResponse, ModelEvent, ModelsOut, PromoteIn, TaskQueued, TrainingProgress
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"],
                    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
@@ -20,6 +20,12 @@ def list_models(who: Viewer, client: ClientDep) -> ModelsOut:
 def list_backbones(who: Viewer, client: ClientDep) -> BackbonesOut:
     """The backbone in service and every one added, each with the licence of its weights."""
     return BackbonesOut.model_validate(client.backbones())
+
+
+@router.get("/training", response_model=TrainingProgress)
+def training(who: Viewer, client: ClientDep) -> TrainingProgress:
+    """The newest training run's state, stage, epoch, loss and percent (poll it while it runs)."""
+    return TrainingProgress.model_validate(client.training_progress())
 
 
 @router.post("/{version}/promote", response_model=ModelEvent, responses={400: {"model": ErrorResponse}})

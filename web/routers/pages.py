@@ -42,7 +42,7 @@ def live(request: Request, who: Viewer, client: ClientDep) -> Response:
     for event in arrivals:  # newest first
         names = last.setdefault(event.get("camera") or "", [])
         if len(names) < 4:
-            names.append(event.get("person") or "stranger")
+            names.append(event.get("person") or event.get("visitor") or "stranger")
     return render(request, "live.html", who, active="live", cameras=camera_rows(client), arrivals=arrivals, last=last)
 
 
@@ -111,7 +111,8 @@ def sightings(
 def models(request: Request, who: Viewer, client: ClientDep) -> Response:
     listing = client.models()
     return render(request, "models.html", who, active="models", current=listing["current"],
-                  models=list(reversed(listing["models"])), backbone=client.backbones()["current"])
+                  models=list(reversed(listing["models"])), progress=client.training_progress(),
+                  backbone=client.backbones()["current"])
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -122,11 +123,20 @@ def audit(request: Request, who: Viewer, client: ClientDep) -> Response:
 
 @router.get("/review", response_class=HTMLResponse)
 def review(request: Request, who: Viewer, client: ClientDep,
-           sort: Annotated[str, Query(pattern="^(faces|last_seen|first_seen|id)$")] = "faces") -> Response:
+           sort: Annotated[str, Query(pattern="^(faces|last_seen|first_seen|id)$")] = "faces",
+           visitor: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = "") -> Response:
+    """Visitors to review, most seen first; ``visitor`` shows that one alone (the Live page links here)."""
     from faec_rec.web.routers.visitors import visitor_faces, visitor_out
 
     rows = []
-    for summary in client.visitors(limit=40, sort=sort):
+    named: dict[str, Any] | None = None
+    if visitor:
+        detail = client.visitor(visitor)  # 404 page for a visitor that was forgotten
+        if detail.get("person_id"):
+            named = detail  # named since: a person now
+        else:
+            rows.append({**visitor_out(detail), "face_list": visitor_faces(detail)[-12:]})
+    for summary in ([] if visitor else client.visitors(limit=40, sort=sort)):
         if summary.get("person_id"):
             continue  # named already: a person now
         detail = client.visitor(summary["id"])
@@ -134,4 +144,4 @@ def review(request: Request, who: Viewer, client: ClientDep,
     known, _ = client.search_events(types=["arrived"], limit=200)
     known = [e for e in known if e.get("decision") == "known"][:20]
     return render(request, "review.html", who, active="review", visitors=rows, known=known, sort=sort,
-                  people=[p.name for p in client.people()])
+                  people=[p.name for p in client.people()], focus=visitor, named=named)

@@ -65,13 +65,21 @@
       img.src = "/api/v1/events/" + encodeURIComponent(ev.id) + "/crop";
       img.addEventListener("error", () => img.replaceWith(el("div", "crop placeholder", "?")));
       const div = el("div");
-      div.append(el("strong", "", ev.person || (ev.visitor ? "Stranger · " + ev.visitor : "Stranger")));
-      const score = ev.score == null ? "" : " · " + Number(ev.score).toFixed(3);
+      const who = el("strong", "", ev.person || (ev.visitor ? "" : "Stranger"));
+      if (!ev.person && ev.visitor) {  // a recurring stranger: its visitor, reviewed on the Review page
+        const a = el("a", "visitor-link", "Visitor " + ev.visitor);
+        a.href = "/review?visitor=" + encodeURIComponent(ev.visitor);
+        a.title = ev.visitor_person ? "named since: " + ev.visitor_person : "review this visitor";
+        who.append(a);
+      }
+      div.append(who);
+      // -1 is "nobody to compare with" (an empty gallery), not a score worth showing
+      const score = ev.score == null || ev.score <= -1 ? "" : " · " + Number(ev.score).toFixed(3);
       div.append(el("span", "small muted", ev.camera + " · " + when(ev.captured_at || ev.processed_at) + score));
       li.append(img, div);
       arrivals.prepend(li);
       while (arrivals.children.length > 60) arrivals.lastElementChild.remove();
-      (tileLast[ev.camera] = tileLast[ev.camera] || []).unshift(ev.person || "stranger");
+      (tileLast[ev.camera] = tileLast[ev.camera] || []).unshift(ev.person || ev.visitor || "stranger");
       tileLast[ev.camera] = tileLast[ev.camera].slice(0, 4);
       const tile = document.querySelector('.tile[data-camera="' + CSS.escape(ev.camera) + '"] [data-field="last"]');
       if (tile) tile.textContent = "last: " + tileLast[ev.camera].join(", ");
@@ -82,36 +90,87 @@
     source.addEventListener("arrived", (m) => addArrival(JSON.parse(m.data)));
 
     const tiles = $("#cameras");
+    const isAdmin = tiles.dataset.admin === "1";
+    function newTile(cam) {
+      const tile = el("article", "tile card");
+      tile.dataset.camera = cam.camera;
+      const h = el("header");
+      h.append(el("strong", "", cam.camera), " ");
+      const b = el("span", "badge"); b.dataset.field = "status"; h.append(b);
+      const src = el("p", "small muted source"); src.dataset.field = "source";
+      const dl = el("dl");
+      for (const [f, label] of [["processed_fps", "frames/s"], ["processed", "processed"], ["dropped", "dropped"], ["faces", "faces"]]) {
+        const d = el("div"); d.append(el("dt", "", label)); const dd = el("dd"); dd.dataset.field = f; d.append(dd); dl.append(d);
+      }
+      const last = el("p", "small muted last-faces", tileLast[cam.camera] ? "last: " + tileLast[cam.camera].join(", ") : "no faces yet");
+      last.dataset.field = "last";
+      tile.append(h, src, dl, last);
+      return tile;
+    }
     async function refreshCameras() {
       try {
         const data = await api("GET", "/api/v1/cameras");
+        const listed = new Set(data.cameras.map((c) => c.camera));
+        tiles.querySelectorAll(".tile[data-camera]").forEach((t) => { if (!listed.has(t.dataset.camera)) t.remove(); });
         for (const cam of data.cameras) {
           let tile = tiles.querySelector('.tile[data-camera="' + CSS.escape(cam.camera) + '"]');
           if (!tile) {
             const none = $("#no-cameras");
             if (none) none.remove();
-            tile = el("article", "tile card");
-            tile.dataset.camera = cam.camera;
-            const h = el("header");
-            h.append(el("strong", "", cam.camera), " ");
-            const b = el("span", "badge"); b.dataset.field = "status"; h.append(b);
-            const dl = el("dl");
-            for (const [f, label] of [["processed_fps", "frames/s"], ["processed", "processed"], ["dropped", "dropped"], ["faces", "faces"]]) {
-              const d = el("div"); d.append(el("dt", "", label)); const dd = el("dd"); dd.dataset.field = f; d.append(dd); dl.append(d);
-            }
-            const last = el("p", "small muted last-faces", tileLast[cam.camera] ? "last: " + tileLast[cam.camera].join(", ") : "no faces yet");
-            last.dataset.field = "last";
-            tile.append(h, dl, last);
+            tile = newTile(cam);
             tiles.append(tile);
           }
           for (const f of ["processed", "dropped", "faces"]) tile.querySelector('[data-field="' + f + '"]').textContent = cam[f];
           tile.querySelector('[data-field="processed_fps"]').textContent = cam.processed_fps == null ? "–" : cam.processed_fps;
+          const src = tile.querySelector('[data-field="source"]');
+          src.textContent = cam.source || ""; src.title = cam.source || "";
           const badge = tile.querySelector('[data-field="status"]');
           badge.textContent = cam.status || "unknown";
           badge.className = "badge status-" + (cam.status || "unknown");
+          if (isAdmin && cam.registered && !tile.querySelector(".remove-camera")) {
+            tile.append(el("button", "danger small-btn remove-camera", "Remove"));
+            tile.lastElementChild.type = "button";
+          }
+        }
+        if (!data.cameras.length && !$("#no-cameras")) {
+          tiles.append(el("p", "empty", "No camera yet." + (isAdmin ? " Add one below." : "")));
+          tiles.lastElementChild.id = "no-cameras";
         }
       } catch (e) { /* next round */ }
     }
+    // Remove asks once more on the button itself: a slip of the finger must not stop a camera.
+    tiles.addEventListener("click", async (e) => {
+      const btn = e.target.closest(".remove-camera");
+      if (!btn) return;
+      const id = btn.closest(".tile").dataset.camera;
+      if (!btn.classList.contains("armed")) {
+        btn.classList.add("armed"); btn.textContent = "Remove " + id + "?";
+        setTimeout(() => { btn.classList.remove("armed"); btn.textContent = "Remove"; }, 4000);
+        return;
+      }
+      btn.disabled = true;
+      try {
+        await api("DELETE", "/api/v1/cameras/" + encodeURIComponent(id));
+        btn.closest(".tile").remove();
+        toast("Camera " + id + " removed");
+        refreshCameras();
+      } catch (err) { btn.disabled = false; toast(err.message, true); }
+    });
+    const addForm = $("#add-camera-form");
+    if (addForm) addForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const body = { camera: $("#camera-id").value.trim(), source: $("#camera-source").value.trim(), loop: $("#camera-loop").checked };
+      if ($("#camera-fps").value) body.fps = Number($("#camera-fps").value);
+      const btn = addForm.querySelector("button[type=submit]");
+      btn.disabled = true;
+      try {
+        const rec = await api("POST", "/api/v1/cameras", body);
+        addForm.reset();
+        toast("Camera " + rec.camera + " added: " + rec.source);
+        await refreshCameras();
+      } catch (err) { toast(err.message, true); }
+      btn.disabled = false;
+    });
     refreshCameras();
     setInterval(refreshCameras, 3000);
   }
@@ -263,18 +322,67 @@
     try { await api("POST", "/api/v1/models/rollback", { reason: "rolled back on the Models page" }); location.reload(); }
     catch (err) { toast(err.message, true); }
   });
+  // Training progress: the worker writes it to Redis, GET /api/v1/models/training reads it;
+  // polled once a second while a run is queued or running.
+  const progressBox = $("#train-progress");
   const train = $("#train");
+  const ACTIVE = ["queued", "running"];
+  const STAGE_NAMES = { gallery: "reading the gallery", "reference features": "reference features",
+    train: "training the head", evaluate: "judging it against the model in service" };
+  function showProgress(p) {
+    progressBox.hidden = p.state === "idle";
+    progressBox.dataset.state = p.state;
+    const title = $("#train-title"), detail = $("#train-detail"), bar = $("#train-bar"), result = $("#train-result");
+    bar.value = p.percent || 0;
+    const parts = [];
+    if (p.state === "queued") {
+      title.textContent = "Training queued";
+      parts.push("waiting for a worker on queue 'train'");
+    } else if (p.state === "running") {
+      title.textContent = "Training";
+      parts.push(STAGE_NAMES[p.stage] || p.stage || "starting");
+      if (p.stage === "train" && p.epochs) parts.push("epoch " + p.epoch + " of " + p.epochs);
+      else if (p.total > 1) parts.push(p.done + " of " + p.total);
+      if (p.loss != null) parts.push("loss " + Number(p.loss).toFixed(4));
+      parts.push(Math.round(p.percent || 0) + "%");
+    } else {
+      title.textContent = { done: "Last training", skipped: "Last training skipped", failed: "Last training failed" }[p.state] || p.state;
+      if (p.finished_at) parts.push(when(p.finished_at));
+      if (p.epochs) parts.push(p.epochs + " epochs");
+      if (p.loss != null) parts.push("final loss " + Number(p.loss).toFixed(4));
+    }
+    detail.textContent = parts.join(" · ");
+    const r = p.result || {};
+    result.textContent = p.state === "failed" ? (p.error || "") :
+      p.state === "done" ? (r.version + " " + r.status + (r.reason ? ": " + r.reason : "")) :
+      p.state === "skipped" ? (r.reason || "") : "";
+    result.className = "small " + (p.state === "failed" ? "bad" : r.status === "promoted" ? "ok" : "muted");
+  }
+  let polling = null;
+  function follow() {
+    if (polling) return;
+    polling = setInterval(async () => {
+      let p;
+      try { p = await api("GET", "/api/v1/models/training"); } catch (e) { return; }
+      showProgress(p);
+      if (!ACTIVE.includes(p.state)) {
+        clearInterval(polling); polling = null;
+        if (p.result && p.result.version) setTimeout(() => location.reload(), 1500);  // the new version's row
+        if (train) train.disabled = false;
+      }
+    }, 1000);
+  }
+  if (progressBox) {
+    const p = JSON.parse(progressBox.dataset.progress);
+    showProgress(p);
+    if (ACTIVE.includes(p.state)) { if (train) train.disabled = true; follow(); }
+  }
   if (train) train.addEventListener("click", async () => {
     train.disabled = true;
-    const st = $("#train-state");
     try {
-      const before = (await api("GET", "/api/v1/models")).models.length;
-      const t = await api("POST", "/api/v1/models/train");
-      st.textContent = "training (task " + t.task_id.slice(0, 8) + ")… the new version appears here when done";
-      const poll = setInterval(async () => {
-        const now = await api("GET", "/api/v1/models");
-        if (now.models.length > before) { clearInterval(poll); location.reload(); }
-      }, 3000);
+      await api("POST", "/api/v1/models/train");
+      showProgress({ state: "queued", percent: 0 });
+      follow();
     } catch (err) { train.disabled = false; toast(err.message, true); }
   });
 })();
