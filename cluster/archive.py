@@ -446,8 +446,10 @@ def import_gallery(store: Store, src: IO[bytes], settings: Any, *, merge: bool =
         if present and not merge:
             raise ArchiveError(f"the target gallery holds {present} people: import into an empty deployment, "
                                "or pass --merge to merge into it")
+        people = archive.people()
+        _check_backbone(store, people)
         _import_models(store, archive, summary, empty=not present, promote=promote)
-        for pid, rec in sorted(archive.people().items()):
+        for pid, rec in sorted(people.items()):
             templates = []
             for t in rec["templates"]:
                 fields = dict(t["fields"])
@@ -463,6 +465,20 @@ def import_gallery(store: Store, src: IO[bytes], settings: Any, *, merge: bool =
         return summary
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _check_backbone(store: Store, people: dict[str, Any]) -> None:
+    """Refuse templates whose features are another backbone's than the target gallery's
+    (faec-rec models use-backbone): compared, they would be noise. Nothing is written yet."""
+    from faec_rec.index.backbone_swap import DEFAULT_BACKBONE, current_backbone
+
+    serving = current_backbone(store.client, store.keys)["name"]
+    found = {t["fields"].get("backbone") or DEFAULT_BACKBONE for rec in people.values() for t in rec["templates"]}
+    other = sorted(found - {serving})
+    if other:
+        raise ArchiveError(f"the archive's templates are in backbone {', '.join(other)}'s features and this gallery "
+                           f"serves {serving}: switch with `faec-rec models use-backbone {other[0]}` first "
+                           "(and back after the import); nothing was imported")
 
 
 def _import_models(store: Store, archive: Archive, summary: ImportSummary, *, empty: bool, promote: Any) -> None:

@@ -700,6 +700,64 @@ class Client:
         self._audit("rollback", version=event["version"], previous=event.get("previous"), reason=reason)
         return event
 
+    # ---- backbones (training/backbones.py, index/backbone_swap.py) -------------------------
+    @property
+    def backbone_registry(self) -> Any:
+        from faec_rec.training.backbones import BackboneRegistry
+
+        return BackboneRegistry(self.redis, self.keys, Path(self.settings.data_dir), flip_average=self.settings.faces.flip_average)
+
+    def backbones(self) -> dict[str, Any]:
+        """``{"current": {"name", "generation", "threshold", "licence"}, "backbones": [rows]}``:
+        the built-in backbone and every supplied one, each with the licence of its weights."""
+        from faec_rec.training.backbones import builtin_record
+
+        registry = self.backbone_registry
+        rows = [builtin_record()]
+        for rec in registry.records():
+            rows.append({"name": rec.name, "licence": rec.licence, "format": rec.card.get("format"),
+                         "input_size": rec.card.get("input_size"), "alignment": rec.card.get("alignment"),
+                         "embedding_size": rec.card.get("embedding_size"), "threshold": rec.threshold,
+                         "calibration": rec.calibration, "sha256": rec.sha256, "created": rec.created})
+        return {"current": registry.current(), "backbones": rows}
+
+    def add_backbone(self, model_path: str | Path, card_path: str | Path) -> dict[str, Any]:
+        """Validate a model file against its card, calibrate it on the gallery's crops and
+        store it (not yet in service: see :meth:`use_backbone`). Returns its listing row."""
+        from faec_rec.training.backbones import gallery_crops
+
+        from faec_rec.faces.embed import Embedder
+
+        chips, labels = gallery_crops(self.redis, self.keys, Path(self.settings.data_dir))
+        builtin = Embedder(self.settings.faces, Path(self.settings.data_dir) / "models")
+        rec = self.backbone_registry.add(Path(model_path), Path(card_path), chips, labels, builtin=builtin.features)
+        self._audit("add_backbone", backbone=rec.name, sha256=rec.sha256, licence=rec.licence)
+        return next(r for r in self.backbones()["backbones"] if r["name"] == rec.name)
+
+    def use_backbone(self, name: str, progress: Any = None) -> dict[str, Any]:
+        """Re-embed the gallery from its stored crops with backbone ``name`` and switch to it
+        atomically (the old backbone serves until then; workers follow before their next
+        batch). Returns ``{"backbone", "previous", "generation", "templates"}``."""
+        from faec_rec.index.backbone_swap import current_backbone, swap_backbone
+        from faec_rec.training.backbones import BUILTIN
+
+        if current_backbone(self.redis, self.keys)["name"] == name:
+            return {"backbone": name, "previous": name, "generation": current_backbone(self.redis, self.keys)["generation"],
+                    "templates": 0, "unchanged": True}
+        if name == BUILTIN:
+            from faec_rec.faces.embed import Embedder
+
+            embedder: Any = Embedder(self.settings.faces, Path(self.settings.data_dir) / "models")
+            calibration: dict[str, Any] = {"threshold": None}
+        else:
+            embedder = self.backbone_registry.embedder(name)
+            rec = self.backbone_registry.record(name)
+            calibration = {"threshold": rec.threshold, "raise_scale": rec.calibration.get("raise_scale", 1.0)}
+        result = swap_backbone(self.redis, self.keys, Path(self.settings.data_dir), name, embedder.features,
+                               calibration=calibration, progress=progress)
+        self._audit("use_backbone", backbone=name, previous=result["previous"], templates=result["templates"])
+        return result
+
     def train_head(self) -> str:
         """Queue a head-training run for a worker on queue ``train``; returns the task id.
         Its outcome appears in :meth:`models` (a new version, promoted or rejected)."""

@@ -114,6 +114,10 @@ class UnknownVersionError(ModelError, UsageError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class BackboneRefused(ModelError, UsageError):
+    """A supplied backbone was refused: its file does not load or does not match its card."""
+
+
 class NothingToRollBackError(ModelError, UsageError):
     """``models rollback`` with no earlier version in service."""
 

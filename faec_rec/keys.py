@@ -92,6 +92,15 @@ class Keys:
         """Stream of model-version changes (workers hot-swap on these)."""
         return self._k("models", "events")
 
+    def backbones(self) -> str:
+        """Hash: backbone name -> JSON record of a supplied backbone (training/backbones.py)."""
+        return self._k("backbones")
+
+    def backbone_current(self) -> str:
+        """String: JSON ``{"name", "generation"}`` of the backbone the gallery's features are
+        in (absent: the built-in one, generation 0); set with the re-embedded features."""
+        return self._k("backbones", "current")
+
     def train_lock(self) -> str:
         return self._k("train", "lock")
 

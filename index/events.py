@@ -25,6 +25,7 @@ class EventOp(str, Enum):
     RENAME = "rename"    # person, name
     FORGET = "forget"    # person and everything of theirs
     VERSION = "version"  # the gallery now serves projection `version`
+    BACKBONE = "backbone"  # every template's features were replaced by backbone `version`'s
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from faec_rec.config import GalleryConfig
 from faec_rec.errors import GalleryError
 from faec_rec.keys import Keys
 
-from faec_rec.index.calibration import global_threshold
+from faec_rec.index.calibration import global_threshold, search_raise
 from faec_rec.index.decision import Match
 from faec_rec.index.events import EventLog, EventOp, id_before
 from faec_rec.index.projection import BASE_VERSION, BaseProjector, Projector, check_unit_vectors, check_vectors
@@ -81,6 +81,9 @@ class Gallery:
         self._lock = threading.RLock()
         self._replica: Replica | None = None
         self._since_snapshot = 0
+        # The backbone the replica's features are in, with its own calibrated threshold
+        # (index/backbone_swap.py); read when the replica loads and on "backbone" events.
+        self._backbone: dict[str, Any] = {"name": backbone_version, "generation": 0, "threshold": None}
 
     # ---- the replica -------------------------------------------------------
     @property
@@ -107,6 +110,13 @@ class Gallery:
         return self.replica.size
 
     @property
+    def backbone(self) -> dict[str, Any]:
+        """``{"name", "generation", "threshold", "raise_scale"}`` of the backbone this replica's
+        features are in (loads the replica; :meth:`sync` follows a switch)."""
+        self.replica
+        return self._backbone
+
+    @property
     def threshold(self) -> float:
         """The global threshold: configured (used as is), else the projector's or the model
         card's per-pair threshold lifted for the number of people enrolled (see
@@ -114,7 +124,16 @@ class Gallery:
         # A search over N people gives a stranger N chances: the per-pair threshold is
         # lifted so that about gallery.search_far of strangers pass, whatever N.
         people = self._replica.people_count if self._replica is not None else 0
-        return global_threshold(self.config.threshold, getattr(self.projector, "threshold", None), self.version,
+        own = getattr(self.projector, "threshold", None)
+        supplied = self._backbone.get("threshold")
+        if self.config.threshold is None and own is None and self.version == BASE_VERSION and supplied is not None:
+            # A supplied backbone: its own per-pair threshold, and the built-in search raise
+            # scaled by how much wider its impostor scores spread (training/backbones.py).
+            # Capped like the built-in table (calibration.search_threshold) at 0.995.
+            scale = float(self._backbone.get("raise_scale") or 1.0)
+            lifted = float(supplied) + (scale * search_raise(people, self.config.search_far) if people > 0 else 0.0)
+            return max(float(supplied), min(lifted, 0.995))
+        return global_threshold(self.config.threshold, own, self.version,
                                 people, self.config.search_far)
 
     def _projector_for(self, version: str) -> Projector | None:
@@ -136,6 +155,7 @@ class Gallery:
             # Process-wide: on a shared 2-core box two spinning OpenMP threads
             # made one flat query 100x slower than a single thread does.
             faiss.omp_set_num_threads(self.config.faiss_threads)
+        self._read_backbone()
         found = load_newest(self.snapshot_dir)
         if found is not None:
             path, meta, arrays = found
@@ -150,9 +170,16 @@ class Gallery:
             how = "Redis records"
         self._replica = replica
         applied = self._catch_up(replica)
+        replica = self._replica  # a "backbone" event among them replaced it
         log.info("gallery replica loaded from %s + %d event(s): %d templates, version %s, %s index, %.2f s",
                  how, applied, replica.size, replica.version, replica.index_kind, time.perf_counter() - started)
         return replica
+
+    def _read_backbone(self) -> None:
+        from faec_rec.index.backbone_swap import current_backbone
+
+        self._backbone = current_backbone(self.redis, self.keys)
+        self.store.backbone_version = str(self._backbone["name"])
 
     def _bootstrap_from_redis(self, projector: Projector | None = None) -> Replica:
         replica = Replica(self.config, projector or self._initial)
@@ -191,6 +218,16 @@ class Gallery:
             batch = self.events.read(replica.position, count=READ_CHUNK)
             if not batch:
                 break
+            if any(e.op is EventOp.BACKBONE for _, e in batch):
+                # Every stored feature was replaced: this replica's (and older snapshots')
+                # are stale. Read the records again; they already hold the new features.
+                self._read_backbone()
+                replica = self._replica = self._bootstrap_from_redis(replica.projector)
+                log.info("gallery features are now backbone %s's: replica reloaded (%d templates)",
+                         self._backbone["name"], replica.size)
+                applied += len(batch)
+                self._since_snapshot = self.config.snapshot_every  # a fresh snapshot at the next sync
+                continue
             added = [t for _, e in batch if e.op is EventOp.ADD for t in e.templates]
             features = self.store.fetch_features(added) if added else {}
             applied += replica.apply(batch, features, loader=self._projector_for)

@@ -95,12 +95,16 @@ def models_list(as_json: bool) -> None:
     from faec_rec.training.registry import ModelRecord
 
     with _backend() as backend:
-        listing = Client(settings=backend.settings).models()
+        client = Client(settings=backend.settings)
+        listing = client.models()
+        backbone = client.backbones()["current"]
     current = listing["current"]
     records = [ModelRecord.from_json(json.dumps(m)) for m in listing["models"]]
     if as_json:
-        click.echo(json.dumps({"current": current, "models": [json.loads(r.to_json()) for r in records]}, indent=2))
+        click.echo(json.dumps({"current": current, "models": [json.loads(r.to_json()) for r in records],
+                               "backbone": backbone}, indent=2))
         return
+    click.echo(f"backbone in service: {backbone['name']} (weights: {backbone['licence']})")
     click.echo(f"{'':2}{'version':10} {'status':10} {'created (UTC)':19} {'gallery TAR@1%FAR':>18} {'LFW acc':>8}  note")
     click.echo(f"{'* ' if current == 'base' else '  '}{'base':10} {'built-in':10} {'-':19} {'-':>18} {'-':>8}  L2-normalised backbone features")
     for r in records:
@@ -109,6 +113,64 @@ def models_list(as_json: bool) -> None:
         lfw = r.metrics.get("candidate_lfw_accuracy")
         mark = "* " if r.version == current else "  "
         click.echo(f"{mark}{r.version:10} {r.status:10} {created:19} {_fmt(tar):>18} {_fmt(lfw):>8}  {r.note[:60]}")
+
+
+@models.command("backbones")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def models_backbones(as_json: bool) -> None:
+    """Backbones: the built-in one and every one added; * marks the one in service."""
+    from faec_rec.client import Client
+
+    with _backend() as backend:
+        listing = Client(settings=backend.settings).backbones()
+    if as_json:
+        click.echo(json.dumps(listing, indent=2, default=str))
+        return
+    current = listing["current"]["name"]
+    click.echo(f"{'':2}{'name':24} {'input':9} {'alignment':12} {'threshold':>9}  licence of the weights")
+    for row in listing["backbones"]:
+        size = "x".join(str(v) for v in row.get("input_size") or []) or "-"
+        align = row.get("alignment") if isinstance(row.get("alignment"), str) else "custom"
+        mark = "* " if row["name"] == current else "  "
+        click.echo(f"{mark}{row['name']:24} {size:9} {align:12} {_fmt(row.get('threshold')):>9}  {row['licence']}")
+
+
+@models.command("add-backbone")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--card", "card_file", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="the model card (JSON: input size, colour order, normalisation, alignment, embedding size, licence)")
+def models_add_backbone(model_file: str, card_file: str) -> None:
+    """Check a TFLite/ONNX face model against its card, calibrate it on the gallery's crops and store it."""
+    from faec_rec.client import Client
+
+    with _backend() as backend:
+        row = Client(settings=backend.settings).add_backbone(model_file, card_file)
+    cal = row.get("calibration") or {}
+    click.echo(f"added backbone {row['name']} ({row['format']}, {'x'.join(map(str, row['input_size']))}, licence: {row['licence']})")
+    click.echo(f"threshold {_fmt(row.get('threshold'))} from {cal.get('calibrated_on')} "
+               f"({cal.get('genuine_pairs', 0)} genuine / {cal.get('impostor_pairs', 0)} impostor pairs)")
+    click.echo(f"put it in service with: faec-rec models use-backbone {row['name']}")
+
+
+@models.command("use-backbone")
+@click.argument("name")
+def models_use_backbone(name: str) -> None:
+    """Re-embed the gallery from its stored crops with backbone NAME and switch to it (no re-enrolment)."""
+    from tqdm import tqdm
+
+    from faec_rec.client import Client
+
+    with _backend() as backend, tqdm(desc="re-embedding", unit="face", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = Client(settings=backend.settings).use_backbone(name, progress=progress)
+    if result.get("unchanged"):
+        click.echo(f"backbone {name} is already in service")
+        return
+    click.echo(f"backbone in service: {result['backbone']} (was {result['previous']}); "
+               f"{result['templates']} templates re-embedded from their crops")
 
 
 @models.command("show")

@@ -483,6 +483,14 @@ def _locked_run(settings: "Settings", client: "redis_lib.Redis", keys: Keys, reg
 
     cfg = settings.training
     data_dir = Path(settings.data_dir)
+    from faec_rec.index.backbone_swap import DEFAULT_BACKBONE, current_backbone
+
+    backbone = current_backbone(client, keys)["name"]
+    if backbone != DEFAULT_BACKBONE:
+        # The generic reference (shipped or LFW) is the built-in backbone's features.
+        return _skipped(f"the gallery is in backbone {backbone}'s features; heads are trained and judged on "
+                        f"{DEFAULT_BACKBONE}'s (faec-rec models use-backbone {DEFAULT_BACKBONE} to train)",
+                        started, current=registry.current())
     # 1. data
     step("gallery", 0, 1)
     feats, person_of = read_gallery(client, keys, data_dir)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from faec_rec.files import display_name, name_bytes
+from faec_rec.index.backbone_swap import DEFAULT_BACKBONE as BUILTIN_BACKBONE
 
 if TYPE_CHECKING:
     from faec_rec.workers.runtime import Runtime
@@ -36,7 +37,17 @@ TRACKS_TTL_S = 3600  # how long a camera's track -> visitor map outlives its las
 
 
 def _enabled(runtime: Runtime) -> bool:
-    return bool(getattr(runtime.settings, "visitors", None) and runtime.settings.visitors.enabled)
+    if not (getattr(runtime.settings, "visitors", None) and runtime.settings.visitors.enabled):
+        return False
+    # Visitor faces hold built-in (dlib) features and the grouping thresholds are in its
+    # cosine scale: under a supplied backbone (faec-rec models use-backbone) grouping pauses.
+    backbone = getattr(getattr(runtime, "_engine", None), "backbone_version", BUILTIN_BACKBONE)
+    if backbone != BUILTIN_BACKBONE:
+        if not getattr(runtime, "_visitors_paused", False):
+            log.warning("visitors paused: the backbone in service is %s, visitors group %s features", backbone, BUILTIN_BACKBONE)
+            runtime._visitors_paused = True  # type: ignore[attr-defined]
+        return False
+    return True
 
 
 def _collisions(runtime: Runtime) -> Any:

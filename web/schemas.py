@@ -127,6 +127,19 @@ class ModelsOut(BaseModel):
     models: list[ModelOut]
 
 
+class BackboneOut(BaseModel):
+    model_config = {"extra": "allow"}
+
+    name: str
+    licence: str
+    threshold: float | None = None
+
+
+class BackbonesOut(BaseModel):
+    current: BackboneOut
+    backbones: list[BackboneOut]
+
+
 class ModelEvent(BaseModel):
     model_config = {"extra": "allow"}
 

@@ -99,9 +99,38 @@ class Runtime:
 
                     limit_tf_threads(self.settings.workers.tf_threads)
 
-                    engine = FaceEngine(self.settings.faces, cache_dir=Path(self.settings.data_dir) / "models")
+                    from faec_rec.index.backbone_swap import current_backbone
+
+                    name = str(current_backbone(self.redis, self.keys)["name"])
+                    engine = FaceEngine(self.settings.faces, cache_dir=Path(self.settings.data_dir) / "models",
+                                        embedder=self._supplied_embedder(name))
                     self._engine = engine
         return self._engine
+
+    def _supplied_embedder(self, name: str) -> Any:
+        """The embedder of backbone ``name``: None for the built-in one (the engine makes it)."""
+        from faec_rec.training.backbones import BUILTIN, BackboneRegistry
+
+        if name == BUILTIN:
+            return None
+        return BackboneRegistry(self.redis, self.keys, Path(self.settings.data_dir),
+                                flip_average=self.settings.faces.flip_average).embedder(name)
+
+    def _follow_backbone(self) -> None:
+        """Embed with the backbone the gallery's features are in (after a switch, index/backbone_swap.py)."""
+        wanted = str(self.gallery.backbone["name"])
+        if wanted == self.engine.backbone_version:
+            return
+        with self._lock:
+            try:
+                embedder = self._supplied_embedder(wanted)
+            except Exception:
+                log.exception("cannot load backbone %r that the gallery is now in; still embedding with %r",
+                              wanted, self.engine.backbone_version)
+                return
+            self.engine.set_embedder(embedder)
+            log.info("now embedding with backbone %s", wanted)
+            metrics.set_model_version(self.model_version)
 
     @property
     def gallery(self) -> "Gallery":
@@ -157,6 +186,7 @@ class Runtime:
         """
         gallery = self.gallery
         gallery.sync()
+        self._follow_backbone()
         wanted = self._current_version()
         if wanted == gallery.projector.version:
             return

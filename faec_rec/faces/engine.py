@@ -85,6 +85,11 @@ class FaceEngine:
                     self._embedder = Embedder(self.config, self.cache_dir)
         return self._embedder
 
+    def set_embedder(self, embedder: Embedder | None) -> None:
+        """Embed with ``embedder`` from now on (None: the configured built-in one, made on first use)."""
+        with self._lock:
+            self._embedder = embedder
+
     @property
     def backbone_version(self) -> str:
         """Name of the descriptor model, e.g. ``"dlib-resnet-v1"``."""

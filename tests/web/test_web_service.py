@@ -355,6 +355,9 @@ def _use_the_pages(service: dict[str, Any], browser: Any, context: Any, page: An
     _shot(page, "sightings")
     page.goto(f"{url}/models")
     assert "base" in page.inner_text("#current")
+    assert page.inner_text("#backbone") == "dlib-resnet-v1" and "CC0-1.0" in page.inner_text("#backbone-licence")
+    listing = http.get("/api/v1/models/backbones", headers=bearer(keys["viewer"])).json()
+    assert listing["current"]["name"] == "dlib-resnet-v1" and [b["name"] for b in listing["backbones"]] == ["dlib-resnet-v1"]
     _shot(page, "models")
     page.goto(f"{url}/audit")
     assert "enrol" in page.inner_text("table.list")

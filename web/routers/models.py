@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from faec_rec.web.deps import Admin, ClientDep, Viewer
-from faec_rec.web.schemas import ErrorResponse, ModelEvent, ModelsOut, PromoteIn, TaskQueued, TrainingProgress
+from faec_rec.web.schemas import BackbonesOut, ErrorResponse, ModelEvent, ModelsOut, PromoteIn, TaskQueued, TrainingProgress
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"],
                    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
@@ -14,6 +14,12 @@ router = APIRouter(prefix="/api/v1/models", tags=["models"],
 def list_models(who: Viewer, client: ClientDep) -> ModelsOut:
     """Every registered version (oldest first) and the one in service ('base' = no head)."""
     return ModelsOut.model_validate(client.models())
+
+
+@router.get("/backbones", response_model=BackbonesOut)
+def list_backbones(who: Viewer, client: ClientDep) -> BackbonesOut:
+    """The backbone in service and every one added, each with the licence of its weights."""
+    return BackbonesOut.model_validate(client.backbones())
 
 
 @router.get("/training", response_model=TrainingProgress)

