@@ -8,8 +8,8 @@ Redis link with 50 ms each way turned into seconds per frame (README, Operations
 1. the tracker state must still be at the revision the plan was made from
    (:meth:`~faec_rec.workers.tracker.TrackStore.plan`), else nothing is written and
    the caller reads again and plans again (optimistic concurrency, as WATCH gave);
-2. every person the old and new state name must still be enrolled, else nothing is
-   written and the caller plans again with them forgotten;
+2. every person the state named before the frame must still be enrolled, else nothing
+   is written and the caller plans again with them forgotten;
 3. then: the state and its revision, each event on the camera's stream, the combined
    stream and the channel (capped as :func:`~faec_rec.workers.events.publish_many`
    caps them), the counters and the latency histogram, and the frame key deleted.

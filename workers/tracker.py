@@ -533,7 +533,8 @@ class TrackPlan:
 
     events: what to publish if the plan commits; state: the new state (JSON text); rev: the
     revision of the state it was made from ("" when there was none); held: the person ids the
-    old and new state name, which must all still be enrolled when it commits.
+    state named before this frame (less those forgotten), which must all still be enrolled when
+    it commits (as :meth:`TrackStore.update` checks them before applying a frame).
     """
 
     events: list[Event]
@@ -622,9 +623,9 @@ class TrackStore:
         """Apply one frame to the state ``read`` (the reply of :meth:`queue_read`) without
         writing it: the caller commits the plan with the frame's events in one request
         (:mod:`faec_rec.workers.commit`), which fails if the state's revision moved on
-        (then read again and plan again) or if a person the tracks name is no longer
-        enrolled (then plan again on the same read with them in ``forget``: their tracks
-        turn "unknown" first, as :meth:`update`'s ``enrolled`` check does).
+        (then read again and plan again) or if a person the tracks named before this frame
+        is no longer enrolled (then plan again on the same read with them in ``forget``:
+        their tracks turn "unknown" first, as :meth:`update`'s ``enrolled`` check does).
         """
         raw, rev = read if read is not None else (None, None)
         tracker = Tracker(**self._tracker_args)
@@ -642,7 +643,7 @@ class TrackStore:
         ]
         rev_text = "" if rev is None else (rev.decode() if isinstance(rev, bytes) else str(rev))
         return TrackPlan(events=events, state=json.dumps(tracker.to_state(), separators=(",", ":")), rev=rev_text,
-                         held=sorted(before | tracker.identities()))
+                         held=sorted(before - set(forget)))
 
     def sweep(self, camera: str, now: float | None = None) -> list[Event]:
         """"left" events for ``camera``'s tracks unseen past the timeout at ``now`` (unix s)."""
