@@ -455,7 +455,19 @@ def latency_percentiles(stats: dict[bytes | str, bytes | str], quantiles: tuple[
 
 
 # ---- folder jobs / single images ----------------------------------------------
-def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: str) -> bytes:
+def queue_upload_read(runtime: Runtime, pipe: Any, key: str) -> int:
+    """Queue the read of an upload on the caller's ``pipe``: whether it exists, its size and
+    at most ``faces.max_image_bytes`` + 1 of its bytes (a larger one is never pulled whole).
+    Returns how many replies that takes; hand them to :func:`read_image_bytes` as ``read``."""
+    upload = runtime.keys.upload(key)
+    pipe.exists(upload)
+    pipe.strlen(upload)
+    pipe.getrange(upload, 0, runtime.settings.faces.max_image_bytes)
+    return 3
+
+
+def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: str,
+                     read: list[Any] | None = None) -> bytes:
     """The bytes of an uploaded image (``keys.upload(key)``) or of a file the worker may read.
 
     At most ``faces.max_image_bytes`` are read (a larger image is refused before it
@@ -463,16 +475,18 @@ def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: 
     (symlinks resolved); the embedded backend and ``faec-rec worker`` on the private
     Redis (which only this user's commands reach) set ``/`` when none are configured.
 
+    ``read``: the replies of :func:`queue_upload_read` for ``key``, already fetched.
+
     Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``too_large``,
     ``not_allowed``, ``not_found`` or ``unreadable``.
     """
     cap = runtime.settings.faces.max_image_bytes
     if key is not None:
         upload = runtime.keys.upload(key)
-        size = runtime.redis.strlen(upload)
+        exists, size, head = read if read is not None else (None, runtime.redis.strlen(upload), None)
         if size > cap:
             raise ImageError(name, f"too_large: {size} bytes (faces.max_image_bytes is {cap})")
-        data = runtime.redis.get(upload)
+        data = runtime.redis.get(upload) if read is None else (head if exists else None)
         if data is None:
             raise ImageError(name, "upload_expired: the uploaded bytes expired before a worker read them; send again")
         return bytes(data)
@@ -536,13 +550,22 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     r, keys = runtime.redis, runtime.keys
     job_key = keys.job(payload.job)
     seen = _seen_field(payload.name)
-    if r.hexists(job_key, seen):
+    # The "seen" mark, the refresh's reads and the uploaded bytes in one round trip.
+    pipe = r.pipeline(transaction=False)
+    pipe.hexists(job_key, seen)
+    refresh = runtime.queue_refresh(pipe)
+    if payload.key is not None:
+        queue_upload_read(runtime, pipe, payload.key)
+    done, *rest = pipe.execute()
+    upload_read = refresh.take(rest) if payload.key is not None else None
+    if done:
         return {"path": payload.name, "skipped": "already recorded"}
 
-    runtime.refresh()
+    runtime.refresh(refresh)
     record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
     try:
-        image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
+        data = read_image_bytes(runtime, payload.key, payload.path, payload.name, read=upload_read)
+        image = decode(data, payload.name, runtime.settings)
         faces = recognise_faces(runtime, image)
         record["faces"] = [f.to_json() for f in faces]
         _visitors.join_image(runtime, payload, faces, record["faces"])

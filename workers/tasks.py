@@ -72,7 +72,9 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
-    @app.task(name=TASK_IDENTIFY, shared=False, bind=True)
+    # Results go to the job's stream (pipeline.identify_image), where Client.identify and
+    # folder jobs read them; nothing reads Celery's result backend, so nothing is stored there.
+    @app.task(name=TASK_IDENTIFY, shared=False, bind=True, ignore_result=True)
     def identify_image(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
         from faec_rec.workers import pipeline
 

@@ -89,3 +89,43 @@ def _events(redis_client: Any, runtime: Runtime) -> list[Any]:
     from faec_rec.workers.events import parse_entries
 
     return [e for _, e in parse_entries(redis_client.xrange(runtime.keys.events("door")))]
+
+
+def test_an_uploaded_image_is_identified_in_at_most_three_redis_requests(
+        redis_url: str, prefix: str, tmp_path: Path, faces_dir: Path, redis_client: Any) -> None:
+    """POST /api/v1/identify and Client.identify: the worker reads the "seen" mark, the
+    refresh's reads and the upload at once, checks corrections of a known face, records."""
+    import json
+
+    lfw = faces_dir / "lfw"
+    log = RoundTrips()
+    settings = load_settings(redis_url=redis_url, prefix=prefix, data_dir=tmp_path, faces={"max_image_bytes": 200_000},
+                             workers={"read_roots": [str(lfw)]}, visitors={"enabled": False})
+    runtime = Runtime(settings)
+    runtime.redis = counting_redis(redis_url, log)
+    try:
+        runtime.warm()
+        arnold = sorted((lfw / "Arnold_Schwarzenegger").glob("*.jpg"))
+        assert enrol(runtime, EnrolRequest("r1", tuple(ImageRef(p.name, path=str(p)) for p in arnold[:3]),
+                                           name="Arnold")).status == "done"
+        keys = runtime.keys
+        redis_client.set(keys.upload("u1"), arnold[5].read_bytes(), ex=60)
+        mark = log.mark()
+        record = pipeline.identify_image(runtime, pipeline.ImagePayload("j1", "photo.jpg", key="u1"))
+        requests = log.since(mark)
+        assert [f["person"] for f in record["faces"]] == ["Arnold"]
+        assert len(requests) <= 3, requests
+        [(_, fields)] = redis_client.xrange(keys.job_results("j1"))
+        assert json.loads(fields[b"result"])["faces"][0]["person"] == "Arnold"
+        assert not redis_client.exists(keys.upload("u1"))
+        # redelivered: skipped after one request; an expired upload: an error record, not a crash
+        mark = log.mark()
+        assert pipeline.identify_image(runtime, pipeline.ImagePayload("j1", "photo.jpg", key="u1"))["skipped"]
+        assert len(log.since(mark)) == 1
+        gone = pipeline.identify_image(runtime, pipeline.ImagePayload("j1", "gone.jpg", key="u2"))
+        assert gone["error"].startswith("upload_expired")
+        redis_client.set(keys.upload("u3"), b"x" * (settings.faces.max_image_bytes + 10), ex=60)
+        big = pipeline.identify_image(runtime, pipeline.ImagePayload("j1", "big.jpg", key="u3"))
+        assert big["error"].startswith("too_large")
+    finally:
+        runtime.close()
