@@ -548,8 +548,10 @@ class TrackStore:
     """Per-camera tracker state in Redis, shared by every worker process.
 
     ``redis``: a redis-py client (decoded or not); the other fields are the
-    :class:`Tracker` parameters. Every call is one optimistic transaction on
-    ``keys.tracks(camera)``, retried at once on conflict for up to ``max_wait_s``.
+    :class:`Tracker` parameters. :meth:`update` and the sweeps are one optimistic
+    transaction each on ``keys.tracks(camera)``, retried at once on conflict for up to
+    ``max_wait_s``; the frame path reads with :meth:`queue_read`, plans with :meth:`plan`
+    and commits with :mod:`faec_rec.workers.commit` (same revision, same retry bound).
     """
 
     redis: Any
