@@ -242,7 +242,7 @@ def _latency_field(ms: float) -> str:
     return "latency_ms_le_inf"
 
 
-def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
+def recognise_frame(runtime: Runtime, payload: FramePayload, guard: Any = None) -> FrameOutcome:
     """Process one camera frame by the frame protocol; publish its events.
 
     Steps: claim (LREM from the in-flight list) and read (GET), with the gallery
@@ -251,7 +251,9 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     the frame key's deletion in one request (:mod:`faec_rec.workers.commit`). A frame
     dropped by backpressure is skipped quietly; an expired or undecodable one becomes
     an error event; the rest goes on. A frame with known faces adds one request (the
-    corrections check), one with unknown arrivals the visitors' own.
+    corrections check), one with unknown arrivals the visitors' own. ``guard`` (a
+    :class:`~faec_rec.workers.deadletter.RunGuard`): the delivery is counted in the claim's
+    request; a task over its limit is not processed ("parked": its frame counted as dropped).
     """
     from faec_rec.workers import events as ev
 
@@ -261,12 +263,23 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
 
     # Claim and read in one round trip, with what the refresh and the tracker read.
     claim = r.pipeline(transaction=False)
+    counted = guard.queue_begin(claim) if guard is not None else 0
     claim.lrem(keys.in_flight(payload.camera), 1, payload.key)
     claim.get(payload.key)
     refresh = runtime.queue_refresh(claim)
     runtime.track_store.queue_read(claim, payload.camera)
-    claimed, data, *rest = claim.execute()
+    replies = claim.execute()
+    runs, replies = (replies[0] if counted else None), replies[counted:]
+    claimed, data, *rest = replies
     (track_read,) = refresh.take(rest)
+    if guard is not None and guard.over(runs):
+        # Its earlier runs killed their workers: the task parks itself; the frame is dropped.
+        if data is not None:
+            pipe = r.pipeline(transaction=True)
+            pipe.hincrby(stats, "dropped", 1).delete(payload.key)
+            pipe.execute()
+            metrics.frames_dropped(payload.camera)
+        return FrameOutcome("parked", detail=str(runs))
     if data is None:
         if not claimed:
             # Dropped by the producer (already counted) or processed by an

@@ -26,13 +26,17 @@ MAX_REQUESTS_KNOWN = 3
 MAX_REQUESTS_NO_KNOWN = 2  # no known face: no corrections check
 
 
-def _frame(runtime: Runtime, n: int, photo: Path, log: RoundTrips) -> tuple[pipeline.FrameOutcome, list[list[str]]]:
+def _frame(runtime: Runtime, n: int, photo: Path, log: RoundTrips, limit: int = 3) -> tuple[pipeline.FrameOutcome, list[list[str]]]:
+    from faec_rec.workers.deadletter import RunGuard
+
     r, keys = runtime.redis, runtime.keys
     key = keys.frame("door", n)
     r.set(key, photo.read_bytes(), ex=60)
     r.lpush(keys.in_flight("door"), key)
+    # as the task runs it: the poison-task counter of the delivery rides on the claim's request
+    guard = RunGuard(r, keys, limit, 60, f"task-{n}")
     mark = log.mark()
-    outcome = pipeline.recognise_frame(runtime, pipeline.FramePayload("door", n, key, time.time()))
+    outcome = pipeline.recognise_frame(runtime, pipeline.FramePayload("door", n, key, time.time()), guard=guard)
     return outcome, log.since(mark)
 
 
@@ -58,6 +62,8 @@ def test_a_frame_costs_at_most_three_redis_requests(redis_url: str, prefix: str,
                                                                    ("processed", 1, 0)]
         for outcome, requests in seen:
             assert len(requests) <= MAX_REQUESTS_KNOWN, requests
+        assert all(requests[0][:3] == ["INCRBY", "EXPIRE", "LREM"] or requests[0][:3] == ["INCR", "EXPIRE", "LREM"]
+                   for _, requests in seen), seen[0][1][0]  # counted with the claim
         arrived = seen[1][1][-1]
         assert arrived[-1] == "EVAL" and {"SET", "HSET"} <= set(arrived), arrived  # features, snapshot, commit
 
@@ -76,6 +82,14 @@ def test_a_frame_costs_at_most_three_redis_requests(redis_url: str, prefix: str,
         outcome, requests = _frame(runtime, 4, no_face, log)
         assert outcome.status == "processed" and outcome.faces == 0
         assert len(requests) <= MAX_REQUESTS_NO_KNOWN, requests
+
+        # A delivery whose earlier runs killed their workers: not processed, its frame dropped.
+        redis_client.set(runtime.keys.deliveries("task-5"), 3)
+        outcome, requests = _frame(runtime, 5, arnold[5], log)
+        assert outcome.status == "parked" and len(requests) == 2, requests
+        stats = redis_client.hgetall(runtime.keys.camera_stats("door"))
+        assert int(stats[b"dropped"]) == 1 and int(stats[b"processed"]) == 4
+        assert not redis_client.exists(runtime.keys.frame("door", 5))
 
         # A redelivered frame (already processed) is skipped after one request.
         outcome = pipeline.recognise_frame(runtime, pipeline.FramePayload("door", 3, runtime.keys.frame("door", 3),
