@@ -17,7 +17,8 @@
   counted as dropped; work resumes within 10 s of a partition healing.
 * ``delay``: the same bed with Redis behind tests/cluster/delay_proxy.py (this
   kernel has no ``sch_netem``): p50/p95 capture-to-event with the link direct, then
-  ``--delay-ms`` ± 10 ms each way, then also ``--loss-pct`` (as retransmission delay).
+  ``--delay-ms`` ± 10 ms each way, then also ``--loss-pct`` (as retransmission delay),
+  ``--delay-processes`` worker processes on each of the two worker hosts.
   Target: p95 <= 250 ms at 50 ± 10 ms.
 * ``failover``: tests/cluster/sentinel_bed.py, three sentinels, master + replica,
   the master SIGKILLed during an enrolment burst ``--failovers`` times (a fresh
@@ -152,9 +153,10 @@ def run_delay(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"emulation": "userspace TCP proxy, per chunk each direction (not netem)",
                            "load_avg_1m_start": _load()}
     try:
-        run.start_worker("w1")
-        run.start_worker("w2")
+        run.start_worker("w1", args.delay_processes)
+        run.start_worker("w2", args.delay_processes)
         run.wait_workers(["w1", "w2"])
+        out["worker_processes_per_host"] = args.delay_processes
         r, keys = run.redis(), run.keys()
         for label, link in (("direct", (0.0, 0.0, 0.0)), ("delayed", (args.delay_ms, 10.0, 0.0)),
                             ("delayed_lossy", (args.delay_ms, 10.0, args.loss_pct))):
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=50.0)
     parser.add_argument("--loss-pct", type=float, default=1.0)
     parser.add_argument("--delay-s", type=float, default=30.0)
+    parser.add_argument("--delay-processes", type=int, default=1,
+                        help="worker processes per worker host in the delay phase: a frame's requests "
+                             "wait on the link, so more processes than cores keep up over a slow one")
     parser.add_argument("--settle-s", type=float, default=5.0)
     parser.add_argument("--enrolments", type=int, default=400)
     parser.add_argument("--enrol-every-s", type=float, default=3.0)

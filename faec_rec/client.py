@@ -279,12 +279,36 @@ class Client:
         Raises :class:`ImageError` if the worker could not read the image,
         :class:`TaskTimeout` if no worker answered in ``timeout`` seconds.
         """
-        job = self.submit_images([image])
-        records = self.job_results(job, wait=True, timeout=timeout)
-        record = records[0]
+        from faec_rec.workers.app import TASK_IDENTIFY
+
+        # One image: a job of one, sent as a single-image task (not a batch of one), in as
+        # few round trips as the protocol allows: the upload, the job with the task, the wait.
+        upload_id, name = self.upload(image)  # a refused image raises here, as its record would
+        job = _new_id()
+        job_key = self.keys.job(job)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(job_key, mapping={"total": 1, "created_at": repr(time.time())})
+        pipe.expire(job_key, self.settings.workers.result_ttl_s)
+        pipe.execute()
+        self._send(TASK_IDENTIFY, {"job": job, "path": None, "key": upload_id, "name": name})
+        record = self._first_result(job, timeout)
         if record.get("error"):
             raise ImageError(record.get("path") or "image", record["error"])
         return [FaceResult.from_json(f) for f in record.get("faces", [])]
+
+    def _first_result(self, job: str, timeout: float) -> dict[str, Any]:
+        """The first result record of ``job``, waited for on its stream (no polling)."""
+        stream = self.keys.job_results(job)
+        deadline = time.monotonic() + timeout
+        while True:
+            block = max(1, int(min(1.0, deadline - time.monotonic()) * 1000))
+            for _stream, entries in self.redis.xread({stream: "0-0"}, count=1, block=block) or []:
+                for _entry_id, values in entries:
+                    return json.loads(values[b"result"])
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(
+                    f"job {job}: no result after {timeout:.0f}s: is a worker consuming queue 'frames' on this "
+                    f"Redis with prefix {self.settings.prefix!r}?")
 
     def submit_images(self, images: Sequence[ImageInput], job: str | None = None, *,
                       image_names: Sequence[str] | None = None,

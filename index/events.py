@@ -90,9 +90,18 @@ class EventLog:
         """Queue the event on ``pipe`` (a MULTI pipeline) so it lands with the change it records."""
         pipe.xadd(self.key, event.to_fields())
 
-    def read(self, after: str, count: int = 1000) -> list[tuple[str, GalleryEvent]]:
-        """Up to ``count`` events with ids strictly after ``after``, oldest first."""
-        entries = self.client.xrange(self.key, min=f"({after}" if after != START else "-", count=count)
+    def read(self, after: str, count: int = 1000,
+             pipe: redis.client.Pipeline | None = None) -> list[tuple[str, GalleryEvent]] | Any:
+        """Up to ``count`` events with ids strictly after ``after``, oldest first.
+
+        With ``pipe`` the read is only queued there; decode its reply with :meth:`parse`.
+        """
+        reply = (pipe or self.client).xrange(self.key, min=f"({after}" if after != START else "-", count=count)
+        return reply if pipe is not None else self.parse(reply)
+
+    @staticmethod
+    def parse(entries: list) -> list[tuple[str, GalleryEvent]]:
+        """Decode an XRANGE reply of the gallery stream."""
         return [(eid.decode() if isinstance(eid, bytes) else eid, GalleryEvent.from_fields(f)) for eid, f in entries]
 
     def last_id(self, pipe: redis.Redis | redis.client.Pipeline | None = None) -> Any:

@@ -207,15 +207,20 @@ class Gallery:
         raw = self.redis.hget(self.keys.gallery_snapshot(), "trimmed")
         return raw.decode() if isinstance(raw, bytes) else raw
 
-    def _behind_trim(self, replica: Replica) -> bool:
-        trimmed = self._trimmed()
+    def _behind_trim(self, replica: Replica, trimmed: Any = False) -> bool:
+        """``trimmed``: the snapshot hash's ``trimmed`` field already read (False: read it now)."""
+        if trimmed is False:
+            trimmed = self._trimmed()
+        elif isinstance(trimmed, bytes):
+            trimmed = trimmed.decode()
         return trimmed is not None and id_before(replica.position, trimmed)
 
-    def _catch_up(self, replica: Replica) -> int:
+    def _catch_up(self, replica: Replica, first: list[tuple[str, Any]] | None = None) -> int:
+        """Apply every event after the replica's position; ``first``: the first batch, already read."""
         applied = 0
         forgot = False
         while True:
-            batch = self.events.read(replica.position, count=READ_CHUNK)
+            batch, first = (first, None) if first is not None else (self.events.read(replica.position, count=READ_CHUNK), None)
             if not batch:
                 break
             if any(e.op is EventOp.BACKBONE for _, e in batch):
@@ -262,10 +267,24 @@ class Gallery:
             added = [t for _, e in batch if e.op is EventOp.ADD for t in e.templates]
             replica.apply(batch, self.store.fetch_features(added) if added else {}, loader=self._projector_for)
 
+    def queue_sync(self, pipe: Any) -> tuple[str, int] | None:
+        """Queue the reads of a :meth:`sync` on the caller's ``pipe`` (so they share its round
+        trip): the stream's trim mark and the events after this replica's position. Returns
+        ``(position, replies)`` to hand to :meth:`sync` with those replies, or None (nothing
+        queued) while no replica is loaded."""
+        replica = self._replica
+        if replica is None:
+            return None
+        pipe.hget(self.keys.gallery_snapshot(), "trimmed")
+        self.events.read(replica.position, count=READ_CHUNK, pipe=pipe)
+        return replica.position, 2
+
     @backend
-    def sync(self) -> int:
+    def sync(self, prefetched: tuple[str, Sequence[Any]] | None = None) -> int:
         """Apply gallery events written since the last call; returns how many (0 is one Redis read).
 
+        ``prefetched``: ``(position, [trim mark, events])`` read by :meth:`queue_sync`; used
+        when the replica is still at that position, else the reads are made again.
         Writes a snapshot once ``config.snapshot_every`` events were applied
         since the last one (one process at a time, under a Redis lock).
         """
@@ -273,12 +292,17 @@ class Gallery:
             if self._replica is None:
                 self.replica
                 return 0
-            if self._behind_trim(self._replica):
+            trimmed: Any = False
+            first = None
+            if prefetched is not None and prefetched[0] == self._replica.position:
+                trimmed, first = prefetched[1][0], self.events.parse(prefetched[1][1])
+            if self._behind_trim(self._replica, trimmed):
                 # Events this replica has not seen were trimmed away: start again from the records.
                 log.warning("gallery replica at %s is behind the trimmed stream; rebuilding from Redis records",
                             self._replica.position)
                 self._replica = self._bootstrap_from_redis(self._replica.projector)
-            applied = self._catch_up(self._replica)
+                first = None
+            applied = self._catch_up(self._replica, first)
             if self._since_snapshot >= self.config.snapshot_every:
                 self._maybe_snapshot()
             return applied

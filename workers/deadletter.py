@@ -102,6 +102,27 @@ def park(redis: "redis_lib.Redis", keys: Keys, *, task: str, task_id: str, queue
     return _text(entry)
 
 
+@dataclass(frozen=True)
+class RunGuard:
+    """The counter of one delivery for a task that counts its run in its own first request."""
+
+    redis: Any
+    keys: Keys
+    limit: int
+    ttl_s: int
+    task_id: str
+
+    def queue_begin(self, pipe: Any) -> int:
+        """Queue :func:`begin_run`'s commands on ``pipe``; returns how many replies (the first: the count)."""
+        pipe.incr(self.keys.deliveries(self.task_id))
+        pipe.expire(self.keys.deliveries(self.task_id), self.ttl_s)
+        return 2
+
+    def over(self, count: int) -> bool:
+        """True when ``count`` runs (this one included) mean the task must be parked."""
+        return int(count) > self.limit
+
+
 # ---- the dead-letter stream ----------------------------------------------------------
 def list_parked(redis: "redis_lib.Redis", keys: Keys, count: int = 1000) -> list[DeadLetter]:
     """Parked tasks, oldest first (at most ``count``)."""
@@ -147,11 +168,25 @@ class GuardedTask(Task):  # type: ignore[misc]
 
     on_parked: Any = None
 
+    # True: the task counts its run in its own first request (``self.request.faec_guard``, a
+    # RunGuard) and parks itself with park_run(): one round trip less before its work starts.
+    guard_in_body: bool = False
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         guard = self._guard()
         if guard is None:
             return super().__call__(*args, **kwargs)
         redis, keys, limit, ttl_s, task_id = guard
+        if self.guard_in_body:
+            self.request.faec_guard = RunGuard(redis, keys, limit, ttl_s, task_id)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                self.request.faec_guard = None
+                try:
+                    end_run(redis, keys, task_id)
+                except Exception as exc:
+                    log.warning("%s[%s]: delivery count not cleared (%s)", self.name, task_id, type(exc).__name__)
         try:
             count = begin_run(redis, keys, task_id, ttl_s)
         except Exception as exc:  # Redis away: the task's own retry handles it
@@ -178,6 +213,10 @@ class GuardedTask(Task):  # type: ignore[misc]
         settings = app_settings(self.app)
         ttl_s = max(settings.workers.upload_ttl_s, settings.workers.result_ttl_s, settings.workers.visibility_timeout_s)
         return get_runtime(settings).redis, Keys(settings.prefix), settings.workers.max_deliveries, ttl_s, task_id
+
+    def park_run(self, guard: "RunGuard", count: int, args: Any, kwargs: Any) -> dict[str, Any]:
+        """Park this delivery from the task body (``guard_in_body``): ``count`` runs counted."""
+        return self._park(guard.redis, guard.keys, guard.task_id, count - 1, args, kwargs)
 
     def _park(self, redis: Any, keys: Keys, task_id: str, died: int, args: Any, kwargs: Any) -> dict[str, Any]:
         info = getattr(self.request, "delivery_info", None) or {}

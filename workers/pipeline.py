@@ -242,13 +242,18 @@ def _latency_field(ms: float) -> str:
     return "latency_ms_le_inf"
 
 
-def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
+def recognise_frame(runtime: Runtime, payload: FramePayload, guard: Any = None) -> FrameOutcome:
     """Process one camera frame by the frame protocol; publish its events.
 
-    Steps: claim (LREM from the in-flight list) -> read (GET) -> decode ->
-    recognise -> track -> publish -> count and delete. A frame dropped by
-    backpressure is skipped quietly; an expired or undecodable one becomes an
-    error event; the rest goes on.
+    Steps: claim (LREM from the in-flight list) and read (GET), with the gallery
+    refresh's reads and the camera's tracker state, in one request -> decode ->
+    recognise -> plan the tracks -> commit the tracker state, events, counters and
+    the frame key's deletion in one request (:mod:`faec_rec.workers.commit`). A frame
+    dropped by backpressure is skipped quietly; an expired or undecodable one becomes
+    an error event; the rest goes on. A frame with known faces adds one request (the
+    corrections check), one with unknown arrivals the visitors' own. ``guard`` (a
+    :class:`~faec_rec.workers.deadletter.RunGuard`): the delivery is counted in the claim's
+    request; a task over its limit is not processed ("parked": its frame counted as dropped).
     """
     from faec_rec.workers import events as ev
 
@@ -256,11 +261,25 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
     stats = keys.camera_stats(payload.camera)
     maxlen = runtime.settings.events.stream_maxlen
 
-    # Claim and read in one round trip (the skip path of a dropped frame is all there is).
+    # Claim and read in one round trip, with what the refresh and the tracker read.
     claim = r.pipeline(transaction=False)
+    counted = guard.queue_begin(claim) if guard is not None else 0
     claim.lrem(keys.in_flight(payload.camera), 1, payload.key)
     claim.get(payload.key)
-    claimed, data = claim.execute()
+    refresh = runtime.queue_refresh(claim)
+    runtime.track_store.queue_read(claim, payload.camera)
+    replies = claim.execute()
+    runs, replies = (replies[0] if counted else None), replies[counted:]
+    claimed, data, *rest = replies
+    (track_read,) = refresh.take(rest)
+    if guard is not None and guard.over(runs):
+        # Its earlier runs killed their workers: the task parks itself; the frame is dropped.
+        if data is not None:
+            pipe = r.pipeline(transaction=True)
+            pipe.hincrby(stats, "dropped", 1).delete(payload.key)
+            pipe.execute()
+            metrics.frames_dropped(payload.camera)
+        return FrameOutcome("parked", detail=str(runs))
     if data is None:
         if not claimed:
             # Dropped by the producer (already counted) or processed by an
@@ -282,7 +301,7 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
         metrics.frames_dropped(payload.camera)
         return FrameOutcome("stale")
 
-    runtime.refresh()
+    runtime.refresh(refresh)
     try:
         image = decode(data, payload.key, runtime.settings)
     except ImageError as exc:
@@ -297,24 +316,50 @@ def recognise_frame(runtime: Runtime, payload: FramePayload) -> FrameOutcome:
 
     results = recognise_faces(runtime, image)
     with metrics.stage("track_publish"):
-        events = track(runtime, payload, results)
-        store_event_features(runtime, payload, results, events)
-        events = store_snapshots(r, keys, runtime.settings.events, payload.camera, payload.frame, image,
-                                 [f.box for f in results], events)
-        events = _visitors.join_frame(runtime, payload, results, events)
-        ev.publish_many(r, keys, events, maxlen)
-    processed_at = time.time()
-
-    latency_ms = max(0.0, (processed_at - payload.captured_at) * 1000.0)
-    pipe = r.pipeline(transaction=True)
-    pipe.hincrby(stats, "processed", 1)
-    pipe.hincrby(stats, "faces", len(results))
-    pipe.hincrby(stats, _latency_field(latency_ms), 1)
-    pipe.hincrbyfloat(stats, "latency_ms_sum", round(latency_ms, 3))  # the histogram's _sum
-    pipe.delete(payload.key)
-    pipe.execute()
-    metrics.frame_processed(payload.camera, payload.captured_at, len(results), now=processed_at)
+        events, latency_ms = _track_and_commit(runtime, payload, image, results, track_read)
+    metrics.frame_processed(payload.camera, payload.captured_at, len(results),
+                            now=payload.captured_at + latency_ms / 1000.0)
     return FrameOutcome("processed", faces=len(results), events=len(events), latency_ms=round(latency_ms, 1))
+
+
+def _track_and_commit(runtime: Runtime, payload: FramePayload, image: np.ndarray, results: list[FaceResult],
+                      track_read: Any) -> tuple[list[Any], float]:
+    """Plan the camera's tracks for this frame, then write the plan, its event features and
+    snapshots, its events and the counters in one request; on a conflict (another worker
+    moved the tracks on, or a person they name was forgotten) plan again. Returns the
+    events published and the capture-to-write latency (ms)."""
+    from faec_rec.errors import TrackStateConflict
+    from faec_rec.workers import commit
+
+    r, keys, store = runtime.redis, runtime.keys, runtime.track_store
+    forget: set[str] = set()
+    deadline = time.monotonic() + store.max_wait_s
+    while True:
+        plan = track(runtime, payload, results, read=track_read, forget=forget)
+        pipe = r.pipeline(transaction=False)
+        store_event_features(runtime, payload, results, plan.events, pipe=pipe)
+        events = store_snapshots(r, keys, runtime.settings.events, payload.camera, payload.frame, image,
+                                 [f.box for f in results], plan.events, pipe=pipe)
+        events = _visitors.join_frame(runtime, payload, results, events)
+        commit.queue_commit(pipe, keys, camera=payload.camera, frame_key=payload.key, plan=plan, events=events,
+                            captured_at=payload.captured_at, faces=len(results),
+                            maxlen=runtime.settings.events.stream_maxlen, updated_at=time.time(),
+                            latency_edges_ms=LATENCY_EDGES_MS)
+        done = commit.parse_commit(pipe.execute(raise_on_error=False)[-1])
+        if done.status == commit.COMMITTED:
+            return events, float(done.latency_ms or 0.0)
+        if time.monotonic() >= deadline:
+            raise TrackStateConflict(
+                f"tracker state of camera {payload.camera!r} kept changing for {store.max_wait_s} s; "
+                "too many workers on one camera, or raise TrackStore.max_wait_s")
+        if done.status == commit.FORGOTTEN:
+            forget |= set(done.forgotten)  # the same state, planned again with them forgotten
+        else:
+            # Another worker wrote this camera's state first: plan again on its result at once
+            # (see TrackStore._transact for why there is no growing back-off).
+            pipe = r.pipeline(transaction=False)
+            store.queue_read(pipe, payload.camera)
+            (track_read,) = pipe.execute()
 
 
 def _stale(runtime: Runtime, payload: FramePayload) -> bool:
@@ -326,8 +371,15 @@ def _stale(runtime: Runtime, payload: FramePayload) -> bool:
     return bool(runtime.redis.llen(runtime.keys.in_flight(payload.camera)))
 
 
-def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) -> list[Any]:
-    """Feed one frame's faces to the camera's shared tracker; return the events to publish."""
+def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult], read: Any = None,
+          forget: set[str] | None = None) -> Any:
+    """Feed one frame's faces to the camera's shared tracker.
+
+    Without ``read``: applied and written at once (a transaction); returns the events
+    to publish. With ``read`` (the state read by :meth:`TrackStore.queue_read`): returns
+    the :class:`~faec_rec.workers.tracker.TrackPlan` for the caller to commit
+    (``forget``: person ids to treat as forgotten first).
+    """
     from faec_rec.workers.tracker import Observation
 
     version = runtime.model_version
@@ -345,29 +397,36 @@ def track(runtime: Runtime, payload: FramePayload, results: list[FaceResult]) ->
         )
         for f in results
     ]
+    if read is not None:
+        return runtime.track_store.plan(payload.camera, payload.frame, payload.captured_at, observations, read,
+                                        forget=frozenset(forget or ()), features_keys=features_keys)
     return runtime.track_store.update(payload.camera, payload.frame, payload.captured_at, observations,
                                       enrolled=lambda ids: _enrolled(runtime, ids), features_keys=features_keys)
 
 
-def store_event_features(runtime: Runtime, payload: FramePayload, results: list[FaceResult], events: list[Any]) -> int:
+def store_event_features(runtime: Runtime, payload: FramePayload, results: list[FaceResult], events: list[Any],
+                         pipe: Any = None) -> int:
     """Store the raw features of each face that made an event with a ``features_key``.
 
     Written before the events are published, so a subscriber that sees an event
     finds its features; each key (``keys.event_features(camera, frame, face)``)
     lives ``events.features_ttl_s`` seconds, which is also the bound on how long a
     forgotten person's face stays there (the keys name cameras and frames, not
-    people). A redelivered frame rewrites the same bytes. Returns keys written.
+    people). A redelivered frame rewrites the same bytes. Returns keys written. With
+    ``pipe`` the writes are only queued there (ahead of the events, in one request).
     """
     ttl = runtime.settings.events.features_ttl_s
     wanted = {e.features_key for e in events if e.features_key is not None}
     if not wanted or ttl <= 0:
         return 0
-    pipe = runtime.redis.pipeline(transaction=False)
+    queued = pipe
+    pipe = queued if queued is not None else runtime.redis.pipeline(transaction=False)
     for i, f in enumerate(results):
         key = runtime.keys.event_features(payload.camera, payload.frame, i)
         if key in wanted and f.features is not None:
             pipe.set(key, np.ascontiguousarray(f.features, dtype=np.float32).tobytes(), ex=ttl)
-    pipe.execute()
+    if queued is None:
+        pipe.execute()
     return len(wanted)
 
 
@@ -409,7 +468,19 @@ def latency_percentiles(stats: dict[bytes | str, bytes | str], quantiles: tuple[
 
 
 # ---- folder jobs / single images ----------------------------------------------
-def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: str) -> bytes:
+def queue_upload_read(runtime: Runtime, pipe: Any, key: str) -> int:
+    """Queue the read of an upload on the caller's ``pipe``: whether it exists, its size and
+    at most ``faces.max_image_bytes`` + 1 of its bytes (a larger one is never pulled whole).
+    Returns how many replies that takes; hand them to :func:`read_image_bytes` as ``read``."""
+    upload = runtime.keys.upload(key)
+    pipe.exists(upload)
+    pipe.strlen(upload)
+    pipe.getrange(upload, 0, runtime.settings.faces.max_image_bytes)
+    return 3
+
+
+def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: str,
+                     read: list[Any] | None = None) -> bytes:
     """The bytes of an uploaded image (``keys.upload(key)``) or of a file the worker may read.
 
     At most ``faces.max_image_bytes`` are read (a larger image is refused before it
@@ -417,16 +488,18 @@ def read_image_bytes(runtime: Runtime, key: str | None, path: str | None, name: 
     (symlinks resolved); the embedded backend and ``faec-rec worker`` on the private
     Redis (which only this user's commands reach) set ``/`` when none are configured.
 
+    ``read``: the replies of :func:`queue_upload_read` for ``key``, already fetched.
+
     Raises :class:`ImageError` naming ``name``: ``upload_expired``, ``too_large``,
     ``not_allowed``, ``not_found`` or ``unreadable``.
     """
     cap = runtime.settings.faces.max_image_bytes
     if key is not None:
         upload = runtime.keys.upload(key)
-        size = runtime.redis.strlen(upload)
+        exists, size, head = read if read is not None else (None, runtime.redis.strlen(upload), None)
         if size > cap:
             raise ImageError(name, f"too_large: {size} bytes (faces.max_image_bytes is {cap})")
-        data = runtime.redis.get(upload)
+        data = runtime.redis.get(upload) if read is None else (head if exists else None)
         if data is None:
             raise ImageError(name, "upload_expired: the uploaded bytes expired before a worker read them; send again")
         return bytes(data)
@@ -490,13 +563,22 @@ def identify_image(runtime: Runtime, payload: ImagePayload) -> dict[str, Any]:
     r, keys = runtime.redis, runtime.keys
     job_key = keys.job(payload.job)
     seen = _seen_field(payload.name)
-    if r.hexists(job_key, seen):
+    # The "seen" mark, the refresh's reads and the uploaded bytes in one round trip.
+    pipe = r.pipeline(transaction=False)
+    pipe.hexists(job_key, seen)
+    refresh = runtime.queue_refresh(pipe)
+    if payload.key is not None:
+        queue_upload_read(runtime, pipe, payload.key)
+    done, *rest = pipe.execute()
+    upload_read = refresh.take(rest) if payload.key is not None else None
+    if done:
         return {"path": payload.name, "skipped": "already recorded"}
 
-    runtime.refresh()
+    runtime.refresh(refresh)
     record: dict[str, Any] = {"path": payload.name, "faces": [], "error": None, "model_version": runtime.model_version}
     try:
-        image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
+        data = read_image_bytes(runtime, payload.key, payload.path, payload.name, read=upload_read)
+        image = decode(data, payload.name, runtime.settings)
         faces = recognise_faces(runtime, image)
         record["faces"] = [f.to_json() for f in faces]
         _visitors.join_image(runtime, payload, faces, record["faces"])

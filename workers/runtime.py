@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,20 @@ def limit_tf_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         log.debug("TensorFlow already initialised in this process; thread limit %d not applied", threads)
+
+
+@dataclass
+class QueuedRefresh:
+    """The reads of a :meth:`Runtime.refresh` queued on a caller's pipeline (``count`` replies)."""
+
+    sync: tuple[str, int] | None
+    count: int
+    replies: list[Any] | None = None
+
+    def take(self, replies: list[Any]) -> list[Any]:
+        """Keep this refresh's replies from the head of ``replies``; returns the rest."""
+        self.replies, rest = list(replies[:self.count]), replies[self.count:]
+        return rest
 
 
 class Runtime:
@@ -178,16 +193,30 @@ class Runtime:
         raw = self.redis.get(self.keys.model_current())
         return raw.decode() if raw else BASE_VERSION
 
-    def refresh(self) -> None:
+    def queue_refresh(self, pipe: Any) -> "QueuedRefresh":
+        """Queue the reads of a :meth:`refresh` on the caller's ``pipe`` (one round trip for a
+        frame's claim and its refresh); pass the result, with its replies filled in by
+        :meth:`QueuedRefresh.take`, to :meth:`refresh`."""
+        queued = self.gallery.queue_sync(pipe)
+        pipe.get(self.keys.model_current())
+        return QueuedRefresh(queued, 1 + (queued[1] if queued else 0))
+
+    def refresh(self, queued: "QueuedRefresh | None" = None) -> None:
         """Bring the replica up to date; hot-swap the projector if a new version is current.
 
-        Cheap when nothing changed (one XREAD and one GET). A version that
+        Cheap when nothing changed (one XRANGE, one HGET and one GET, in one round trip,
+        or none of its own with ``queued``: see :meth:`queue_refresh`). A version that
         cannot be loaded is logged and the current one keeps serving.
         """
         gallery = self.gallery
-        gallery.sync()
+        if queued is not None and queued.replies is not None:
+            sync_replies, current = queued.replies[:-1], queued.replies[-1]
+            gallery.sync(None if queued.sync is None else (queued.sync[0], sync_replies))
+            wanted = current.decode() if current else BASE_VERSION
+        else:
+            gallery.sync()
+            wanted = self._current_version()
         self._follow_backbone()
-        wanted = self._current_version()
         if wanted == gallery.projector.version:
             return
         with self._lock:

@@ -9,7 +9,7 @@ Every ``"arrived"`` event gets a ``snapshot`` field naming a Redis hash
 ``box``     JSON ``[x1, y1, x2, y2]`` of the face in the stored frame's pixels
 =========== ==================================================================
 
-Written before the events are published (one round trip), so a subscriber that sees the
+Written before the events are published (in the same request, ahead of them), so a subscriber that sees the
 event finds the pictures. Like ``features_key``, the key names a camera and a frame, not a
 person: a forgotten person's face stays at most the TTL.
 """
@@ -55,18 +55,20 @@ def pictures(image: np.ndarray, box: Sequence[float], max_side: int) -> dict[str
 
 
 def store_snapshots(redis: Any, keys: Any, settings: Any, camera: str, frame_no: int, image: np.ndarray,
-                    boxes: Sequence[Sequence[float]], events: list[Any]) -> list[Any]:
+                    boxes: Sequence[Sequence[float]], events: list[Any], pipe: Any = None) -> list[Any]:
     """Store a snapshot for each ``"arrived"`` event and return the events with ``snapshot`` set.
 
     ``boxes``: every face of the frame in detection order (the face index of the key);
     ``settings``: :class:`~faec_rec.config.EventsConfig`. A failure is logged and the events
-    go out without snapshots: a picture is never worth losing an event.
+    go out without snapshots: a picture is never worth losing an event. With ``pipe`` the
+    writes are only queued there (ahead of the events, in the caller's one request).
     """
     ttl = settings.snapshot_ttl_s
     if ttl <= 0 or not boxes or not any(e.type == "arrived" and e.box is not None for e in events):
         return events
+    queued = pipe
     try:
-        out, pipe = [], redis.pipeline(transaction=False)
+        out, pipe = [], queued if queued is not None else redis.pipeline(transaction=False)
         for event in events:
             if event.type != "arrived" or event.box is None:
                 out.append(event)
@@ -77,7 +79,8 @@ def store_snapshots(redis: Any, keys: Any, settings: Any, camera: str, frame_no:
             pipe.hset(key, mapping=pictures(image, boxes[face], settings.snapshot_max_side))
             pipe.expire(key, ttl)
             out.append(replace(event, snapshot=key))
-        pipe.execute()
+        if queued is None:
+            pipe.execute()
         return out
     except Exception as exc:  # noqa: BLE001
         log.warning("could not store the snapshots of %s frame %s: %s", camera, frame_no, exc)

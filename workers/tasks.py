@@ -66,13 +66,19 @@ def register(app: "Celery") -> dict[str, "Task"]:
         except PayloadError as exc:
             log.error("recognise_frame: dropped a malformed message: %s", exc)
             return {"status": "bad_payload", "detail": str(exc)}
+        guard = getattr(self.request, "faec_guard", None)
         try:
-            return pipeline.recognise_frame(_runtime(self), frame).to_json()
+            outcome = pipeline.recognise_frame(_runtime(self), frame, guard=guard)
         except _transient() as exc:
             _retry_on_backend_loss(self, exc)
-        return None
+            return None
+        if outcome.status == "parked":
+            return self.park_run(guard, int(outcome.detail or 0), [payload], {})
+        return outcome.to_json()
 
-    @app.task(name=TASK_IDENTIFY, shared=False, bind=True)
+    # Results go to the job's stream (pipeline.identify_image), where Client.identify and
+    # folder jobs read them; nothing reads Celery's result backend, so nothing is stored there.
+    @app.task(name=TASK_IDENTIFY, shared=False, bind=True, ignore_result=True)
     def identify_image(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
         from faec_rec.workers import pipeline
 
@@ -142,6 +148,7 @@ def register(app: "Celery") -> dict[str, "Task"]:
         runtime = _runtime(self)
         return sweep(runtime.redis, runtime.keys, runtime.settings)
 
+    recognise_frame.guard_in_body = True  # its delivery is counted in the frame's claim request
     identify_image.on_parked = _identify_parked(app)
     identify_images.on_parked = _identify_batch_parked(app)
     return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, train_head, retention_sweep)}

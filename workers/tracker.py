@@ -18,8 +18,11 @@ track's box or clock backwards; a frame older than the newest by more than
 ``timeout_s`` is ignored (its tracks may already have left).
 
 :class:`TrackStore` keeps each camera's tracker state as JSON in Redis
-(``keys.tracks(camera)``) and applies every update inside a WATCH/MULTI transaction,
-retried on conflict, so concurrent workers never lose or duplicate a track.
+(``keys.tracks(camera)``) with a revision counter; an update is applied inside a WATCH/MULTI
+transaction (:meth:`TrackStore.update`, sweeps) or, on the frame path, planned on the state read
+with the frame's claim and committed with the frame's events by a script that checks the
+revision (:meth:`TrackStore.plan`, :mod:`faec_rec.workers.commit`); both are retried on
+conflict, so concurrent workers never lose or duplicate a track.
 """
 from __future__ import annotations
 
@@ -524,13 +527,31 @@ class Tracker:
         self.tracks = [Track(**tr) for tr in state.get("tracks", [])]
 
 
+@dataclass(frozen=True)
+class TrackPlan:
+    """One frame applied to a camera's tracker state, not yet written (:meth:`TrackStore.plan`).
+
+    events: what to publish if the plan commits; state: the new state (JSON text); rev: the
+    revision of the state it was made from ("" when there was none); held: the person ids the
+    state named before this frame (less those forgotten), which must all still be enrolled when
+    it commits (as :meth:`TrackStore.update` checks them before applying a frame).
+    """
+
+    events: list[Event]
+    state: str
+    rev: str
+    held: list[str]
+
+
 @dataclass
 class TrackStore:
     """Per-camera tracker state in Redis, shared by every worker process.
 
     ``redis``: a redis-py client (decoded or not); the other fields are the
-    :class:`Tracker` parameters. Every call is one optimistic transaction on
-    ``keys.tracks(camera)``, retried at once on conflict for up to ``max_wait_s``.
+    :class:`Tracker` parameters. :meth:`update` and the sweeps are one optimistic
+    transaction each on ``keys.tracks(camera)``, retried at once on conflict for up to
+    ``max_wait_s``; the frame path reads with :meth:`queue_read`, plans with :meth:`plan`
+    and commits with :mod:`faec_rec.workers.commit` (same revision, same retry bound).
     """
 
     redis: Any
@@ -590,6 +611,41 @@ class TrackStore:
                         else features_keys[ev.observation])
             for ev in found
         ]
+
+    # ---- the frame path: read with the frame's claim, commit with its events -----------
+    def queue_read(self, pipe: Any, camera: str) -> None:
+        """Queue the read of ``camera``'s state on ``pipe``; its reply goes to :meth:`plan`."""
+        pipe.hmget(self.keys.tracks(camera), "state", "rev")
+
+    def plan(
+        self, camera: str, frame: int, captured_at: float, observations: Sequence[Observation], read: Any,
+        forget: set[str] | frozenset[str] = frozenset(),
+        features_keys: Sequence[str | None] | None = None,
+    ) -> TrackPlan:
+        """Apply one frame to the state ``read`` (the reply of :meth:`queue_read`) without
+        writing it: the caller commits the plan with the frame's events in one request
+        (:mod:`faec_rec.workers.commit`), which fails if the state's revision moved on
+        (then read again and plan again) or if a person the tracks named before this frame
+        is no longer enrolled (then plan again on the same read with them in ``forget``:
+        their tracks turn "unknown" first, as :meth:`update`'s ``enrolled`` check does).
+        """
+        raw, rev = read if read is not None else (None, None)
+        tracker = Tracker(**self._tracker_args)
+        if raw:
+            tracker.load_state(json.loads(raw))
+        before = tracker.identities()
+        if forget:
+            tracker.forget_people(set(forget) & before)
+        found = tracker.update(frame, captured_at, observations)
+        now = time.time()
+        events = [
+            ev.to_event(camera, now, None if features_keys is None or ev.observation is None
+                        else features_keys[ev.observation])
+            for ev in found
+        ]
+        rev_text = "" if rev is None else (rev.decode() if isinstance(rev, bytes) else str(rev))
+        return TrackPlan(events=events, state=json.dumps(tracker.to_state(), separators=(",", ":")), rev=rev_text,
+                         held=sorted(before - set(forget)))
 
     def sweep(self, camera: str, now: float | None = None) -> list[Event]:
         """"left" events for ``camera``'s tracks unseen past the timeout at ``now`` (unix s)."""
@@ -660,6 +716,7 @@ class TrackStore:
                         "state": json.dumps(tracker.to_state(), separators=(",", ":")),
                         "updated_at": repr(time.time()),
                     })
+                    pipe.hincrby(key, "rev", 1)  # the frame path's commit checks it (TrackStore.plan)
                     pipe.execute()
                     return events
                 except redis_lib.WatchError:

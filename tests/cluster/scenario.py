@@ -89,8 +89,9 @@ class ClusterRun:
     def log(self, host: str) -> Path:
         return self.root / f"{host}.log"
 
-    def start_worker(self, host: str) -> None:
-        self.bed.faec(host, ["worker", "-Q", "frames,enrol", "-c", "1", "-l", "INFO"], self.env(host), self.log(host))
+    def start_worker(self, host: str, processes: int = 1) -> None:
+        self.bed.faec(host, ["worker", "-Q", "frames,enrol", "-c", str(processes), "-l", "INFO"], self.env(host),
+                      self.log(host))
 
     def worker_ready(self, host: str, since: int = 0) -> bool:
         text = self.log(host).read_text(errors="replace")[since:] if self.log(host).exists() else ""

@@ -46,7 +46,12 @@ class FakeRuntime:
             identify=lambda projected, version: [match] * len(projected),
         )
 
-    def refresh(self) -> None:
+    def queue_refresh(self, pipe: Any) -> Any:
+        from faec_rec.workers.runtime import QueuedRefresh
+
+        return QueuedRefresh(None, 0)  # nothing to read: the fake gallery never changes
+
+    def refresh(self, queued: Any = None) -> None:
         pass
 
     def show(self, faces: list[tuple[list[float], np.ndarray]]) -> None:
