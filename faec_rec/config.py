@@ -280,6 +280,7 @@ class VisitorsConfig(_Section):
     retention_days: float = Field(30.0, ge=0, le=3650, description="unknown faces older than this that belong to no named person are deleted (0 = keep forever)")
     max_faces: int = Field(1_000_000, ge=0, le=100_000_000, description="at most this many unknown faces are kept: the oldest go first (0 = no limit)")
     crop_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored unknown-face crops")
+    snapshot_every: int = Field(10_000, ge=1, description="a worker writes a visitor replica snapshot (data_dir/visitor-snapshots/<prefix>) after this many visitor events; a starting worker loads the newest plus the events after it instead of reading every face from Redis")
 
 
 class Settings(BaseSettings):
