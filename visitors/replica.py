@@ -20,6 +20,10 @@ visitor is the worst error, so a face joins only on strong evidence.
   of look-alikes cannot drag a group along). A visitor with one good face
   needs one *strong* link (``>= strong_threshold``): two faces make a visitor
   only when very close.
+* A face that would join V but is nearly as close to another visitor W (W
+  holds a face at ``>= rival_threshold`` and the face's similarity to V's
+  centre is less than ``ambiguity_margin`` above that to W's) joins neither
+  and stays in no visitor: a face between two people is evidence for neither.
 * When several visitors qualify it joins the one with the most links (then
   the closest centre); a *good* face merges the others into it when their
   centres are within ``merge_threshold`` of each other ("groups that grew
@@ -161,6 +165,7 @@ class VisitorReplica:
         c = self.config
         q = unit(features)
         cands: dict[str, _Candidate] = {}
+        near: set[str] = set()  # visitors with a face at rival_threshold or more
         if neighbours is not None:
             slots = [self._slot_of.get(f, -1) for f in neighbours[1]]
             pairs = [(sc, sl) for sc, sl in zip(neighbours[0], slots) if sl >= 0 and self._good[sl]][: c.search_k]
@@ -172,10 +177,14 @@ class VisitorReplica:
             pairs = []
         if pairs:
             for score, slot in pairs:
-                if slot < 0 or score < c.link_threshold or not self._alive[slot]:
+                if slot < 0 or score < min(c.link_threshold, c.rival_threshold) or not self._alive[slot]:
                     continue
                 vid = self._vid[slot]
                 if vid is None:
+                    continue
+                if score >= c.rival_threshold:
+                    near.add(vid)
+                if score < c.link_threshold:
                     continue
                 cand = cands.setdefault(vid, _Candidate(vid))
                 cand.links += 1
@@ -201,6 +210,11 @@ class VisitorReplica:
             for other in qualified[1:]:
                 if self._may_merge(best.visitor, other.visitor) and self.linkage(best.visitor, other.visitor) >= c.merge_threshold:
                     merge.append(other.visitor)
+        if c.ambiguity_margin > 0:
+            rivals = [cands[v].centre if v in cands and cands[v].centre > -1 else self.mean_similarity(q, v)
+                      for v in near - {best.visitor, *merge} if self._ngood.get(v)]
+            if rivals and best.centre - max(rivals) < c.ambiguity_margin:
+                return JoinDecision(None, links=best.links, centre=best.centre)  # between two: in none
         return JoinDecision(best.visitor, merge=tuple(merge), links=best.links, centre=best.centre)
 
     def _may_merge(self, a: str, b: str) -> bool:
