@@ -277,6 +277,11 @@ def join_latency_redis(n: int, queries: int = 200) -> dict[str, float]:
                 pipe.execute()
         pipe.execute()
         client.set(keys.visitor_counter(), n)
+        from faec_rec.visitors.events import VisitorEvent, VisitorLog, VisitorOp
+
+        with client.pipeline() as pipe:  # a stream position for the snapshot (an event that changes nothing)
+            VisitorLog(client, keys).append(pipe, VisitorEvent(VisitorOp.ASSIGN))
+            pipe.execute()
         import faiss
 
         visitors = Visitors(client, keys, data_dir=CACHE_DIR / "bench-crops", auto_expire=False)

@@ -88,7 +88,8 @@ class Visitors:
         applied = self._catch_up(replica)
         log.info("visitor replica from %s + %d event(s): %d faces, %d visitors in %.2f s", how, applied,
                  replica.size, len(replica.members), time.perf_counter() - t0)
-        if how != "snapshot" and replica.size:
+        if how != "snapshot" and replica.size and replica.position != START:
+            # (a snapshot needs a stream position: faces written without events are not anchored)
             self._maybe_snapshot(replica)
         elif self._erased:
             self._write_snapshot(replica, keep=1)
@@ -142,6 +143,8 @@ class Visitors:
                 self.redis.delete(self.keys.visitor_snapshot_lock())
 
     def _write_snapshot(self, replica: VisitorReplica, keep: int = 2) -> Path:
+        if replica.position == START:
+            raise VisitorError("a visitor replica with no stream position cannot be snapshotted")
         meta, arrays = replica.to_arrays()
         path = write_snapshot(self.snapshot_dir, replica.position, meta, arrays, keep=keep)
         self._since_snapshot = 0
