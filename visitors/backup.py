@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -41,7 +40,7 @@ from faec_rec.errors import ArchiveError
 from faec_rec.files import atomic_write_bytes
 from faec_rec.keys import Keys, safe_id
 
-from faec_rec.visitors.events import START, VisitorEvent, VisitorLog, VisitorOp
+from faec_rec.visitors.events import START, VisitorEvent, VisitorOp
 from faec_rec.visitors.store import FEATURE_BYTES, VisitorStore, _id_order, _text
 
 log = logging.getLogger(__name__)
@@ -332,6 +331,3 @@ def _raise_counter(client: redis.Redis, keys: Keys, counter: int) -> None:
             except redis.WatchError:
                 continue
 
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
