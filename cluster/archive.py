@@ -8,6 +8,10 @@ Archive layout (format ``faec-rec-gallery``, version :data:`FORMAT_VERSION`)::
     crops/<person>/<template>.jpg
     models/registry.json         head records, the version in service, its events
     models/heads/<file>          head weights
+    visitors/faces-00000.jsonl   one JSON line per stored unknown face: id, features, fields, crop
+    visitors/crops/<face>.jpg
+    visitors/groups.jsonl        one line per visitor (id, record: name, manual flag, cover..., faces),
+                                 then one line {"alone": [...], "counter": n, "stream_id": ...}
     manifest.json                last: sha256 and size of every member, the gallery
                                  stream id the archive is consistent at, counts
 
@@ -21,7 +25,10 @@ round finds no event naming anyone: the archive is the gallery at stream id F.
 Import verifies the whole archive (format, version, every checksum, no member
 outside the layout) in a spool folder before it writes anything, then writes
 each person with :meth:`Store.restore_person` (one transaction and one gallery
-event each, so every worker's replica follows), model records and heads.
+event each, so every worker's replica follows), model records and heads, then
+visitors (:mod:`faec_rec.visitors.backup`: their grouping is exact at one
+visitor-stream id; names map through the people written). Version 1 archives
+(no visitors) are still read.
 """
 from __future__ import annotations
 
@@ -51,12 +58,14 @@ from faec_rec.index.store import Store
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "faec-rec-gallery"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before visitors were kept
 CHUNK = 200
 MAX_ROUNDS = 200
 # Only these member names are read from an archive (no links, no paths outside).
 _MEMBER = re.compile(r"^(format\.json|manifest\.json|models/registry\.json|people/(patch-)?\d{5}\.jsonl|"
-                     r"crops/[A-Za-z0-9_.:@-]{1,128}/[A-Za-z0-9_.:@-]{1,128}\.jpg|models/heads/[A-Za-z0-9_.-]{1,128})$")
+                     r"crops/[A-Za-z0-9_.:@-]{1,128}/[A-Za-z0-9_.:@-]{1,128}\.jpg|models/heads/[A-Za-z0-9_.-]{1,128}|"
+                     r"visitors/faces-\d{5}\.jsonl|visitors/groups\.jsonl|visitors/crops/[A-Za-z0-9_.:@-]{1,128}\.jpg)$")
 # Settings that change what identify answers: a restore under other values warns.
 FINGERPRINT_FIELDS = ("faces", "gallery")
 
@@ -106,6 +115,11 @@ class ExportSummary:
     rounds: int = 0
     stream_id: str = START
     gallery_version: str | None = None
+    visitors: int = 0
+    unknown_faces: int = 0
+    unknown_crops: int = 0
+    unknown_vanished: int = 0
+    visitors_stream_id: str = START
     bytes_written: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -227,7 +241,8 @@ class _Exporter:
 
 def export_gallery(redis_client: redis.Redis, keys: Keys, data_dir: Path, out: IO[bytes], settings: Any) -> ExportSummary:
     """Write the whole gallery (people, templates' stored features, crops, model
-    registry and heads) as one archive to the binary stream ``out``.
+    registry and heads; visitors with their unknown faces) as one archive to the
+    binary stream ``out``.
 
     Consistent at one gallery-event id while workers keep writing (module doc);
     raises :class:`ArchiveError` if it cannot settle in ``MAX_ROUNDS`` rounds.
@@ -274,9 +289,12 @@ def export_gallery(redis_client: redis.Redis, keys: Keys, data_dir: Path, out: I
     exp.summary.stream_id = final
     exp.summary.gallery_version = exp.version[1]
     exp.summary.heads = _export_models(redis_client, keys, Path(data_dir), writer)
+    _export_visitors(redis_client, keys, Path(data_dir), writer, exp.summary)
     writer.add_json("manifest.json", {"format": FORMAT_NAME, "version": FORMAT_VERSION, "members": writer.members,
                                       "stream_id": final, "gallery_version": exp.summary.gallery_version,
-                                      "people": exp.summary.people, "templates": exp.summary.templates})
+                                      "people": exp.summary.people, "templates": exp.summary.templates,
+                                      "visitors": exp.summary.visitors, "unknown_faces": exp.summary.unknown_faces,
+                                      "visitors_stream_id": exp.summary.visitors_stream_id})
     writer.close()
     exp.summary.bytes_written = counting.count
     log.info("exported %d people, %d templates at gallery event %s (%d rounds)", exp.summary.people,
@@ -304,6 +322,52 @@ def _export_models(redis_client: redis.Redis, keys: Keys, data_dir: Path, writer
         "events": [json.loads(f[b"event"]) for _, f in events if b"event" in f],
     })
     return heads
+
+
+def _export_visitors(redis_client: redis.Redis, keys: Keys, data_dir: Path, writer: _Writer,
+                     summary: ExportSummary) -> None:
+    """Visitors and their unknown faces (:mod:`faec_rec.visitors.backup`)."""
+    from faec_rec.visitors.backup import face_line, read_faces, read_grouping
+
+    grouping = read_grouping(redis_client, keys)
+    stored: set[str] = set()
+    lines: list[str] = []
+    chunk = 0
+
+    def flush() -> None:
+        nonlocal chunk
+        writer.add(f"visitors/faces-{chunk:05d}.jsonl", "".join(lines).encode())
+        lines.clear()
+        chunk += 1
+
+    for fid, fields in read_faces(redis_client, keys, grouping.face_ids()):
+        member = None
+        if fields.get("crop"):
+            try:
+                data = (data_dir / fields["crop"]).read_bytes()
+            except OSError:
+                data = None
+            if data:
+                member = f"visitors/crops/{fid}.jpg"
+                writer.add(member, data)
+                summary.unknown_crops += 1
+        lines.append(json.dumps(face_line(fid, fields, member), sort_keys=True) + "\n")
+        stored.add(fid)
+        if len(lines) >= 5000:
+            flush()
+    if lines or not chunk:
+        flush()
+    groups = []
+    for vid, (record, faces) in grouping.visitors.items():
+        kept = [f for f in faces if f in stored]
+        summary.unknown_vanished += len(faces) - len(kept)
+        if kept:
+            groups.append({"id": vid, "record": record, "faces": kept})
+    alone = [f for f in grouping.alone if f in stored]
+    tail = {"alone": alone, "counter": grouping.counter, "stream_id": grouping.stream_id}
+    writer.add("visitors/groups.jsonl", "".join(json.dumps(g, sort_keys=True) + "\n" for g in [*groups, tail]).encode())
+    summary.visitors, summary.unknown_faces = len(groups), len(stored)
+    summary.visitors_stream_id = grouping.stream_id
 
 
 class _CountingWriter(io.RawIOBase):
@@ -343,6 +407,20 @@ class Archive:
                 else:
                     out[rec["id"]] = rec
         return out
+
+    def visitors(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        """``(face id -> face line, visitor lines, {"alone", "counter", "stream_id"})``;
+        empty for a version 1 archive."""
+        faces: dict[str, dict[str, Any]] = {}
+        for name in sorted(n for n in self.manifest["members"] if n.startswith("visitors/faces-")):
+            for line in (self.folder / name).read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    faces[rec["id"]] = rec
+        path = self.folder / "visitors" / "groups.jsonl"
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        tail = rows.pop() if rows and "alone" in rows[-1] else {"alone": [], "counter": 0, "stream_id": START}
+        return faces, rows, tail
 
     def registry(self) -> dict[str, Any]:
         path = self.folder / "models" / "registry.json"
@@ -401,9 +479,9 @@ def _check_format(data: bytes) -> None:
         raise ArchiveError(f"format.json is not JSON ({exc}); nothing was imported") from exc
     if fmt.get("format") != FORMAT_NAME:
         raise ArchiveError(f"not a {FORMAT_NAME} archive (format {fmt.get('format')!r}); nothing was imported")
-    if fmt.get("version") != FORMAT_VERSION:
-        raise ArchiveError(f"archive format version {fmt.get('version')!r}; this faec-rec reads version "
-                           f"{FORMAT_VERSION} only: import it with the faec-rec that wrote it")
+    if fmt.get("version") not in READABLE_VERSIONS:
+        raise ArchiveError(f"archive format version {fmt.get('version')!r}; this faec-rec reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}: import it with the faec-rec that wrote it")
 
 
 @dataclass
@@ -419,6 +497,10 @@ class ImportSummary:
     current_model: str | None = None
     settings_match: bool = True
     stream_id: str = START
+    visitors_created: int = 0
+    visitors_joined: int = 0
+    unknown_faces_added: int = 0
+    unknown_faces_skipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -443,12 +525,14 @@ def import_gallery(store: Store, src: IO[bytes], settings: Any, *, merge: bool =
         if not summary.settings_match:
             log.warning("the archive was written under other faces/gallery settings; identify may answer differently")
         present = int(store.client.scard(store.keys.people()))
-        if present and not merge:
-            raise ArchiveError(f"the target gallery holds {present} people: import into an empty deployment, "
-                               "or pass --merge to merge into it")
+        strangers = int(store.client.zcard(store.keys.unknown_faces()))
+        if (present or strangers) and not merge:
+            raise ArchiveError(f"the target holds {present} people and {strangers} unknown faces: import into an "
+                               "empty deployment, or pass --merge to merge into it")
         people = archive.people()
         _check_backbone(store, people)
         _import_models(store, archive, summary, empty=not present, promote=promote)
+        person_ids: dict[str, str] = {}
         for pid, rec in sorted(people.items()):
             templates = []
             for t in rec["templates"]:
@@ -458,10 +542,12 @@ def import_gallery(store: Store, src: IO[bytes], settings: Any, *, merge: bool =
                 fields.pop("crop", None)
                 templates.append((t["id"], fields, crop))
             result = store.restore_person(pid, rec["person"], templates)
+            person_ids[pid] = result.person_id
             summary.people_created += int(result.created)
             summary.people_merged += int(not result.created)
             summary.templates_added += len(result.added)
             summary.templates_skipped += len(result.duplicates)
+        _import_visitors(store, archive, summary, person_ids)
         return summary
     finally:
         shutil.rmtree(spool, ignore_errors=True)
@@ -479,6 +565,23 @@ def _check_backbone(store: Store, people: dict[str, Any]) -> None:
         raise ArchiveError(f"the archive's templates are in backbone {', '.join(other)}'s features and this gallery "
                            f"serves {serving}: switch with `faec-rec models use-backbone {other[0]}` first "
                            "(and back after the import); nothing was imported")
+
+
+def _import_visitors(store: Store, archive: Archive, summary: ImportSummary, person_ids: dict[str, str]) -> None:
+    from faec_rec.visitors.backup import restore_visitors
+    from faec_rec.visitors.store import VisitorStore
+
+    faces, groups, tail = archive.visitors()
+    if not faces:
+        return
+    def crops(face_id: str) -> bytes | None:
+        member = faces[face_id].get("crop")
+        return (archive.folder / member).read_bytes() if member else None
+
+    done = restore_visitors(VisitorStore(store.client, store.keys, store.data_dir), faces, groups,
+                            list(tail.get("alone", [])), crops, int(tail.get("counter") or 0), person_ids)
+    summary.visitors_created, summary.visitors_joined = done.visitors_created, done.visitors_joined
+    summary.unknown_faces_added, summary.unknown_faces_skipped = done.unknown_faces_added, done.unknown_faces_skipped
 
 
 def _import_models(store: Store, archive: Archive, summary: ImportSummary, *, empty: bool, promote: Any) -> None:

@@ -29,7 +29,8 @@ def export_cmd(state: State, file: str) -> None:
         finally:
             client.close()
     click.echo(f"exported {summary['people']} people, {summary['templates']} templates, {summary['crops']} crops, "
-               f"{summary['heads']} model heads at gallery event {summary['stream_id']}"
+               f"{summary['heads']} model heads at gallery event {summary['stream_id']}, "
+               f"{summary['visitors']} visitors with {summary['unknown_faces']} unknown faces"
                + (f"; {summary['crops_missing']} crops not on this machine" if summary["crops_missing"] else ""),
                err=True)
     if file != "-":

@@ -832,11 +832,12 @@ class Client:
         """Enrol a visitor's good faces as the person ``name`` through the enrolment queue.
 
         A person of that name already enrolled needs ``into_existing=True``
-        (the faces are added to them), else :class:`VisitorError`. Returns the
+        (the faces are added to them), else :class:`VisitorNameTaken` (a
+        :class:`VisitorError`; the command line exits 2). Returns the
         :class:`EnrolReport` (``images``: one entry per face), or the request
         id without ``wait``.
         """
-        from faec_rec.errors import UnknownPersonError, VisitorError
+        from faec_rec.errors import UnknownPersonError, VisitorError, VisitorNameTaken
         from faec_rec.index.store import clean_name
         from faec_rec.workers.app import TASK_ENROL
         from faec_rec.workers.enrolment import EnrolRequest
@@ -852,7 +853,7 @@ class Client:
             existing = None
         if existing is not None:
             if not into_existing:
-                raise VisitorError(f"a person named {existing.name!r} is already enrolled: pass into_existing "
+                raise VisitorNameTaken(f"a person named {existing.name!r} is already enrolled: pass into_existing "
                                    "(--into-existing) to add this visitor's faces to them, or choose another name")
             person_id = existing.id
         request = EnrolRequest(request_id=_new_id(), images=(), name=display, person_id=person_id, visitor=visitor_id)

@@ -279,12 +279,15 @@ class VisitorsConfig(_Section):
     centre_threshold: float = Field(0.94, ge=-1, le=1, description="similarity a face needs to its visitor's centre (mean of its good faces) to join it: linkage to the group, not to one face")
     min_links: int = Field(2, ge=1, le=64, description="links to a visitor's good faces a face needs to join it (fewer when the visitor holds fewer good faces)")
     merge_threshold: float = Field(0.94, ge=-1, le=1, description="centre-to-centre similarity at which two visitors that one face joins strongly are merged")
+    ambiguity_margin: float = Field(0.01, ge=0, le=1, description="a face whose similarity to its best visitor's centre is not this much above its similarity to another visitor it is near (a face of it at rival_threshold or more) joins neither and stays in no visitor: between two people is no evidence for either (0 = off)")
+    rival_threshold: float = Field(0.92, ge=-1, le=1, description="a visitor with a face at least this similar counts as a rival for ambiguity_margin")
     search_k: int = Field(32, ge=4, le=1024, description="nearest stored faces examined per join")
     approximate_above: int = Field(50_000, ge=1, description="above this many good faces the visitor index is IVF (inverted lists, exact re-scoring), below it exact (flat search costs ~0.05 ms per 1000 faces here)")
     ivf_nprobe: int = Field(48, ge=1, le=100_000, description="IVF lists searched per join: recall of the links vs speed")
     retention_days: float = Field(30.0, ge=0, le=3650, description="unknown faces older than this that belong to no named person are deleted (0 = keep forever)")
     max_faces: int = Field(1_000_000, ge=0, le=100_000_000, description="at most this many unknown faces are kept: the oldest go first (0 = no limit)")
     crop_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored unknown-face crops")
+    snapshot_every: int = Field(10_000, ge=1, description="a worker writes a visitor replica snapshot (data_dir/visitor-snapshots/<prefix>) after this many visitor events; a starting worker loads the newest plus the events after it instead of reading every face from Redis")
 
 
 class Settings(BaseSettings):

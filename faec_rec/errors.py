@@ -208,6 +208,10 @@ class VisitorError(FaecError):
     """A visitor operation that cannot be done as asked (merge into itself, split out every face...)."""
 
 
+class VisitorNameTaken(VisitorError, UsageError):
+    """Naming a visitor with the name of an enrolled person without ``into_existing``."""
+
+
 class UnknownVisitorError(VisitorError, KeyError):
     """No visitor (or unknown face) with that id is stored."""
 

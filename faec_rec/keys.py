@@ -145,6 +145,10 @@ class Keys:
         """String with TTL: held while a regroup or retention sweep runs."""
         return self._k("visitors", "lock")
 
+    def visitor_snapshot_lock(self) -> str:
+        """String with TTL: held while one process writes a visitor replica snapshot."""
+        return self._k("visitors", "snapshot_lock")
+
     def visitor_tracks(self, camera_id: str) -> str:
         """Hash with TTL: track id -> visitor id of a camera's unknown tracks (for their "left" events)."""
         return self._k("visitors", "tracks", safe_id(camera_id, "camera id"))

@@ -6,7 +6,8 @@ loads until a worker first joins a face).
 * Camera frames: a face that makes an "arrived" or "updated" event with the
   decision "unknown" (one face per track and identity change, not every
   frame) is stored and joined; the event carries its ``visitor``, and so does
-  that track's "left" event when a worker publishes it (``keys.visitor_tracks``). Face id
+  that track's "left" event, whether a worker or the idle sweep publishes it
+  (``keys.visitor_tracks``, :func:`with_left_visitors`). Face id
   ``cam-<camera>-<frame>-<n>``: a redelivered frame stores nothing twice.
 * Folder images: every unknown face is stored and joined; its entry in the
   job's result record gets ``visitor`` and ``face_id``. Face id
@@ -104,12 +105,8 @@ def join_frame(runtime: Runtime, payload: Any, results: list[Any], events: list[
         return events
     out = []
     tracks_key = runtime.keys.visitor_tracks(payload.camera)
-    for event in events:
-        if event.type == "left" and event.decision == "unknown" and event.track_id is not None:
-            raw = runtime.redis.hget(tracks_key, str(event.track_id))
-            if raw:
-                event = replace(event, visitor=raw.decode())
-        elif event.type in ("arrived", "updated") and event.decision == "unknown" and event.box is not None:
+    for event in with_left_visitors(runtime.redis, runtime.keys, payload.camera, events):
+        if event.type in ("arrived", "updated") and event.decision == "unknown" and event.box is not None:
             i = _nearest(results, event.box)
             if i is not None and results[i].features is not None:
                 try:
@@ -125,6 +122,26 @@ def join_frame(runtime: Runtime, payload: Any, results: list[Any], events: list[
                 except Exception:  # noqa: BLE001
                     log.exception("could not keep unknown face of camera %s frame %s", payload.camera, payload.frame)
         out.append(event)
+    return out
+
+
+def with_left_visitors(redis: Any, keys: Any, camera: str, events: list[Any]) -> list[Any]:
+    """``events`` with ``visitor`` set on every "left" event of an unknown track that was
+    joined to a visitor (one HMGET of ``keys.visitor_tracks(camera)``).
+
+    Both publishers of "left" call it: the worker that tracks a frame
+    (:func:`join_frame`) and the idle sweep (``TrackStore.sweep``), which runs
+    in the camera producer and knows nothing of visitors otherwise.
+    """
+    wanted = [i for i, e in enumerate(events)
+              if e.type == "left" and e.decision == "unknown" and e.track_id is not None and e.visitor is None]
+    if not wanted:
+        return events
+    held = redis.hmget(keys.visitor_tracks(camera), [str(events[i].track_id) for i in wanted])
+    out = list(events)
+    for i, raw in zip(wanted, held):
+        if raw:
+            out[i] = replace(out[i], visitor=raw.decode() if isinstance(raw, bytes) else str(raw))
     return out
 
 

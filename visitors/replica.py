@@ -20,6 +20,10 @@ visitor is the worst error, so a face joins only on strong evidence.
   of look-alikes cannot drag a group along). A visitor with one good face
   needs one *strong* link (``>= strong_threshold``): two faces make a visitor
   only when very close.
+* A face that would join V but is nearly as close to another visitor W (W
+  holds a face at ``>= rival_threshold`` and the face's similarity to V's
+  centre is less than ``ambiguity_margin`` above that to W's) joins neither
+  and stays in no visitor: a face between two people is evidence for neither.
 * When several visitors qualify it joins the one with the most links (then
   the closest centre); a *good* face merges the others into it when their
   centres are within ``merge_threshold`` of each other ("groups that grew
@@ -29,6 +33,7 @@ visitor is the worst error, so a face joins only on strong evidence.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,7 +41,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from faec_rec.config import GalleryConfig, VisitorsConfig
-from faec_rec.index.vectors import FlatIndex, VectorIndex, build_index
+from faec_rec.errors import VisitorError
+from faec_rec.index.snapshot import decode_strings, encode_strings
+from faec_rec.index.vectors import FlatIndex, IvfIndex, VectorError, VectorIndex, build_index
 
 from faec_rec.visitors.events import START, VisitorEvent, VisitorOp
 
@@ -158,6 +165,7 @@ class VisitorReplica:
         c = self.config
         q = unit(features)
         cands: dict[str, _Candidate] = {}
+        near: set[str] = set()  # visitors with a face at rival_threshold or more
         if neighbours is not None:
             slots = [self._slot_of.get(f, -1) for f in neighbours[1]]
             pairs = [(sc, sl) for sc, sl in zip(neighbours[0], slots) if sl >= 0 and self._good[sl]][: c.search_k]
@@ -169,10 +177,14 @@ class VisitorReplica:
             pairs = []
         if pairs:
             for score, slot in pairs:
-                if slot < 0 or score < c.link_threshold or not self._alive[slot]:
+                if slot < 0 or score < min(c.link_threshold, c.rival_threshold) or not self._alive[slot]:
                     continue
                 vid = self._vid[slot]
                 if vid is None:
+                    continue
+                if score >= c.rival_threshold:
+                    near.add(vid)
+                if score < c.link_threshold:
                     continue
                 cand = cands.setdefault(vid, _Candidate(vid))
                 cand.links += 1
@@ -198,6 +210,11 @@ class VisitorReplica:
             for other in qualified[1:]:
                 if self._may_merge(best.visitor, other.visitor) and self.linkage(best.visitor, other.visitor) >= c.merge_threshold:
                     merge.append(other.visitor)
+        if c.ambiguity_margin > 0:
+            rivals = [cands[v].centre if v in cands and cands[v].centre > -1 else self.mean_similarity(q, v)
+                      for v in near - {best.visitor, *merge} if self._ngood.get(v)]
+            if rivals and best.centre - max(rivals) < c.ambiguity_margin:
+                return JoinDecision(None, links=best.links, centre=best.centre)  # between two: in none
         return JoinDecision(best.visitor, merge=tuple(merge), links=best.links, centre=best.centre)
 
     def _may_merge(self, a: str, b: str) -> bool:
@@ -346,6 +363,66 @@ class VisitorReplica:
         kind = "ivf" if len(slots) > self.config.approximate_above else "flat"
         self._index = build_index(self._vec[slots], slots, self._gcfg, kind=kind)
         log.info("visitor index rebuilt: %s, %d good faces", self._index.kind, len(slots))
+
+    # ---- snapshots (files: faec_rec.index.snapshot, as the gallery's) ---------------------
+    def to_arrays(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """``(meta, arrays)`` of the whole state, slots kept (the IVF index's labels are slots)."""
+        n = self._n
+        arrays: dict[str, np.ndarray] = {
+            "vectors": self._vec[:n],
+            "alive": self._alive[:n],
+            "good": self._good[:n],
+            "fids": encode_strings(list(self._fid)),
+            "vids": encode_strings([v or "" for v in self._vid]),
+            "named": np.frombuffer(json.dumps({"persons": self.persons, "manual": sorted(self.manual)}).encode(),
+                                   dtype=np.uint8),
+        }
+        if isinstance(self._index, IvfIndex):
+            arrays.update(self._index.to_arrays())
+        meta = {"kind": "visitors", "index": self._index.kind, "faces": self.size, "visitors": len(self.members)}
+        return meta, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict[str, object], arrays: dict[str, np.ndarray],
+                    config: VisitorsConfig | None = None) -> VisitorReplica:
+        """Inverse of :meth:`to_arrays`; raises :class:`VisitorError` for a snapshot that is not
+        a visitor replica's or disagrees with itself. The IVF index is loaded, not retrained."""
+        if meta.get("kind") != "visitors":
+            raise VisitorError(f"snapshot of kind {meta.get('kind')!r} is not a visitor replica's")
+        self = cls(config or VisitorsConfig())
+        alive = np.asarray(arrays["alive"], bool)
+        n = len(alive)
+        if arrays["vectors"].shape != (n, self.dim) or len(arrays["good"]) != n:
+            raise VisitorError("visitor snapshot arrays disagree in length")
+        try:
+            fids = decode_strings(arrays["fids"], n)
+            vids = decode_strings(arrays["vids"], n)
+        except ValueError as exc:
+            raise VisitorError(f"visitor snapshot is inconsistent: {exc}") from exc
+        self._grow(max(1024, n))
+        self._vec[:n] = arrays["vectors"]
+        self._alive[:n] = alive
+        self._good[:n] = np.asarray(arrays["good"], bool)
+        self._n = n
+        self._fid = fids
+        self._vid = [None] * n
+        for slot in np.flatnonzero(alive).tolist():
+            self._slot_of[fids[slot]] = slot
+            self._join(slot, vids[slot] or None)
+        self._indexed = int((alive & self._good[:n]).sum())
+        named = json.loads(arrays["named"].tobytes().decode())
+        self.persons = dict(named["persons"])
+        self.manual = set(named["manual"])
+        self.position = str(meta["position"])
+        if meta.get("index") == "ivf" and "ivf_bytes" in arrays:
+            try:
+                self._index = IvfIndex.from_arrays(arrays, self._vec, self._gcfg.ivf_nprobe, self._gcfg.ivf_refine)
+                self._maybe_rebuild()
+                return self
+            except VectorError as exc:
+                log.warning("visitor snapshot index unusable (%s); rebuilding it", exc)
+        self.rebuild_index()
+        return self
 
     def load_bulk(self, face_ids: list[str], features: np.ndarray, visitors: list[str | None], good: np.ndarray) -> None:
         """Bootstrap many faces at once (from Redis records): one index build."""

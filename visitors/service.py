@@ -22,6 +22,7 @@ from faec_rec.config import VisitorsConfig
 from faec_rec.errors import UnknownVisitorError, VisitorError
 from faec_rec.keys import Keys, safe_id
 
+from faec_rec.index.snapshot import list_snapshots, load_newest, write_snapshot
 from faec_rec.visitors.events import START, VisitorOp, parse_order
 from faec_rec.visitors.replica import VisitorReplica
 from faec_rec.visitors.store import Joined, NewFace, VisitorStore
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 SORTS = ("faces", "last_seen", "first_seen", "id")
 LOCK_TTL_S = 600
 EXPIRE_EVERY_S = 600.0
+SNAPSHOT_LOCK_S = 600
 
 
 class Visitors:
@@ -49,6 +51,11 @@ class Visitors:
         self.store = VisitorStore(client, keys, self.data_dir, backbone_version)
         self._replica: VisitorReplica | None = None
         self._lock = threading.RLock()
+        # Beside the gallery's data_dir/snapshots/<prefix>, not inside it: same file format
+        # (faec_rec.index.snapshot), another replica.
+        self.snapshot_dir = self.data_dir / "visitor-snapshots" / keys.prefix
+        self._since_snapshot = 0
+        self._erased = False
         self._next_expire = 0.0 if auto_expire else float("inf")
 
     # ---- the replica ----------------------------------------------------------------
@@ -61,21 +68,95 @@ class Visitors:
             return self._replica
 
     def _bootstrap(self) -> VisitorReplica:
+        """The newest usable snapshot plus the events after it, else every record in Redis
+        (then a snapshot is written, so the next process starts from it)."""
         t0 = time.perf_counter()
-        replica = VisitorReplica(self.config)
-        position = self.store.log.last_id()  # records read after this id include it; replay is idempotent
-        ids, feats, vids, good, _ = self.store.load_all()
-        replica.load_bulk(ids, feats, vids, good)
-        for row in self.store.records(self.store.visitor_ids()):
-            if row.get("person"):
-                replica.persons[row["id"]] = row["person"]
-            if row.get("manual") == "1":
-                replica.manual.add(row["id"])
-        replica.position = position
-        self._catch_up(replica)
-        log.info("visitor replica built: %d faces, %d visitors in %.2f s", replica.size, len(replica.members),
-                 time.perf_counter() - t0)
+        replica = self._from_snapshot()
+        how = "snapshot"
+        if replica is None:
+            how = "Redis records"
+            replica = VisitorReplica(self.config)
+            position = self.store.log.last_id()  # records read after this id include it; replay is idempotent
+            ids, feats, vids, good, _ = self.store.load_all()
+            replica.load_bulk(ids, feats, vids, good)
+            for row in self.store.records(self.store.visitor_ids()):
+                if row.get("person"):
+                    replica.persons[row["id"]] = row["person"]
+                if row.get("manual") == "1":
+                    replica.manual.add(row["id"])
+            replica.position = position
+        applied = self._catch_up(replica)
+        log.info("visitor replica from %s + %d event(s): %d faces, %d visitors in %.2f s", how, applied,
+                 replica.size, len(replica.members), time.perf_counter() - t0)
+        if how != "snapshot" and replica.size and replica.position != START:
+            # (a snapshot needs a stream position: faces written without events are not anchored)
+            self._maybe_snapshot(replica)
+        elif self._erased:
+            self._write_snapshot(replica, keep=1)
         return replica
+
+    def _from_snapshot(self) -> VisitorReplica | None:
+        """The newest snapshot when the stream still holds every event after it, else None."""
+        found = load_newest(self.snapshot_dir)
+        if found is None:
+            return None
+        path, meta, arrays = found
+        try:
+            replica = VisitorReplica.from_arrays(meta, arrays, self.config)
+        except (VisitorError, KeyError, ValueError) as exc:
+            log.warning("visitor snapshot %s unusable (%s); reading the Redis records", path.name, exc)
+            return None
+        first, last = self.store.log.first_id(), self.store.log.last_id()
+        if last == START or parse_order(last) < parse_order(replica.position):
+            log.warning("visitor snapshot %s is ahead of the visitor stream (another deployment's history?); "
+                        "reading the Redis records", path.name)
+            return None
+        if first is not None and parse_order(first) > parse_order(replica.position):
+            log.warning("visitor snapshot %s is older than the trimmed visitor stream; reading the Redis records",
+                        path.name)
+            return None
+        return replica
+
+    # ---- snapshots ------------------------------------------------------------------------
+    def _after_apply(self, replica: VisitorReplica) -> None:
+        """Snapshots after events: at once (this process's only) when faces were removed, so a
+        forgotten or expired face's features do not stay on disk; every ``snapshot_every`` events
+        otherwise, one process at a time."""
+        try:
+            if self._erased and list_snapshots(self.snapshot_dir):
+                self._write_snapshot(replica, keep=1)
+            elif self._since_snapshot >= self.config.snapshot_every:
+                self._maybe_snapshot(replica)
+        except OSError:  # a full or read-only disk must not stop joins; the next start reads Redis
+            log.exception("visitor snapshot not written")
+        self._erased = False
+
+    def _maybe_snapshot(self, replica: VisitorReplica) -> None:
+        token = f"{id(self)}:{time.time()}"
+        if not self.redis.set(self.keys.visitor_snapshot_lock(), token, nx=True, ex=SNAPSHOT_LOCK_S):
+            self._since_snapshot = 0  # another process is writing one; count again from here
+            return
+        try:
+            self._write_snapshot(replica)
+        finally:
+            if self.redis.get(self.keys.visitor_snapshot_lock()) == token.encode():
+                self.redis.delete(self.keys.visitor_snapshot_lock())
+
+    def _write_snapshot(self, replica: VisitorReplica, keep: int = 2) -> Path:
+        if replica.position == START:
+            raise VisitorError("a visitor replica with no stream position cannot be snapshotted")
+        meta, arrays = replica.to_arrays()
+        path = write_snapshot(self.snapshot_dir, replica.position, meta, arrays, keep=keep)
+        self._since_snapshot = 0
+        self._erased = False
+        return path
+
+    def snapshot(self) -> Path:
+        """Sync, then write a snapshot of this process's replica now; returns its path."""
+        with self._lock:
+            replica = self.replica
+            self._catch_up(replica)
+            return self._write_snapshot(replica)
 
     def sync(self) -> int:
         """Apply visitor events written since the last call; returns how many."""
@@ -88,7 +169,9 @@ class Visitors:
                 log.warning("visitor replica is behind the trimmed stream; rebuilding from Redis")
                 self._replica = self._bootstrap()
                 return 0
-            return self._catch_up(self._replica)
+            applied = self._catch_up(self._replica)
+            self._after_apply(self._replica)
+            return applied
 
     def _catch_up(self, replica: VisitorReplica, known: dict[str, np.ndarray] | None = None) -> int:
         """Apply the events after ``replica.position``; ``known`` features (the face this
@@ -109,7 +192,10 @@ class Visitors:
             added = [e.face for _, e in events if e.op is VisitorOp.ADD and e.face and e.face not in known]
             features = {**(self.store.fetch_features(added) if added else {}),
                         **{f: v for f, v in known.items() if any(e.face == f for _, e in events)}}
-            total += replica.apply(events, features) if events else 0
+            self._erased = self._erased or any(e.op is VisitorOp.REMOVE for _, e in events)
+            applied = replica.apply(events, features) if events else 0
+            self._since_snapshot += applied
+            total += applied
 
     def _bootstrap_records(self) -> VisitorReplica:
         replica = VisitorReplica(self.config)
@@ -130,6 +216,7 @@ class Visitors:
             joined = self.store.add_face(face, replica, self.sync)
             if joined.stored:  # apply our own change now (one read; its features are here)
                 self._catch_up(replica, {face.face_id: np.ascontiguousarray(face.features, np.float32).reshape(-1)})
+                self._after_apply(replica)
         self._maybe_expire()
         return joined
 

@@ -651,8 +651,12 @@ class TrackStore:
         """"left" events for ``camera``'s tracks unseen past the timeout at ``now`` (unix s)."""
         at = time.time() if now is None else now
         found = self._transact(camera, lambda tr: tr.sweep(at), always_write=False)
+        if not found:
+            return []
+        from faec_rec.visitors.hook import with_left_visitors  # unknown tracks' "left" names their visitor
+
         stamp = time.time()
-        return [ev.to_event(camera, stamp) for ev in found]
+        return with_left_visitors(self.redis, self.keys, camera, [ev.to_event(camera, stamp) for ev in found])
 
     def sweep_all(self, now: float | None = None) -> list[Event]:
         """:meth:`sweep` every camera registered in ``keys.cameras()``."""

@@ -310,6 +310,24 @@ def test_sweep_idle_leaves_cameras_with_queued_frames_to_the_workers(redis_clien
     assert [e.camera for e in store.sweep_idle(now=T0 + 2.5, grace_s=1.0)] == ["busy"]
 
 
+def test_idle_sweep_left_of_an_unknown_track_names_its_visitor(redis_client, keys) -> None:
+    # The worker records track -> visitor when it joins the face of an unknown arrival
+    # (visitors.hook.join_frame); the sweep in the camera producer publishes "left".
+    store = TrackStore(redis_client, keys, iou_threshold=0.3, timeout_s=1.0, min_hits=1)
+    arrived = store.update("door", 0, T0, [obs(100), obs(400, person="hana"), obs(700)])
+    assert sorted((e.track_id, e.decision) for e in arrived) == [(1, "unknown"), (2, "known"), (3, "unknown")]
+    # track 1 was joined to v-7; track 3's face was kept in no visitor (say, too blurry)
+    redis_client.hset(keys.visitor_tracks("door"), mapping={"1": "v-7"})
+    redis_client.sadd(keys.cameras(), "door")
+    left = store.sweep_idle(now=T0 + 5, grace_s=1.0)
+    assert sorted((e.type, e.track_id, e.decision, e.visitor) for e in left) == [
+        ("left", 1, "unknown", "v-7"), ("left", 2, "known", None), ("left", 3, "unknown", None)]
+    # the end-of-run close (producers.camera.close_tracks) goes through the same sweep
+    store.update("door", 10, T0 + 10, [obs(100)])
+    redis_client.hset(keys.visitor_tracks("door"), "4", "v-9")
+    assert [(e.track_id, e.visitor) for e in store.sweep("door", now=float("inf"))] == [(4, "v-9")]
+
+
 def test_track_store_two_concurrent_updaters_keep_consistent_state(redis_url, keys, redis_client) -> None:
     """Two 'workers' (own connections, own threads) take the next frame of one camera
     from a shared queue, as Celery workers do, while two people walk; without the
