@@ -16,6 +16,7 @@ exports ``commands``; they are picked up automatically when importable).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import time
 import unicodedata
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -35,7 +36,7 @@ import click
 
 from faec_rec.errors import (BackendUnavailable, ConfigError, FaecError, GalleryError, ImageError, TaskTimeout,
                               UnknownPersonError, UsageError)
-from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
+from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, iter_files, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -540,76 +541,97 @@ def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_js
 IDENTIFY_WINDOW = 32  # images in flight at once: bounds the Redis memory uploads take
 
 
-def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeout_s: float,
-                    on_result: Callable[[dict[str, Any]], None] = lambda r: None) -> list[dict[str, Any]]:
-    """Identify ``images`` as one folder job (see the folder protocol); returns one
-    record per image in the workers' shape, in completion order.
+def identify_images(backend: Any, client: Any, images: Iterable[Path], *, timeout_s: float,
+                    on_result: Callable[[dict[str, Any]], None] = lambda r: None) -> int:
+    """Identify ``images`` as one folder job (see the folder protocol), passing each
+    record (the workers' shape) to ``on_result`` in completion order; returns how many.
 
+    ``images`` may be a generator (a folder walk): it is consumed as room frees up and
+    never listed, so memory holds at most :data:`IDENTIFY_WINDOW` images in flight
+    whatever the folder's size. They go out ``workers.folder_batch`` at a time
+    (:meth:`Client.send_identify`: one task, their faces embedded in one model call).
     Embedded, the worker reads the files itself; against a deployment the bytes
     are uploaded (``keys.upload``, with a TTL) since workers may run elsewhere.
-    At most :data:`IDENTIFY_WINDOW` images are in flight. If no result arrives
-    for ``timeout_s`` seconds, the images still missing get an ``error``
-    "no_result" and :class:`BackendUnavailable` is raised after ``on_result``
-    saw every record (so a partial report can still be written).
+    If no result arrives for ``timeout_s`` seconds, the images in flight and those
+    not yet sent get an ``error`` "no_result" and :class:`BackendUnavailable` is raised
+    after ``on_result`` saw every record (so a partial report can still be written).
     """
-    from faec_rec.workers.app import QUEUE_FRAMES, TASK_IDENTIFY
-
-    r, keys, app = backend.redis, backend.keys, backend.app
+    r, keys = backend.redis, backend.keys
     job = uuid.uuid4().hex
     job_key, stream = keys.job(job), keys.job_results(job)
-    names = [os.path.abspath(p) for p in images]  # absolute, symlinks kept: the user's own names
-    r.hset(job_key, mapping={"total": len(names), "done": 0, "errors": 0, "source": "cli"})
+    r.hset(job_key, mapping={"total": 0, "done": 0, "errors": 0, "source": "cli", "open": 1})
     r.expire(job_key, backend.settings.workers.result_ttl_s)
-    pending = names[::-1]  # popped from the end: sent in order
-    results: dict[str, dict[str, Any]] = {}
-    in_flight = 0
+    size = max(1, min(backend.settings.workers.folder_batch, IDENTIFY_WINDOW))
+    source = iter(images)
+    exhausted = False
+    waiting: set[str] = set()  # names sent, no record yet (at most the window)
+    batch: list[dict[str, Any]] = []
+    count = 0
     last_id = "0"
     last_progress = time.monotonic()
+
+    def record(rec: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        on_result(rec)
+
+    def send() -> None:
+        r.hincrby(job_key, "total", len(batch))  # before the task: done never passes total
+        client.send_identify(job, batch)
+        waiting.update(item["name"] for item in batch)
+        batch.clear()
+
     try:
-        while len(results) < len(names):
-            while pending and in_flight < IDENTIFY_WINDOW:
-                name = pending.pop()
-                payload: dict[str, Any] = {"job": job, "path": name, "key": None, "name": name}
+        while True:
+            while not exhausted and len(waiting) + len(batch) < IDENTIFY_WINDOW:
+                path = next(source, None)
+                if path is None:
+                    exhausted = True
+                    break
+                name = os.path.abspath(path)  # absolute, symlinks kept: the user's own names
+                payload: dict[str, Any] = {"path": name, "key": None, "name": name}
                 if not backend.embedded:
                     try:
                         upload, _ = client.upload(name)
                     except ImageError as exc:  # unreadable here: no worker could do better
-                        results[name] = {"path": name, "faces": [], "error": exc.reason, "model_version": None}
-                        on_result(results[name])
+                        record({"path": name, "faces": [], "error": exc.reason, "model_version": None})
                         continue
-                    payload = {"job": job, "path": None, "key": upload, "name": name}
-                app.send_task(TASK_IDENTIFY, args=[payload], queue=QUEUE_FRAMES)
-                in_flight += 1
+                    payload = {"path": None, "key": upload, "name": name}
+                batch.append(payload)
+                if len(batch) >= size:
+                    send()
+            if batch:  # the walk ended or the window is full: send what is gathered
+                send()
+            if exhausted and not waiting:
+                break
             reply = r.xread({stream: last_id}, block=1000, count=IDENTIFY_WINDOW)
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last_id = entry_id
-                    record = json.loads(fields.get(b"result") or fields.get("result"))
-                    if record.get("path") in results or "skipped" in record:
+                    rec = json.loads(fields.get(b"result") or fields.get("result"))
+                    if rec.get("path") not in waiting or "skipped" in rec:  # a redelivered record
                         continue
-                    results[record["path"]] = record
-                    in_flight -= 1
+                    waiting.discard(rec["path"])
                     last_progress = time.monotonic()
-                    on_result(record)
+                    record(rec)
             if time.monotonic() - last_progress > timeout_s:
-                missing = [n for n in names if n not in results]
+                done = count
+                missing = sorted(waiting) + [os.path.abspath(p) for p in source]
                 for name in missing:
-                    record = {"path": name, "faces": [], "error": "no_result: no worker answered in time",
-                              "model_version": None}
-                    results[name] = record
-                    on_result(record)
+                    record({"path": name, "faces": [], "error": "no_result: no worker answered in time",
+                            "model_version": None})
                 if getattr(backend, "worker_here", False):
                     raise BackendUnavailable(
-                        f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                        f"no result for {timeout_s:.0f}s ({done} of {count} images done): "
                         "the worker inside this command is still busy (a loaded machine, very large photos); "
                         "raise --timeout, or run `faec-rec worker` in another terminal")
                 raise BackendUnavailable(
-                    f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                    f"no result for {timeout_s:.0f}s ({done} of {count} images done): "
                     "is a worker consuming queue 'frames'? start one with `faec-rec worker`, or raise --timeout"
                 )
     finally:
         r.delete(job_key, stream)
-    return list(results.values())
+    return count
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
@@ -654,32 +676,68 @@ def identify_cmd(state: State, folder: Path, report_path: Path, html_path: Path 
     [x1, y1, x2, y2], `person` (null for a stranger), `score`, `decision`
     (known/unknown); unreadable files carry an `error`.
     """
-    images, others = list_images(folder)
-    for other in others:
-        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
-    if not images:
+    images, others = _image_stream(folder)
+    first = next(images, None)
+    if first is None:
+        for other in others:
+            click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
         raise CommandFailed(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    check_outputs({"--report": report_path, "--html": html_path}, [folder, *images])  # before any work
-    code = _identify_and_report(state, images, others, folder, report_path, html_path, timeout_s)
+    # before any work; an output inside FOLDER that the walk would read is an input too
+    walked = [p for p in (report_path, html_path) if p is not None and p.exists() and is_image_path(p)
+              and _inside(p, folder)]
+    check_outputs({"--report": report_path, "--html": html_path}, [folder, *walked])
+    code = _identify_and_report(state, itertools.chain([first], images), others, folder, report_path,
+                                html_path, timeout_s)
     raise click.exceptions.Exit(int(code))
 
 
-def _identify_and_report(state: State, images: Sequence[Path], others: Sequence[Path], source: Path,
+def _image_stream(root: Path) -> tuple[Iterator[Path], list[Path]]:
+    """The images under ``root`` as a lazy, sorted walk (or ``root`` itself when it is an image
+    file), and the list the walk fills with the other files it meets."""
+    others: list[Path] = []
+    if root.is_file():
+        if not is_image_path(root):
+            others.append(root)
+        return iter([root] if is_image_path(root) else []), others
+
+    def walk() -> Iterator[Path]:
+        for path, is_image in iter_files(root):
+            if is_image:
+                yield path
+            else:
+                others.append(path)
+    return walk(), others
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
+
+
+def _identify_and_report(state: State, images: Iterable[Path], others: Sequence[Path], source: Path,
                          report_path: Path, html_path: Path | None, timeout_s: float,
                          backend: Any = None) -> ExitCode:
+    """Identify ``images`` (a list, or a lazy walk that fills ``others`` as it goes) and
+    write the report; records are kept (the report lists every image), paths are not."""
     records: list[dict[str, Any]] = []
     failure: BackendUnavailable | None = None
+    total = len(images) if isinstance(images, Sized) else None  # a walk: the bar counts without a total
     with contextlib.ExitStack() as stack:
         if backend is None:
             backend = stack.enter_context(_backend(state, worker_queues=("frames",)))
             if not backend.embedded:
                 backend.require_consumers("frames")
-        bar = stack.enter_context(_progress(len(images), "identifying"))
+        bar = stack.enter_context(_progress(total, "identifying"))
         try:
             identify_images(backend, _client(backend), images, timeout_s=timeout_s,
                             on_result=lambda rec: (records.append(rec), bar.update()))
         except BackendUnavailable as exc:
             failure = exc
+    for other in others:
+        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
     report = write_reports(records, report_path, html_path, source=str(source), skipped=others)
     for line in _summary_lines(report):
         click.echo(line)
