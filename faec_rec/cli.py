@@ -777,6 +777,23 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
     quality gate: one clear, large enough, frontal face). ``request_id`` names
     the request (to look for its report after an interruption).
     """
+    outcome, present = _local_check(client, name, images)
+    if not present:
+        return outcome
+    try:
+        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
+                              request_id=request_id)
+    except ImageError as exc:  # a file that became unreadable after the check above
+        outcome.error = f"{exc.source}: {exc.reason}"
+        return outcome
+    except TaskTimeout as exc:
+        raise _enrol_timeout(name, timeout_s, worker_here) from exc
+    return _outcome_from_report(outcome, report)
+
+
+def _local_check(client: Any, name: str, images: Sequence[Path]) -> tuple[EnrolOutcome, list[Path]]:
+    """The outcome so far (files refused here: missing, empty, over the byte cap) and the
+    images to send; ``outcome.error`` is set when none is left."""
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
     max_bytes = client.settings.faces.max_image_bytes
@@ -796,25 +813,51 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
             outcome.refused.append((str(path), f"unreadable: {exc.strerror or exc}"))
     if not present:
         outcome.error = "no readable image"
-        return outcome
+    return outcome, present
+
+
+def _enrol_timeout(name: str, timeout_s: float, worker_here: bool) -> BackendUnavailable:
+    if worker_here:  # the worker is ours and running: it is slow, not missing
+        return BackendUnavailable(
+            f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
+            "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
+            f"in another terminal; check later with `faec-rec people show {name!r}`"
+        )
+    return BackendUnavailable(
+        f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
+        "start one with `faec-rec worker`, or raise --timeout"
+    )
+
+
+@dataclass
+class _Queued:
+    """One person of a batched folder enrolment: sent (``request_id``) or refused here."""
+
+    outcome: EnrolOutcome
+    request_id: str | None
+    present: list[Path]
+
+
+def _send_people(client: Any, people: Sequence[tuple[str, Sequence[Path]]]) -> list[_Queued]:
+    """Check ``people``'s files here and queue those with images as one batch
+    (:meth:`Client.enrol_batch`); a person whose file became unreadable meanwhile is sent alone
+    (so only that person fails)."""
+    queued: list[_Queued] = []
+    for person, files in people:
+        outcome, present = _local_check(client, person, files)
+        queued.append(_Queued(outcome, uuid.uuid4().hex if present else None, present))
+    todo = [q for q in queued if q.request_id is not None]
     try:
-        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
-                              request_id=request_id)
-    except ImageError as exc:  # a file that became unreadable after the check above
-        outcome.error = f"{exc.source}: {exc.reason}"
-        return outcome
-    except TaskTimeout as exc:
-        if worker_here:  # the worker is ours and running: it is slow, not missing
-            raise BackendUnavailable(
-                f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
-                "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
-                f"in another terminal; check later with `faec-rec people show {name!r}`"
-            ) from exc
-        raise BackendUnavailable(
-            f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
-            "start one with `faec-rec worker`, or raise --timeout"
-        ) from exc
-    return _outcome_from_report(outcome, report)
+        client.enrol_batch([(q.outcome.name, [os.path.abspath(p) for p in q.present]) for q in todo],
+                           request_ids=[q.request_id for q in todo])
+    except ImageError:
+        for q in todo:
+            try:
+                client.enrol_batch([(q.outcome.name, [os.path.abspath(p) for p in q.present])],
+                                   request_ids=[q.request_id])
+            except ImageError as exc:
+                q.outcome.error, q.request_id = f"{exc.source}: {exc.reason}", None
+    return queued
 
 
 def _outcome_from_report(outcome: EnrolOutcome, report: Any) -> EnrolOutcome:
@@ -912,6 +955,9 @@ def enrol_cmd(state: State, name: str | None, images: tuple[Path, ...], folder: 
 
 def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeout_s: float,
                root: Path | None = None, backend: Any = None) -> list[EnrolOutcome]:
+    """Enrol ``people`` ``workers.folder_batch`` at a time per task (their faces embedded in one
+    model call on the worker), the next batch queued while one is judged, and print each
+    person's outcome in order as its report comes."""
     outcomes: list[EnrolOutcome] = []
     with contextlib.ExitStack() as stack:
         if backend is None:
@@ -919,26 +965,36 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
             if not backend.embedded:
                 backend.require_consumers("enrol")
         client = _client(backend)
+        worker_here = bool(getattr(backend, "worker_here", False))
+        size = max(1, backend.settings.workers.folder_batch)
+        chunks = [people[i:i + size] for i in range(0, len(people), size)]
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
-        for person, files in people:
-            request_id = uuid.uuid4().hex
-            try:
-                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id,
-                                       worker_here=bool(getattr(backend, "worker_here", False)))
-            except KeyboardInterrupt:
-                bar.clear()
-                _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
-                raise click.exceptions.Exit(130) from None
-            try:
-                bar.clear()
-                _print_outcome(outcome, root)
-                bar.update()
-                outcomes.append(outcome)
-            except KeyboardInterrupt:  # between two people: nothing in hand
-                if outcome not in outcomes:
+        in_flight: list[list[_Queued]] = []
+        for n in range(len(chunks)):
+            while len(in_flight) < 2 and n + len(in_flight) < len(chunks):  # two batches queued at most
+                in_flight.append(_send_people(client, chunks[n + len(in_flight)]))
+            for queued in in_flight.pop(0):
+                outcome = queued.outcome
+                if queued.request_id is not None:
+                    try:
+                        report = client.enrol_report(queued.request_id, timeout=timeout_s)
+                    except TaskTimeout as exc:
+                        raise _enrol_timeout(outcome.name, timeout_s, worker_here) from exc
+                    except KeyboardInterrupt:
+                        bar.clear()
+                        _report_interrupted(client, outcome.name, queued.request_id, len(outcomes), len(people), root)
+                        raise click.exceptions.Exit(130) from None
+                    outcome = _outcome_from_report(outcome, report)
+                try:
+                    bar.clear()
+                    _print_outcome(outcome, root)
+                    bar.update()
                     outcomes.append(outcome)
-                click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
-                raise click.exceptions.Exit(130) from None
+                except KeyboardInterrupt:  # between two people: nothing in hand
+                    if outcome not in outcomes:
+                        outcomes.append(outcome)
+                    click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
+                    raise click.exceptions.Exit(130) from None
     return outcomes
 
 
