@@ -76,7 +76,7 @@ def test_a_batch_of_people_gets_the_reports_and_templates_of_one_by_one(worker: 
             a, b = single[name], batched[name]
             assert b.name == f"batch {name}" and b.status == a.status == "done", (a, b)
             assert [(i.name, i.accepted, i.reason) for i in a.images] == [(i.name, i.accepted, i.reason) for i in b.images]
-            assert len(b.accepted) >= 2
+            assert b.accepted  # (AJ Lamas has one LFW photo)
             fa, fb = _templates(client, a.name), _templates(client, b.name)
             by_source_a = [fa[i.template_id] for i in a.images if i.accepted]
             by_source_b = [fb[i.template_id] for i in b.images if i.accepted]
