@@ -956,8 +956,9 @@ def enrol_cmd(state: State, name: str | None, images: tuple[Path, ...], folder: 
 def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeout_s: float,
                root: Path | None = None, backend: Any = None) -> list[EnrolOutcome]:
     """Enrol ``people`` ``workers.folder_batch`` at a time per task (their faces embedded in one
-    model call on the worker), the next batch queued while one is judged, and print each
-    person's outcome in order as its report comes."""
+    model call on the worker) and print each person's outcome in order as its report comes.
+    One batch is queued at a time, so after Ctrl-C only that batch can still be stored: its
+    reports are waited for (a grace period) and printed, and nobody is enrolled unreported."""
     outcomes: list[EnrolOutcome] = []
     with contextlib.ExitStack() as stack:
         if backend is None:
@@ -967,22 +968,21 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
         client = _client(backend)
         worker_here = bool(getattr(backend, "worker_here", False))
         size = max(1, backend.settings.workers.folder_batch)
-        chunks = [people[i:i + size] for i in range(0, len(people), size)]
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
-        in_flight: list[list[_Queued]] = []
-        for n in range(len(chunks)):
-            while len(in_flight) < 2 and n + len(in_flight) < len(chunks):  # two batches queued at most
-                in_flight.append(_send_people(client, chunks[n + len(in_flight)]))
-            for queued in in_flight.pop(0):
-                outcome = queued.outcome
-                if queued.request_id is not None:
+        for start in range(0, len(people), size):
+            queued = _send_people(client, people[start:start + size])
+            for n, item in enumerate(queued):
+                outcome = item.outcome
+                if item.request_id is not None:
                     try:
-                        report = client.enrol_report(queued.request_id, timeout=timeout_s)
+                        report = client.enrol_report(item.request_id, timeout=timeout_s)
                     except TaskTimeout as exc:
                         raise _enrol_timeout(outcome.name, timeout_s, worker_here) from exc
                     except KeyboardInterrupt:
                         bar.clear()
-                        _report_interrupted(client, outcome.name, queued.request_id, len(outcomes), len(people), root)
+                        _report_interrupted(client, [(q.outcome.name, q.request_id) for q in queued[n:]
+                                                     if q.request_id is not None],
+                                            len(outcomes), len(people), root)
                         raise click.exceptions.Exit(130) from None
                     outcome = _outcome_from_report(outcome, report)
                 try:
@@ -993,7 +993,11 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
                 except KeyboardInterrupt:  # between two people: nothing in hand
                     if outcome not in outcomes:
                         outcomes.append(outcome)
-                    click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
+                    rest = [(q.outcome.name, q.request_id) for q in queued[n + 1:] if q.request_id is not None]
+                    if rest:  # the batch's others may be stored meanwhile: say which
+                        _report_interrupted(client, rest, len(outcomes), len(people), root)
+                    else:
+                        click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
                     raise click.exceptions.Exit(130) from None
     return outcomes
 
@@ -1001,33 +1005,45 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
 INTERRUPT_GRACE_S = 30.0
 
 
-def _report_interrupted(client: Any, person: str, request_id: str, done: int, total: int,
+def _report_interrupted(client: Any, pending: Sequence[tuple[str, str]], done: int, total: int,
                         root: Path | None) -> None:
-    """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
-    already hold that request; wait a little for its report (a second Ctrl-C stops
-    waiting) so a person enrolled meanwhile is never enrolled unreported."""
+    """After Ctrl-C with ``pending`` people (name, request id) of the batch in hand: the worker
+    may already hold them; wait a little for their reports (a second Ctrl-C stops waiting) so a
+    person enrolled meanwhile is never enrolled unreported, and say what was done."""
     from faec_rec.workers.enrolment import stored_report
 
-    click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
-               "photo in hand (Ctrl-C again to stop now)", err=True)
-    report = None
+    names = ", ".join(name for name, _ in pending)
+    click.echo(f"interrupted during the enrolment of {names}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
+               "photos in hand (Ctrl-C again to stop now)", err=True)
+    reports: dict[str, Any] = {}
     deadline = time.monotonic() + INTERRUPT_GRACE_S
     try:
-        while report is None and time.monotonic() < deadline:
-            report = stored_report(client.redis, client.keys, request_id)
-            if report is None:
+        while len(reports) < len(pending) and time.monotonic() < deadline:
+            for _, request_id in pending:
+                if request_id not in reports:
+                    report = stored_report(client.redis, client.keys, request_id)
+                    if report is not None:
+                        reports[request_id] = report
+            if len(reports) < len(pending):
                 time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # Redis gone: say so, do not trace back
         log.debug("no report after interruption: %s", exc)
-    if report is not None:
-        _print_outcome(_outcome_from_report(EnrolOutcome(name=person), report), root)
-        done += 1
-        click.echo(f"interrupted: {done} of {total} people done (the last, {person}, finished meanwhile)", err=True)
+    finished, missing = [], []
+    for person, request_id in pending:
+        if request_id in reports:
+            _print_outcome(_outcome_from_report(EnrolOutcome(name=person), reports[request_id]), root)
+            finished.append(person)
+        else:
+            missing.append(person)
+    done += len(finished)
+    meanwhile = f" ({', '.join(finished)} finished meanwhile)" if finished else ""
+    if missing:
+        click.echo(f"interrupted: {done} of {total} people done{meanwhile}; {', '.join(missing)} not enrolled "
+                   f"(a queued request is dropped; check with `faec-rec people show {missing[0]}`)", err=True)
     else:
-        click.echo(f"interrupted: {done} of {total} people done; {person} not enrolled (a queued request is "
-                   f"dropped; check with `faec-rec people show {person}`)", err=True)
+        click.echo(f"interrupted: {done} of {total} people done{meanwhile}", err=True)
 
 
 # ---- camera ----------------------------------------------------------------------------------
