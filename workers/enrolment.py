@@ -198,7 +198,25 @@ def enrol_many(runtime: Runtime, requests: list[EnrolRequest]) -> list[EnrolRepo
     """
     import numpy as np
 
-    gated = [_gate(runtime, request) for request in requests]
+    if not requests:
+        return []
+    runtime.refresh()
+    threads = max(1, min(runtime.settings.workers.decode_threads, len(requests)))
+    if threads == 1:
+        gated = [_gate(runtime, request, runtime.engine.detect) for request in requests]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from faec_rec.workers.batch import lent_detector
+
+        runtime.engine  # load once, before the threads race for it
+
+        def gate(request: EnrolRequest) -> _Gated:
+            with lent_detector(runtime) as detector:  # one each: two threads detect in parallel
+                return _gate(runtime, request, detector.detect)
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="faec-enrol") as pool:
+            gated = list(pool.map(gate, requests))
     waiting = [c for g in gated if g.finished is None for c in [*g.candidates, *(t[2] for t in g.turned)]]
     if waiting:
         features = runtime.engine.features(np.stack([c.chip for c in waiting]))
@@ -207,9 +225,10 @@ def enrol_many(runtime: Runtime, requests: list[EnrolRequest]) -> list[EnrolRepo
     return [g.finished if g.finished is not None else _store(runtime, g) for g in gated]
 
 
-def _gate(runtime: Runtime, request: EnrolRequest) -> _Gated:
+def _gate(runtime: Runtime, request: EnrolRequest, detect: Any) -> _Gated:
     """Everything of one request before embedding: its stored report if it is done, the
-    person it names, and each image's quality verdict with the chip of an accepted face."""
+    person it names, and each image's quality verdict with the chip of an accepted face
+    (``detect``: image -> faces, the engine's detector or one lent to this thread)."""
     from faec_rec.faces.quality import QualityThresholds, Reason, assess, assess_extra
 
     r, keys = runtime.redis, runtime.keys
@@ -220,8 +239,7 @@ def _gate(runtime: Runtime, request: EnrolRequest) -> _Gated:
     r.hset(keys.enrolment(request.request_id), mapping={"status": "running", "started_at": repr(time.time())})
     r.expire(keys.enrolment(request.request_id), runtime.settings.workers.result_ttl_s)
 
-    runtime.refresh()
-    gallery, engine = runtime.gallery, runtime.engine
+    gallery, engine = runtime.gallery, runtime.engine  # (refreshed by enrol_many)
     report = EnrolReport(request_id=request.request_id, status="refused", person_id=request.person_id,
                          name=request.name, model_version=runtime.model_version)
     gated = _Gated(request, report)
@@ -260,7 +278,7 @@ def _gate(runtime: Runtime, request: EnrolRequest) -> _Gated:
             chips[0] = engine.align(image, [face])[0]
             return chips[0]
 
-        verdict = assess(engine.detect(image), chip_of, thresholds)
+        verdict = assess(detect(image), chip_of, thresholds)
         reports.append(ImageReport(
             ref.name, verdict.accepted, verdict.reason.value, verdict.detail,
             box=None if verdict.face is None else [round(float(v), 1) for v in verdict.face.box],
