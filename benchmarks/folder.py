@@ -121,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         # the same job through the unbatched path (one task per image), as before batching
         t, run = timed([faec, "identify", str(f["photos"]), "--report", str(root / "r1.json")],
                        {**env, "FAEC_WORKERS__FOLDER_BATCH": "1"}, root)
-        out["faec_identify_unbatched_s"] = round(t, 2)
+        out["faec_identify_unbatched_s"], out["faec_identify_unbatched_rc"] = round(t, 2), run.returncode
         out["faec_identify_unbatched_images_per_s"] = round(n_photos / t, 2)
         t, run = timed([faec, "identify", str(f["one"] / "one.jpg"), "--report", str(root / "one.json")], env, root)
-        out["faec_cold_one_image_s"] = round(t, 2)
+        out["faec_cold_one_image_s"], out["faec_cold_one_image_rc"] = round(t, 2), run.returncode
+        if run.returncode not in (0, 1):
+            out["faec_cold_one_image_error"] = run.stderr[-500:]
 
         fr = shutil.which("face_recognition", path=str(BIN)) or shutil.which("face_recognition")
         if fr is None:

@@ -16,6 +16,7 @@ exports ``commands``; they are picked up automatically when importable).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import time
 import unicodedata
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -35,7 +36,7 @@ import click
 
 from faec_rec.errors import (BackendUnavailable, ConfigError, FaecError, GalleryError, ImageError, TaskTimeout,
                               UnknownPersonError, UsageError)
-from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, walk_images
+from faec_rec.files import IMAGE_SUFFIXES, check_outputs, display_name, is_image_path, iter_files, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -540,76 +541,97 @@ def events_cmd(state: State, camera: str | None, follow: bool, count: int, as_js
 IDENTIFY_WINDOW = 32  # images in flight at once: bounds the Redis memory uploads take
 
 
-def identify_images(backend: Any, client: Any, images: Sequence[Path], *, timeout_s: float,
-                    on_result: Callable[[dict[str, Any]], None] = lambda r: None) -> list[dict[str, Any]]:
-    """Identify ``images`` as one folder job (see the folder protocol); returns one
-    record per image in the workers' shape, in completion order.
+def identify_images(backend: Any, client: Any, images: Iterable[Path], *, timeout_s: float,
+                    on_result: Callable[[dict[str, Any]], None] = lambda r: None) -> int:
+    """Identify ``images`` as one folder job (see the folder protocol), passing each
+    record (the workers' shape) to ``on_result`` in completion order; returns how many.
 
+    ``images`` may be a generator (a folder walk): it is consumed as room frees up and
+    never listed, so memory holds at most :data:`IDENTIFY_WINDOW` images in flight
+    whatever the folder's size. They go out ``workers.folder_batch`` at a time
+    (:meth:`Client.send_identify`: one task, their faces embedded in one model call).
     Embedded, the worker reads the files itself; against a deployment the bytes
     are uploaded (``keys.upload``, with a TTL) since workers may run elsewhere.
-    At most :data:`IDENTIFY_WINDOW` images are in flight. If no result arrives
-    for ``timeout_s`` seconds, the images still missing get an ``error``
-    "no_result" and :class:`BackendUnavailable` is raised after ``on_result``
-    saw every record (so a partial report can still be written).
+    If no result arrives for ``timeout_s`` seconds, the images in flight and those
+    not yet sent get an ``error`` "no_result" and :class:`BackendUnavailable` is raised
+    after ``on_result`` saw every record (so a partial report can still be written).
     """
-    from faec_rec.workers.app import QUEUE_FRAMES, TASK_IDENTIFY
-
-    r, keys, app = backend.redis, backend.keys, backend.app
+    r, keys = backend.redis, backend.keys
     job = uuid.uuid4().hex
     job_key, stream = keys.job(job), keys.job_results(job)
-    names = [os.path.abspath(p) for p in images]  # absolute, symlinks kept: the user's own names
-    r.hset(job_key, mapping={"total": len(names), "done": 0, "errors": 0, "source": "cli"})
+    r.hset(job_key, mapping={"total": 0, "done": 0, "errors": 0, "source": "cli", "open": 1})
     r.expire(job_key, backend.settings.workers.result_ttl_s)
-    pending = names[::-1]  # popped from the end: sent in order
-    results: dict[str, dict[str, Any]] = {}
-    in_flight = 0
+    size = max(1, min(backend.settings.workers.folder_batch, IDENTIFY_WINDOW))
+    source = iter(images)
+    exhausted = False
+    waiting: set[str] = set()  # names sent, no record yet (at most the window)
+    batch: list[dict[str, Any]] = []
+    count = 0
     last_id = "0"
     last_progress = time.monotonic()
+
+    def record(rec: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        on_result(rec)
+
+    def send() -> None:
+        r.hincrby(job_key, "total", len(batch))  # before the task: done never passes total
+        client.send_identify(job, batch)
+        waiting.update(item["name"] for item in batch)
+        batch.clear()
+
     try:
-        while len(results) < len(names):
-            while pending and in_flight < IDENTIFY_WINDOW:
-                name = pending.pop()
-                payload: dict[str, Any] = {"job": job, "path": name, "key": None, "name": name}
+        while True:
+            while not exhausted and len(waiting) + len(batch) < IDENTIFY_WINDOW:
+                path = next(source, None)
+                if path is None:
+                    exhausted = True
+                    break
+                name = os.path.abspath(path)  # absolute, symlinks kept: the user's own names
+                payload: dict[str, Any] = {"path": name, "key": None, "name": name}
                 if not backend.embedded:
                     try:
                         upload, _ = client.upload(name)
                     except ImageError as exc:  # unreadable here: no worker could do better
-                        results[name] = {"path": name, "faces": [], "error": exc.reason, "model_version": None}
-                        on_result(results[name])
+                        record({"path": name, "faces": [], "error": exc.reason, "model_version": None})
                         continue
-                    payload = {"job": job, "path": None, "key": upload, "name": name}
-                app.send_task(TASK_IDENTIFY, args=[payload], queue=QUEUE_FRAMES)
-                in_flight += 1
+                    payload = {"path": None, "key": upload, "name": name}
+                batch.append(payload)
+                if len(batch) >= size:
+                    send()
+            if batch:  # the walk ended or the window is full: send what is gathered
+                send()
+            if exhausted and not waiting:
+                break
             reply = r.xread({stream: last_id}, block=1000, count=IDENTIFY_WINDOW)
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last_id = entry_id
-                    record = json.loads(fields.get(b"result") or fields.get("result"))
-                    if record.get("path") in results or "skipped" in record:
+                    rec = json.loads(fields.get(b"result") or fields.get("result"))
+                    if rec.get("path") not in waiting or "skipped" in rec:  # a redelivered record
                         continue
-                    results[record["path"]] = record
-                    in_flight -= 1
+                    waiting.discard(rec["path"])
                     last_progress = time.monotonic()
-                    on_result(record)
+                    record(rec)
             if time.monotonic() - last_progress > timeout_s:
-                missing = [n for n in names if n not in results]
+                done = count
+                missing = sorted(waiting) + [os.path.abspath(p) for p in source]
                 for name in missing:
-                    record = {"path": name, "faces": [], "error": "no_result: no worker answered in time",
-                              "model_version": None}
-                    results[name] = record
-                    on_result(record)
+                    record({"path": name, "faces": [], "error": "no_result: no worker answered in time",
+                            "model_version": None})
                 if getattr(backend, "worker_here", False):
                     raise BackendUnavailable(
-                        f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                        f"no result for {timeout_s:.0f}s ({done} of {count} images done): "
                         "the worker inside this command is still busy (a loaded machine, very large photos); "
                         "raise --timeout, or run `faec-rec worker` in another terminal")
                 raise BackendUnavailable(
-                    f"no result for {timeout_s:.0f}s ({len(names) - len(missing)} of {len(names)} images done): "
+                    f"no result for {timeout_s:.0f}s ({done} of {count} images done): "
                     "is a worker consuming queue 'frames'? start one with `faec-rec worker`, or raise --timeout"
                 )
     finally:
         r.delete(job_key, stream)
-    return list(results.values())
+    return count
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
@@ -654,32 +676,68 @@ def identify_cmd(state: State, folder: Path, report_path: Path, html_path: Path 
     [x1, y1, x2, y2], `person` (null for a stranger), `score`, `decision`
     (known/unknown); unreadable files carry an `error`.
     """
-    images, others = list_images(folder)
-    for other in others:
-        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
-    if not images:
+    images, others = _image_stream(folder)
+    first = next(images, None)
+    if first is None:
+        for other in others:
+            click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
         raise CommandFailed(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    check_outputs({"--report": report_path, "--html": html_path}, [folder, *images])  # before any work
-    code = _identify_and_report(state, images, others, folder, report_path, html_path, timeout_s)
+    # before any work; an output inside FOLDER that the walk would read is an input too
+    walked = [p for p in (report_path, html_path) if p is not None and p.exists() and is_image_path(p)
+              and _inside(p, folder)]
+    check_outputs({"--report": report_path, "--html": html_path}, [folder, *walked])
+    code = _identify_and_report(state, itertools.chain([first], images), others, folder, report_path,
+                                html_path, timeout_s)
     raise click.exceptions.Exit(int(code))
 
 
-def _identify_and_report(state: State, images: Sequence[Path], others: Sequence[Path], source: Path,
+def _image_stream(root: Path) -> tuple[Iterator[Path], list[Path]]:
+    """The images under ``root`` as a lazy, sorted walk (or ``root`` itself when it is an image
+    file), and the list the walk fills with the other files it meets."""
+    others: list[Path] = []
+    if root.is_file():
+        if not is_image_path(root):
+            others.append(root)
+        return iter([root] if is_image_path(root) else []), others
+
+    def walk() -> Iterator[Path]:
+        for path, is_image in iter_files(root):
+            if is_image:
+                yield path
+            else:
+                others.append(path)
+    return walk(), others
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
+
+
+def _identify_and_report(state: State, images: Iterable[Path], others: Sequence[Path], source: Path,
                          report_path: Path, html_path: Path | None, timeout_s: float,
                          backend: Any = None) -> ExitCode:
+    """Identify ``images`` (a list, or a lazy walk that fills ``others`` as it goes) and
+    write the report; records are kept (the report lists every image), paths are not."""
     records: list[dict[str, Any]] = []
     failure: BackendUnavailable | None = None
+    total = len(images) if isinstance(images, Sized) else None  # a walk: the bar counts without a total
     with contextlib.ExitStack() as stack:
         if backend is None:
             backend = stack.enter_context(_backend(state, worker_queues=("frames",)))
             if not backend.embedded:
                 backend.require_consumers("frames")
-        bar = stack.enter_context(_progress(len(images), "identifying"))
+        bar = stack.enter_context(_progress(total, "identifying"))
         try:
             identify_images(backend, _client(backend), images, timeout_s=timeout_s,
                             on_result=lambda rec: (records.append(rec), bar.update()))
         except BackendUnavailable as exc:
             failure = exc
+    for other in others:
+        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
     report = write_reports(records, report_path, html_path, source=str(source), skipped=others)
     for line in _summary_lines(report):
         click.echo(line)
@@ -719,6 +777,23 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
     quality gate: one clear, large enough, frontal face). ``request_id`` names
     the request (to look for its report after an interruption).
     """
+    outcome, present = _local_check(client, name, images)
+    if not present:
+        return outcome
+    try:
+        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
+                              request_id=request_id)
+    except ImageError as exc:  # a file that became unreadable after the check above
+        outcome.error = f"{exc.source}: {exc.reason}"
+        return outcome
+    except TaskTimeout as exc:
+        raise _enrol_timeout(name, timeout_s, worker_here) from exc
+    return _outcome_from_report(outcome, report)
+
+
+def _local_check(client: Any, name: str, images: Sequence[Path]) -> tuple[EnrolOutcome, list[Path]]:
+    """The outcome so far (files refused here: missing, empty, over the byte cap) and the
+    images to send; ``outcome.error`` is set when none is left."""
     outcome = EnrolOutcome(name=name)
     present: list[Path] = []
     max_bytes = client.settings.faces.max_image_bytes
@@ -738,25 +813,51 @@ def enrol_person(client: Any, name: str, images: Sequence[Path], timeout_s: floa
             outcome.refused.append((str(path), f"unreadable: {exc.strerror or exc}"))
     if not present:
         outcome.error = "no readable image"
-        return outcome
+    return outcome, present
+
+
+def _enrol_timeout(name: str, timeout_s: float, worker_here: bool) -> BackendUnavailable:
+    if worker_here:  # the worker is ours and running: it is slow, not missing
+        return BackendUnavailable(
+            f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
+            "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
+            f"in another terminal; check later with `faec-rec people show {name!r}`"
+        )
+    return BackendUnavailable(
+        f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
+        "start one with `faec-rec worker`, or raise --timeout"
+    )
+
+
+@dataclass
+class _Queued:
+    """One person of a batched folder enrolment: sent (``request_id``) or refused here."""
+
+    outcome: EnrolOutcome
+    request_id: str | None
+    present: list[Path]
+
+
+def _send_people(client: Any, people: Sequence[tuple[str, Sequence[Path]]]) -> list[_Queued]:
+    """Check ``people``'s files here and queue those with images as one batch
+    (:meth:`Client.enrol_batch`); a person whose file became unreadable meanwhile is sent alone
+    (so only that person fails)."""
+    queued: list[_Queued] = []
+    for person, files in people:
+        outcome, present = _local_check(client, person, files)
+        queued.append(_Queued(outcome, uuid.uuid4().hex if present else None, present))
+    todo = [q for q in queued if q.request_id is not None]
     try:
-        report = client.enrol(name, [os.path.abspath(p) for p in present], wait=True, timeout=timeout_s,
-                              request_id=request_id)
-    except ImageError as exc:  # a file that became unreadable after the check above
-        outcome.error = f"{exc.source}: {exc.reason}"
-        return outcome
-    except TaskTimeout as exc:
-        if worker_here:  # the worker is ours and running: it is slow, not missing
-            raise BackendUnavailable(
-                f"enrolment of {name!r} not finished after {timeout_s:.0f}s: the worker inside this command is "
-                "still busy with it (a loaded machine, large photos); raise --timeout, or run `faec-rec worker` "
-                f"in another terminal; check later with `faec-rec people show {name!r}`"
-            ) from exc
-        raise BackendUnavailable(
-            f"enrolment of {name!r} not finished after {timeout_s:.0f}s: is a worker consuming queue 'enrol'? "
-            "start one with `faec-rec worker`, or raise --timeout"
-        ) from exc
-    return _outcome_from_report(outcome, report)
+        client.enrol_batch([(q.outcome.name, [os.path.abspath(p) for p in q.present]) for q in todo],
+                           request_ids=[q.request_id for q in todo])
+    except ImageError:
+        for q in todo:
+            try:
+                client.enrol_batch([(q.outcome.name, [os.path.abspath(p) for p in q.present])],
+                                   request_ids=[q.request_id])
+            except ImageError as exc:
+                q.outcome.error, q.request_id = f"{exc.source}: {exc.reason}", None
+    return queued
 
 
 def _outcome_from_report(outcome: EnrolOutcome, report: Any) -> EnrolOutcome:
@@ -854,6 +955,10 @@ def enrol_cmd(state: State, name: str | None, images: tuple[Path, ...], folder: 
 
 def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeout_s: float,
                root: Path | None = None, backend: Any = None) -> list[EnrolOutcome]:
+    """Enrol ``people`` ``workers.folder_batch`` at a time per task (their faces embedded in one
+    model call on the worker) and print each person's outcome in order as its report comes.
+    One batch is queued at a time, so after Ctrl-C only that batch can still be stored: its
+    reports are waited for (a grace period) and printed, and nobody is enrolled unreported."""
     outcomes: list[EnrolOutcome] = []
     with contextlib.ExitStack() as stack:
         if backend is None:
@@ -861,57 +966,82 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
             if not backend.embedded:
                 backend.require_consumers("enrol")
         client = _client(backend)
+        worker_here = bool(getattr(backend, "worker_here", False))
+        size = max(1, backend.settings.workers.folder_batch)
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
-        for person, files in people:
-            request_id = uuid.uuid4().hex
-            try:
-                outcome = enrol_person(client, person, files, timeout_s, request_id=request_id,
-                                       worker_here=bool(getattr(backend, "worker_here", False)))
-            except KeyboardInterrupt:
-                bar.clear()
-                _report_interrupted(client, person, request_id, len(outcomes), len(people), root)
-                raise click.exceptions.Exit(130) from None
-            try:
-                bar.clear()
-                _print_outcome(outcome, root)
-                bar.update()
-                outcomes.append(outcome)
-            except KeyboardInterrupt:  # between two people: nothing in hand
-                if outcome not in outcomes:
+        for start in range(0, len(people), size):
+            queued = _send_people(client, people[start:start + size])
+            for n, item in enumerate(queued):
+                outcome = item.outcome
+                if item.request_id is not None:
+                    try:
+                        report = client.enrol_report(item.request_id, timeout=timeout_s)
+                    except TaskTimeout as exc:
+                        raise _enrol_timeout(outcome.name, timeout_s, worker_here) from exc
+                    except KeyboardInterrupt:
+                        bar.clear()
+                        _report_interrupted(client, [(q.outcome.name, q.request_id) for q in queued[n:]
+                                                     if q.request_id is not None],
+                                            len(outcomes), len(people), root)
+                        raise click.exceptions.Exit(130) from None
+                    outcome = _outcome_from_report(outcome, report)
+                try:
+                    bar.clear()
+                    _print_outcome(outcome, root)
+                    bar.update()
                     outcomes.append(outcome)
-                click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
-                raise click.exceptions.Exit(130) from None
+                except KeyboardInterrupt:  # between two people: nothing in hand
+                    if outcome not in outcomes:
+                        outcomes.append(outcome)
+                    rest = [(q.outcome.name, q.request_id) for q in queued[n + 1:] if q.request_id is not None]
+                    if rest:  # the batch's others may be stored meanwhile: say which
+                        _report_interrupted(client, rest, len(outcomes), len(people), root)
+                    else:
+                        click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
+                    raise click.exceptions.Exit(130) from None
     return outcomes
 
 
 INTERRUPT_GRACE_S = 30.0
 
 
-def _report_interrupted(client: Any, person: str, request_id: str, done: int, total: int,
+def _report_interrupted(client: Any, pending: Sequence[tuple[str, str]], done: int, total: int,
                         root: Path | None) -> None:
-    """After Ctrl-C during ``person``'s enrolment: say what was done. The worker may
-    already hold that request; wait a little for its report (a second Ctrl-C stops
-    waiting) so a person enrolled meanwhile is never enrolled unreported."""
-    click.echo(f"interrupted during the enrolment of {person}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
-               "photo in hand (Ctrl-C again to stop now)", err=True)
-    report = None
+    """After Ctrl-C with ``pending`` people (name, request id) of the batch in hand: the worker
+    may already hold them; wait a little for their reports (a second Ctrl-C stops waiting) so a
+    person enrolled meanwhile is never enrolled unreported, and say what was done."""
+    names = ", ".join(name for name, _ in pending)
+    click.echo(f"interrupted during the enrolment of {names}: waiting up to {INTERRUPT_GRACE_S:.0f}s for the "
+               "photos in hand (Ctrl-C again to stop now)", err=True)
+    reports: dict[str, Any] = {}
     deadline = time.monotonic() + INTERRUPT_GRACE_S
     try:
-        while report is None and time.monotonic() < deadline:
-            report = client.finished_enrolment(request_id)  # (the parts sent so far, for many photos)
-            if report is None:
+        while len(reports) < len(pending) and time.monotonic() < deadline:
+            for _, request_id in pending:
+                if request_id not in reports:
+                    report = client.finished_enrolment(request_id)  # (parts merged, for many photos)
+                    if report is not None:
+                        reports[request_id] = report
+            if len(reports) < len(pending):
                 time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # Redis gone: say so, do not trace back
         log.debug("no report after interruption: %s", exc)
-    if report is not None:
-        _print_outcome(_outcome_from_report(EnrolOutcome(name=person), report), root)
-        done += 1
-        click.echo(f"interrupted: {done} of {total} people done (the last, {person}, finished meanwhile)", err=True)
+    finished, missing = [], []
+    for person, request_id in pending:
+        if request_id in reports:
+            _print_outcome(_outcome_from_report(EnrolOutcome(name=person), reports[request_id]), root)
+            finished.append(person)
+        else:
+            missing.append(person)
+    done += len(finished)
+    meanwhile = f" ({', '.join(finished)} finished meanwhile)" if finished else ""
+    if missing:
+        click.echo(f"interrupted: {done} of {total} people done{meanwhile}; {', '.join(missing)} not enrolled "
+                   f"(a queued request is dropped; check with `faec-rec people show {missing[0]}`)", err=True)
     else:
-        click.echo(f"interrupted: {done} of {total} people done; {person} not enrolled (a queued request is "
-                   f"dropped; check with `faec-rec people show {person}`)", err=True)
+        click.echo(f"interrupted: {done} of {total} people done{meanwhile}", err=True)
 
 
 # ---- camera ----------------------------------------------------------------------------------

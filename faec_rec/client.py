@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Sized
 
 from faec_rec.config import Settings, load_settings
 from faec_rec.errors import ConfigError, ImageError, TaskTimeout, UnknownJobError
@@ -30,7 +30,7 @@ from faec_rec.keys import Keys
 if TYPE_CHECKING:
     from celery import Celery
 
-    from faec_rec.workers.enrolment import EnrolReport
+    from faec_rec.workers.enrolment import EnrolReport, EnrolRequest
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,53 @@ class Client:
             return None
         return EnrolReport.merged(request_id, [r for r in reports if r is not None])
 
+    def enrol_batch(self, people: Sequence[tuple[str, Sequence[ImageInput]]], *,
+                    request_ids: Sequence[str] | None = None) -> list[str]:
+        """Queue the enrolment of several people (``(name, images)`` each) as one task: the
+        worker embeds the faces of all of them in one model call (a folder of people at the
+        speed of a folder identify); each still gets its own report, the same as
+        :meth:`enrol` gives. Returns the request ids (``request_ids`` if given), for
+        :meth:`enrol_report`. With ``workers.folder_batch`` = 1, one task per person.
+        Raises as :meth:`enrol` for a bad name or an unreadable local file, before sending.
+        """
+        from faec_rec.workers.app import TASK_ENROL, TASK_ENROL_BATCH
+
+        requests = [self._enrol_request(name, images, None, None, request_ids[i] if request_ids else None, None)
+                    for i, (name, images) in enumerate(people)]
+        if self.settings.workers.folder_batch == 1:
+            for request in requests:
+                self._send(TASK_ENROL, request.to_json())
+        elif requests:
+            self._send(TASK_ENROL_BATCH, {"requests": [r.to_json() for r in requests]})
+        for request in requests:
+            self._audit_enrol(request)
+        return [r.request_id for r in requests]
+
+    def _enrol_request(self, name: str | None, images: Sequence[ImageInput], person_id: str | None,
+                       metadata: dict[str, Any] | None, request_id: str | None,
+                       image_names: Sequence[str] | None) -> "EnrolRequest":
+        """Check the name, upload the images, and build a checked :class:`EnrolRequest`."""
+        from faec_rec.workers.enrolment import EnrolRequest, ImageRef
+
+        if not images:
+            raise ValueError("enrol needs at least one image")
+        if name is not None:
+            from faec_rec.index.store import clean_name
+
+            name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
+        refs = []
+        for i, image in enumerate(images):
+            upload_id, display = self.upload(image)
+            refs.append(ImageRef(name=image_names[i] if image_names else display, key=upload_id))
+        request = EnrolRequest(request_id=request_id or _new_id(), images=tuple(refs), name=name,
+                               person_id=person_id, metadata=metadata)
+        EnrolRequest.from_json(request.to_json())  # refuse a bad request here, not on the worker
+        return request
+
+    def _audit_enrol(self, request: "EnrolRequest") -> None:
+        self._audit("enrol", request_id=request.request_id, name=request.name, person_id=request.person_id,
+                    images=[r.name for r in request.images])
+
     def enrol_report(self, request_id: str, timeout: float = 120.0) -> "EnrolReport":
         """Wait for (at most ``timeout`` s) and return the report of an enrolment request."""
         deadline = time.monotonic() + timeout
@@ -310,14 +357,18 @@ class Client:
                     f"job {job}: no result after {timeout:.0f}s: is a worker consuming queue 'frames' on this "
                     f"Redis with prefix {self.settings.prefix!r}?")
 
-    def submit_images(self, images: Sequence[ImageInput], job: str | None = None, *,
+    def submit_images(self, images: Iterable[ImageInput], job: str | None = None, *,
                       image_names: Sequence[str] | None = None,
                       window: int = UPLOAD_WINDOW, window_timeout: float = 600.0) -> str:
         """Upload images and queue identify tasks; returns the job id.
 
         Images go out ``workers.folder_batch`` at a time in one task each (their faces are
-        embedded together on the worker; 1 = one task per image).
+        embedded together on the worker; 1 = one task per image): :meth:`send_identify`.
 
+        ``images`` may be any iterable, a generator too (a folder walk): it is consumed one
+        image at a time, never listed. A sized collection's ``total`` is written at once;
+        otherwise ``total`` counts the images as they are queued and the job is marked
+        ``open`` until the iterable is exhausted (:meth:`job_results` waits for that).
         ``image_names`` name the images in the results (default: their paths).
         Each image is queued as soon as it is uploaded, and at most ``window``
         uploads wait for a worker at once: past that, this waits for the job to
@@ -326,11 +377,12 @@ class Client:
         client refuses (unreadable, over the caps) gets its error record in the
         job's results like one a worker refused, and the others go on.
         """
-        from faec_rec.workers.app import TASK_IDENTIFY, TASK_IDENTIFY_BATCH
-
         job = job or _new_id()
         job_key = self.keys.job(job)
-        self.redis.hset(job_key, mapping={"total": len(images), "created_at": repr(time.time())})
+        sized = isinstance(images, Sized)
+        fields: dict[str, Any] = {"created_at": repr(time.time())}
+        fields.update({"total": len(images)} if sized else {"total": 0, "open": 1})  # type: ignore[arg-type]
+        self.redis.hset(job_key, mapping=fields)
         # (a job of no image is complete at once: job_results returns [] without waiting)
         self.redis.expire(job_key, self.settings.workers.result_ttl_s)
         size = max(1, min(self.settings.workers.folder_batch, window))  # a batch never waits on itself
@@ -338,11 +390,9 @@ class Client:
         pending: list[dict[str, Any]] = []
 
         def flush() -> None:
-            if len(pending) == 1 and size == 1:
-                self._send(TASK_IDENTIFY, pending[0])
-            elif pending:
-                self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": [
-                    {k: v for k, v in item.items() if k != "job"} for item in pending]})
+            if pending and not sized:  # counted before sending: done never passes total
+                self.redis.hincrby(job_key, "total", len(pending))
+            self.send_identify(job, pending)
             pending.clear()
 
         for i, image in enumerate(images):
@@ -350,16 +400,33 @@ class Client:
             try:
                 upload_id, display = self.upload(image)
             except ImageError as exc:
+                if not sized:
+                    self.redis.hincrby(job_key, "total", 1)
                 self._record_refused(job, exc)
                 continue
             if image_names:
                 display = image_names[i]
-            pending.append({"job": job, "path": None, "key": upload_id, "name": display})
+            pending.append({"path": None, "key": upload_id, "name": display})
             sent += 1
             if len(pending) >= size:
                 flush()
         flush()
+        if not sized:
+            self.redis.hdel(job_key, "open")
         return job
+
+    def send_identify(self, job: str, images: Sequence[dict[str, Any]]) -> None:
+        """Queue identify work for ``images`` of ``job`` (each ``{"path"|"key", "name"}``, the
+        folder protocol): one batch task for several (``faec_rec.identify_images``, their faces
+        embedded in one call on the worker), the one-image task when ``workers.folder_batch`` is 1."""
+        from faec_rec.workers.app import TASK_IDENTIFY, TASK_IDENTIFY_BATCH
+
+        if not images:
+            return
+        if len(images) == 1 and self.settings.workers.folder_batch == 1:
+            self._send(TASK_IDENTIFY, {"job": job, **images[0]})
+        else:
+            self._send(TASK_IDENTIFY_BATCH, {"job": job, "images": list(images)})
 
     def _wait_for_room(self, job: str, sent: int, window: int, timeout: float) -> None:
         """Block until fewer than ``window`` of the ``sent`` tasks of ``job`` wait for a worker."""
@@ -405,16 +472,17 @@ class Client:
     def identify_folder(self, path: str | Path, *, wait: bool = False, timeout: float = 600.0) -> str | list[dict[str, Any]]:
         """Identify every image under a folder (recursively; other files skipped).
 
-        The images are uploaded, so the workers need not see the folder.
-        Returns the job id, or with ``wait`` the list of per-image records
-        (see :meth:`job_results`).
+        The folder is walked lazily (:class:`~faec_rec.producers.folder.FolderWalk`) and its
+        images uploaded as they come, so a folder of 100,000 photos is never listed in
+        memory and the workers need not see it. Returns the job id, or with ``wait`` the
+        list of per-image records (see :meth:`job_results`).
         """
-        from faec_rec.producers.folder import scan_folder
+        from faec_rec.producers.folder import FolderWalk
 
-        scan = scan_folder(path)  # the folder producer's own walk: same images, same skips
-        job = self.submit_images(scan.images)
-        if scan.skipped:
-            self.redis.hset(self.keys.job(job), "skipped", len(scan.skipped))
+        walk = FolderWalk(path)  # the folder producer's own walk: same images, same skips
+        job = self.submit_images(iter(walk))
+        if walk.skipped:
+            self.redis.hset(self.keys.job(job), "skipped", len(walk.skipped))
         return self.job_results(job, wait=True, timeout=timeout) if wait else job
 
     def job_progress(self, job: str) -> dict[str, int]:
@@ -446,8 +514,9 @@ class Client:
                     records.append(json.loads(values[b"result"]))
             if not wait:
                 return records
-            total = self.job_progress(job)["total"]
-            if len(records) >= total:  # an empty job (empty folder) is complete at once
+            total_raw, still_open = self.redis.hmget(self.keys.job(job), ["total", "open"])
+            total = int(total_raw or 0)
+            if len(records) >= total and not still_open:  # an empty job (empty folder) is complete at once
                 return records
             if time.monotonic() >= deadline:
                 raise TaskTimeout(

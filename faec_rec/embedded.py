@@ -385,7 +385,10 @@ def open_backend(
         if not settings.workers.read_roots:
             # Only this user's commands reach the private Redis: its tasks may name any
             # file this user can read (a deployment's workers read none by default).
-            live = live.model_copy(update={"workers": settings.workers.model_copy(update={"read_roots": (Path("/"),)})})
+            live = live.model_copy(update={"workers": live.workers.model_copy(update={"read_roots": (Path("/"),)})})
+        if "tf_threads" not in settings.workers.model_fields_set:
+            # the in-process worker is the only one (solo pool): its model calls may use every core
+            live = live.model_copy(update={"workers": live.workers.model_copy(update={"tf_threads": os.cpu_count() or 1})})
         client = connect(lease.url)
         backend = Backend(settings=live, redis=client, embedded=True)
         try:
@@ -395,7 +398,11 @@ def open_backend(
             # instead of loading a second model here.
             shared = not lease.owner and all(consumers(backend.app, q, 1.0) for q in worker_queues)
             if worker_queues and not shared:
+                from faec_rec.workers.runtime import preload_engine
+
+                preloading = preload_engine(live)  # TensorFlow and the model load while the worker starts
                 with inprocess_worker(backend.app, worker_queues, worker_loglevel):
+                    preloading.join()  # (already done: the worker's warm-up waited for the same engine)
                     backend.worker_here = True
                     yield backend
             else:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -86,17 +89,55 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
-    """(images, other files) under folder ``root``, recursively and sorted.
+def iter_files(root: Path) -> Iterator[tuple[Path, bool]]:
+    """``(path, is_image)`` for every file under folder ``root``, recursively, lazily.
 
-    Hidden files and anything inside hidden folders (names starting with '.') are left out.
+    A generator over ``os.scandir``: paths come out in the order ``sorted(root.rglob("*"))``
+    gives (each folder's names sorted, depth first), but only one folder's names are held at
+    a time, so walking a tree of 100,000 photos costs the memory of its largest folder's
+    names, not of the whole tree. Hidden files and anything inside hidden folders (names
+    starting with '.') are left out; symlinks to files are followed, symlinks to folders are
+    not (as ``rglob``). A folder that cannot be read is logged and skipped.
     """
+    # a stack of sorted name lists, one per open folder (reversed: pop() gives the next name)
+    stack: list[tuple[Path, list[str]]] = [(root, _sorted_names(root))]
+    while stack:
+        folder, names = stack[-1]
+        if not names:
+            stack.pop()
+            continue
+        name = names.pop()
+        path = folder / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                stack.append((path, _sorted_names(path)))
+                continue
+            is_file = path.is_file()
+        except OSError:  # vanished or unreadable meanwhile
+            continue
+        if is_file:
+            yield path, is_image_path(path)
+
+
+def _sorted_names(folder: Path) -> list[str]:
+    """Visible entry names of ``folder``, sorted and reversed (for pop()); [] if unreadable."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [entry.name for entry in entries if not entry.name.startswith(".")]
+    except OSError as exc:
+        log.warning("skipped folder %s: %s", display_name(str(folder)), exc.strerror or exc)
+        return []
+    names.sort(reverse=True)
+    return names
+
+
+def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
+    """(images, other files) under folder ``root`` as two sorted lists (see :func:`iter_files`;
+    for a large tree iterate that instead)."""
     images: list[Path] = []
     others: list[Path] = []
-    for path in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
-            continue
-        (images if is_image_path(path) else others).append(path)
+    for path, is_image in iter_files(root):
+        (images if is_image else others).append(path)
     return images, others
 
 

@@ -19,10 +19,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from faec_rec.errors import BackendUnavailable, SourceError
-from faec_rec.files import IMAGE_SUFFIXES, is_image_path, walk_images  # noqa: F401  (re-exported)
+from faec_rec.files import IMAGE_SUFFIXES, is_image_path, iter_files, walk_images  # noqa: F401  (re-exported)
 from faec_rec.keys import Keys, safe_id
 from faec_rec.producers.camera import TaskSender
 from faec_rec.workers.app import QUEUE_FRAMES, TASK_IDENTIFY
@@ -52,20 +52,39 @@ class FolderJob:
         return {"job": self.job_id, "root": str(self.root), "total": self.total, "skipped": [str(p) for p in self.skipped]}
 
 
+class FolderWalk:
+    """A lazy walk of a photo folder: iterating it yields the images (sorted, absolute paths)
+    one at a time (:func:`faec_rec.files.iter_files`), so a folder of 100,000 photos is never
+    listed in memory; the other files met so far are logged and kept in :attr:`skipped`.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        base = Path(root).expanduser().resolve()
+        if not base.is_dir():
+            raise SourceError(f"{root}: not a folder (give the folder of photos to identify)")
+        self.root = base
+        self.skipped: list[Path] = []
+
+    def __iter__(self) -> Iterator[Path]:
+        for path, is_image in iter_files(self.root):
+            if is_image:
+                yield path
+            else:
+                log.warning("skipped %s: not an image (expected one of %s)", path.relative_to(self.root),
+                            ", ".join(sorted(IMAGE_SUFFIXES)))
+                self.skipped.append(path)
+
+
 def scan_folder(root: str | Path) -> FolderScan:
-    """Every image under ``root`` (recursively) and every other file, sorted.
+    """Every image under ``root`` (recursively) and every other file, sorted, as lists.
 
     Hidden files and folders (names starting with '.') are ignored silently;
     other non-image files are logged as skipped. Raises :class:`SourceError` when
-    ``root`` is not a folder.
+    ``root`` is not a folder. For a large folder iterate a :class:`FolderWalk` instead.
     """
-    base = Path(root).expanduser().resolve()
-    if not base.is_dir():
-        raise SourceError(f"{root}: not a folder (give the folder of photos to identify)")
-    images, skipped = walk_images(base)
-    for path in skipped:
-        log.warning("skipped %s: not an image (expected one of %s)", path.relative_to(base), ", ".join(sorted(IMAGE_SUFFIXES)))
-    return FolderScan(base, images, skipped)
+    walk = FolderWalk(root)
+    images = list(walk)
+    return FolderScan(walk.root, images, walk.skipped)
 
 
 def new_job_id() -> str:

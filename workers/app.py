@@ -25,6 +25,7 @@ TASK_RECOGNISE = "faec_rec.recognise_frame"
 TASK_IDENTIFY = "faec_rec.identify_image"
 TASK_IDENTIFY_BATCH = "faec_rec.identify_images"
 TASK_ENROL = "faec_rec.enrol"
+TASK_ENROL_BATCH = "faec_rec.enrol_many"
 TASK_TRAIN = "faec_rec.train_head"
 TASK_RETENTION = "faec_rec.retention_sweep"
 
@@ -39,6 +40,7 @@ ROUTES: dict[str, dict[str, str]] = {
     TASK_IDENTIFY: {"queue": QUEUE_FRAMES},
     TASK_IDENTIFY_BATCH: {"queue": QUEUE_FRAMES},
     TASK_ENROL: {"queue": QUEUE_ENROL},
+    TASK_ENROL_BATCH: {"queue": QUEUE_ENROL},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
     TASK_RETENTION: {"queue": QUEUE_ENROL},  # light; every default worker serves "enrol"
 }

@@ -12,6 +12,7 @@ image only gives that image an ``error``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -19,7 +20,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -94,16 +95,23 @@ def _detector_pool(runtime: "Runtime") -> _DetectorPool:
         return pool
 
 
+@contextlib.contextmanager
+def lent_detector(runtime: "Runtime") -> Iterator[Any]:
+    """A detector for this thread alone while the block runs (see :class:`_DetectorPool`)."""
+    pool = _detector_pool(runtime)
+    detector = pool.borrow(runtime)
+    try:
+        yield detector
+    finally:
+        pool.give_back(detector)
+
+
 def _prepare(runtime: "Runtime", payload: ImagePayload) -> _Prepared:
     engine = runtime.engine
-    pool = _detector_pool(runtime)
     try:
         image = decode(read_image_bytes(runtime, payload.key, payload.path, payload.name), payload.name, runtime.settings)
-        detector = pool.borrow(runtime)
-        try:
+        with lent_detector(runtime) as detector:
             faces = detector.detect(image)
-        finally:
-            pool.give_back(detector)
         chips = engine.align(image, faces) if faces else None
         return _Prepared(payload, faces, chips)
     except ImageError as exc:

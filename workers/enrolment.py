@@ -184,6 +184,20 @@ class _Candidate:
     chip: Any
     content_hash: str
     quality: float
+    features: Any = None  # (128,) float32 raw backbone features, once embedded
+
+
+@dataclass
+class _Gated:
+    """One request after the quality gate, before embedding: its report so far and the
+    chips that passed (``turned``: moderately turned faces, extra templates only), or its
+    final report when it ended before embedding (already done, unknown person, no image)."""
+
+    request: EnrolRequest
+    report: EnrolReport
+    candidates: list[_Candidate] = field(default_factory=list)
+    turned: list[tuple[int, Any, _Candidate]] = field(default_factory=list)
+    finished: EnrolReport | None = None
 
 
 def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
@@ -192,28 +206,74 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
     Never raises for bad images or an unknown person (they are in the report);
     a lost backend propagates so the task retries.
     """
+    return enrol_many(runtime, [request])[0]
+
+
+def enrol_many(runtime: Runtime, requests: list[EnrolRequest]) -> list[EnrolReport]:
+    """Enrol several requests (a folder of people) with every accepted face embedded in
+    one model call; one report per request, in order, each exactly what :func:`enrol`
+    gives for it alone (the gallery steps still run request by request, in order).
+
+    Steps: each request through the quality gate (decode, detect, align) -> the chips of
+    all of them embedded together -> each request's consistency check, gallery write and
+    report. Idempotent per request id, as :func:`enrol`.
+    """
+    import numpy as np
+
+    if not requests:
+        return []
+    runtime.refresh()
+    threads = max(1, min(runtime.settings.workers.decode_threads, len(requests)))
+    if threads == 1:
+        gated = [_gate(runtime, request, runtime.engine.detect) for request in requests]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from faec_rec.workers.batch import lent_detector
+
+        runtime.engine  # load once, before the threads race for it
+
+        def gate(request: EnrolRequest) -> _Gated:
+            with lent_detector(runtime) as detector:  # one each: two threads detect in parallel
+                return _gate(runtime, request, detector.detect)
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="faec-enrol") as pool:
+            gated = list(pool.map(gate, requests))
+    waiting = [c for g in gated if g.finished is None for c in [*g.candidates, *(t[2] for t in g.turned)]]
+    if waiting:
+        features = runtime.engine.features(np.stack([c.chip for c in waiting]))
+        for c, row in zip(waiting, features):
+            c.features = row
+    return [g.finished if g.finished is not None else _store(runtime, g) for g in gated]
+
+
+def _gate(runtime: Runtime, request: EnrolRequest, detect: Any) -> _Gated:
+    """Everything of one request before embedding: its stored report if it is done, the
+    person it names, and each image's quality verdict with the chip of an accepted face
+    (``detect``: image -> faces, the engine's detector or one lent to this thread)."""
     from faec_rec.faces.quality import QualityThresholds, Reason, assess, assess_extra
 
     r, keys = runtime.redis, runtime.keys
     done = stored_report(r, keys, request.request_id)
     if done is not None:
         log.info("enrolment %s already done; returning its report", request.request_id)
-        return done
+        return _Gated(request, done, finished=done)
     r.hset(keys.enrolment(request.request_id), mapping={"status": "running", "started_at": repr(time.time())})
     r.expire(keys.enrolment(request.request_id), runtime.settings.workers.result_ttl_s)
 
-    runtime.refresh()
-    gallery, engine = runtime.gallery, runtime.engine
+    gallery, engine = runtime.gallery, runtime.engine  # (refreshed by enrol_many)
     report = EnrolReport(request_id=request.request_id, status="refused", person_id=request.person_id,
                          name=request.name, model_version=runtime.model_version)
+    gated = _Gated(request, report)
 
     if request.person_id is not None:
         try:
             person = gallery.person(request.person_id)
         except UnknownPersonError:
             if request.name is None:
-                return _finish(runtime, request, report, "unknown_person",
-                               f"no person with id {request.person_id!r}; give a name to create one")
+                gated.finished = _finish(runtime, request, report, "unknown_person",
+                                         f"no person with id {request.person_id!r}; give a name to create one")
+                return gated
         else:
             report.name = person.name
             report.person_id = person.id
@@ -222,12 +282,11 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
         from faec_rec.visitors.naming import enrol_visitor
 
         error, detail = enrol_visitor(runtime, request, report)
-        return _finish(runtime, request, report, error, detail)
+        gated.finished = _finish(runtime, request, report, error, detail)
+        return gated
 
     thresholds = QualityThresholds()
     reports: list[ImageReport] = []
-    candidates: list[_Candidate] = []
-    turned: list[tuple[int, Any, _Candidate]] = []  # moderately turned faces: extra templates only
     for i, ref in enumerate(request.images):
         try:
             data = read_image_bytes(runtime, ref.key, ref.path, ref.name)
@@ -241,7 +300,7 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
             chips[0] = engine.align(image, [face])[0]
             return chips[0]
 
-        verdict = assess(engine.detect(image), chip_of, thresholds)
+        verdict = assess(detect(image), chip_of, thresholds)
         reports.append(ImageReport(
             ref.name, verdict.accepted, verdict.reason.value, verdict.detail,
             box=None if verdict.face is None else [round(float(v), 1) for v in verdict.face.box],
@@ -249,24 +308,35 @@ def enrol(runtime: Runtime, request: EnrolRequest) -> EnrolReport:
             yaw=None if verdict.yaw is None else round(verdict.yaw, 3),
         ))
         if verdict.accepted:
-            candidates.append(_Candidate(i, chips[0], hashlib.sha256(data).hexdigest(),
-                                         float(verdict.face.score) if verdict.face is not None else 0.0))
+            gated.candidates.append(_Candidate(i, chips[0], hashlib.sha256(data).hexdigest(),
+                                               float(verdict.face.score) if verdict.face is not None else 0.0))
         elif verdict.reason is Reason.NOT_FRONTAL:
             extra = assess_extra(verdict, chip_of, thresholds)
             if extra.accepted:
-                turned.append((len(reports) - 1, extra, _Candidate(i, chips[0], hashlib.sha256(data).hexdigest(),
-                                                                   float(extra.face.score) if extra.face is not None else 0.0)))
+                gated.turned.append((len(reports) - 1, extra, _Candidate(
+                    i, chips[0], hashlib.sha256(data).hexdigest(),
+                    float(extra.face.score) if extra.face is not None else 0.0)))
     report.images = reports
-    _add_turned(gallery, request, report, candidates, turned, thresholds)
+    if not gated.candidates and not gated.turned:
+        gated.finished = _finish(runtime, request, report, "no_acceptable_image",
+                                 "no image passed the quality gate; see each image's reason")
+    return gated
 
+
+def _store(runtime: Runtime, gated: _Gated) -> EnrolReport:
+    """A gated request with its features: consistency, the gallery write, the report."""
+    import numpy as np
+
+    from faec_rec.faces.quality import QualityThresholds
+
+    request, report, candidates = gated.request, gated.report, gated.candidates
+    gallery = runtime.gallery
+    # after the requests before it in the batch were stored: it sees the templates they added
+    _add_turned(gallery, request, report, candidates, gated.turned, QualityThresholds())
     if not candidates:
         return _finish(runtime, request, report, "no_acceptable_image",
                        "no image passed the quality gate; see each image's reason")
-
-    import numpy as np
-
-    chips = np.stack([c.chip for c in candidates])
-    features = engine.features(chips)
+    features = np.stack([c.features for c in candidates])
     candidates, features = _consistent(runtime, request, report, candidates, features)
     if not candidates:
         return _finish(runtime, request, report, "no_acceptable_image",
@@ -405,6 +475,13 @@ def _mark_templates(runtime: Runtime, report: EnrolReport, candidates: list[_Can
             image.detail = "already enrolled for this person; kept once"
         else:
             image.template_id = next(added, None)
+
+
+def record_failed(runtime: Runtime, request: EnrolRequest, error: str, detail: str) -> EnrolReport:
+    """Store a "failed" report for a request no worker could finish (a parked task)."""
+    report = EnrolReport(request_id=request.request_id, status="failed", person_id=request.person_id,
+                         name=request.name, model_version=runtime.model_version)
+    return _finish(runtime, request, report, error, detail)
 
 
 def _finish(runtime: Runtime, request: EnrolRequest, report: EnrolReport, error: str | None, detail: str | None) -> EnrolReport:

@@ -110,15 +110,12 @@ class Runtime:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    from faec_rec.faces.engine import FaceEngine
-
-                    limit_tf_threads(self.settings.workers.tf_threads)
-
                     from faec_rec.index.backbone_swap import current_backbone
 
+                    engine = shared_engine(self.settings)
                     name = str(current_backbone(self.redis, self.keys)["name"])
-                    engine = FaceEngine(self.settings.faces, cache_dir=Path(self.settings.data_dir) / "models",
-                                        embedder=self._supplied_embedder(name))
+                    if name != engine.backbone_version:  # a supplied backbone is in service
+                        engine.set_embedder(self._supplied_embedder(name))
                     self._engine = engine
         return self._engine
 
@@ -250,6 +247,45 @@ class Runtime:
 
 _RUNTIMES: dict[tuple[str | None, str, str], Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
+_ENGINES: dict[tuple[str, str], "FaceEngine"] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def shared_engine(settings: Settings) -> "FaceEngine":
+    """The process's :class:`FaceEngine` for ``settings.faces`` and its model folder (one per
+    process, whichever runtime or warm-up asks first: they share TensorFlow and the model)."""
+    cache_dir = Path(settings.data_dir) / "models"
+    key = (settings.faces.model_dump_json(), str(cache_dir))
+    engine = _ENGINES.get(key)
+    if engine is None:
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is None:
+                limit_tf_threads(settings.workers.tf_threads)  # before TensorFlow's first op
+                from faec_rec.faces.engine import FaceEngine
+
+                engine = _ENGINES[key] = FaceEngine(settings.faces, cache_dir=cache_dir)
+    return engine
+
+
+def preload_engine(settings: Settings) -> threading.Thread:
+    """Import TensorFlow and load the model and the detector in a background thread now, so
+    that a command's start (its Redis, its in-process worker) overlaps that load instead of
+    waiting for it; the worker's own warm-up then finds them loaded (:func:`shared_engine`).
+    A failure is only logged: the warm-up or the first task loads (and reports) it again."""
+    import numpy as np
+
+    def run() -> None:
+        try:
+            engine = shared_engine(settings)
+            engine.features(np.zeros((1, 150, 150, 3), dtype=np.uint8))
+            engine.detect(np.zeros((240, 320, 3), dtype=np.uint8))
+        except Exception:
+            log.debug("preloading the face engine failed; it loads on first use", exc_info=True)
+
+    thread = threading.Thread(target=run, name="faec-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def get_runtime(settings: Settings) -> Runtime:
@@ -275,3 +311,5 @@ def reset() -> None:
         for runtime in _RUNTIMES.values():
             runtime.close()
         _RUNTIMES.clear()
+    with _ENGINES_LOCK:
+        _ENGINES.clear()

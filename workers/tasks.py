@@ -55,7 +55,8 @@ def _retry_on_backend_loss(task: "Task", exc: BaseException) -> None:
 
 def register(app: "Celery") -> dict[str, "Task"]:
     """Register the project's tasks on ``app``; returns them by name."""
-    from faec_rec.workers.app import TASK_ENROL, TASK_IDENTIFY, TASK_IDENTIFY_BATCH, TASK_RECOGNISE, TASK_TRAIN
+    from faec_rec.workers.app import (TASK_ENROL, TASK_ENROL_BATCH, TASK_IDENTIFY, TASK_IDENTIFY_BATCH, TASK_RECOGNISE,
+                                      TASK_TRAIN)
 
     @app.task(name=TASK_RECOGNISE, shared=False, bind=True, ignore_result=True)
     def recognise_frame(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -123,6 +124,25 @@ def register(app: "Celery") -> dict[str, "Task"]:
             _retry_on_backend_loss(self, exc)
         return None
 
+    @app.task(name=TASK_ENROL_BATCH, shared=False, bind=True)
+    def enrol_many(self: "Task", payload: dict[str, Any]) -> dict[str, Any] | None:
+        """``{"requests": [enrol payload, ...]}``: a folder of people, their faces embedded
+        in one model call; a malformed request is dropped (logged), the others go on."""
+        from faec_rec.workers import enrolment
+
+        requests = []
+        for raw in (payload.get("requests") if isinstance(payload, dict) else None) or []:
+            try:
+                requests.append(enrolment.EnrolRequest.from_json(raw))
+            except PayloadError as exc:
+                log.error("enrol_many: dropped a malformed request: %s", exc)
+        try:
+            reports = enrolment.enrol_many(_runtime(self), requests)
+        except _transient() as exc:
+            _retry_on_backend_loss(self, exc)
+            return None
+        return {"reports": {r.request_id: r.status for r in reports}}
+
     # Acknowledged when it starts, not when it ends: the broker's visibility timeout
     # (one for every queue of a Redis broker, scanned by every worker) is sized for
     # frames, and a retraining longer than it would otherwise be handed to a second
@@ -151,7 +171,9 @@ def register(app: "Celery") -> dict[str, "Task"]:
     recognise_frame.guard_in_body = True  # its delivery is counted in the frame's claim request
     identify_image.on_parked = _identify_parked(app)
     identify_images.on_parked = _identify_batch_parked(app)
-    return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, train_head, retention_sweep)}
+    enrol_many.on_parked = _enrol_batch_parked(app)
+    return {t.name: t for t in (recognise_frame, identify_image, identify_images, enrol, enrol_many, train_head,
+                                retention_sweep)}
 
 
 def _identify_parked(app: "Celery") -> Any:
@@ -181,5 +203,27 @@ def _identify_batch_parked(app: "Celery") -> Any:
         runtime = get_runtime(app_settings(app))
         for image in batch.payloads_from_json(payload):
             pipeline.record_image_error(runtime, image, f"dead_lettered: {reason}")
+
+    return on_parked
+
+
+def _enrol_batch_parked(app: "Celery") -> Any:
+    """A parked batch of enrolments: each request not yet reported gets a failed report
+    (``dead_lettered``), so a client waiting for one of them is answered, not timed out."""
+
+    def on_parked(args: Any, kwargs: Any, reason: str) -> None:
+        from faec_rec.workers import enrolment
+        from faec_rec.workers.app import app_settings
+        from faec_rec.workers.runtime import get_runtime
+
+        payload = (list(args) or [kwargs.get("payload")])[0]
+        runtime = get_runtime(app_settings(app))
+        for raw in payload.get("requests") or []:
+            try:
+                request = enrolment.EnrolRequest.from_json(raw)
+            except PayloadError:
+                continue
+            if enrolment.stored_report(runtime.redis, runtime.keys, request.request_id) is None:
+                enrolment.record_failed(runtime, request, "dead_lettered", reason)
 
     return on_parked

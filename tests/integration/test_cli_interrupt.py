@@ -24,7 +24,10 @@ def test_ctrl_c_during_enrol_ends_cleanly_and_spares_the_other_command(faces_dir
         for photo in sorted((faces_dir / "lfw" / folder).glob("*.jpg"))[:4]:
             (root / folder.replace("_", " ") / photo.name).symlink_to(photo)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAEC_")}
-    env.update(HOME=str(tmp_path), FAEC_DATA_DIR=str(tmp_path / "data"), TF_CPP_MIN_LOG_LEVEL="2")
+    # one person per task: the Ctrl-C after the first person lands while the second is judged (batches of
+    # people end together, so most folders of a few people would be done before the signal)
+    env.update(HOME=str(tmp_path), FAEC_DATA_DIR=str(tmp_path / "data"), TF_CPP_MIN_LOG_LEVEL="2",
+               FAEC_WORKERS__FOLDER_BATCH="1")
     script = Path(sys.executable).with_name("faec-rec")
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "faec_rec.cli"]
     follower = subprocess.Popen([*cli, "events", "--follow"], env=env, text=True, stdout=subprocess.DEVNULL,
