@@ -15,11 +15,14 @@ benchmark's MobileFaceNet (``../shared/data/models/README.md``): 112x112 RGB, ra
 input, ArcFace 5-point alignment (similarity transform), 128-d output, cosine. Faces
 come from the engine's detector (same central face as ``benchmarks.openset``); the gate
 fields are copied from the dlib cache (same detector, same gate). Features (plain and
-mirrored) are cached under ``.cache/openset/<model>-<sha>/lfw.npz``. The per-pair
-threshold is calibrated like the dlib model card (0.1 % of LFW View 2 impostor pairs)
-and lifted for the gallery size by the *dlib* search table's raise is NOT applied (that
-table is dlib's); figures at tuned thresholds are the comparable ones. The weights are
-research-only: never shipped, never used by tests.
+mirrored) are cached under ``.cache/openset/<model>-<sha>/lfw.npz``. Variants:
+``centroid_mix``/``best_template`` at the per-pair threshold of LFW View 2 (0.1 % of its
+impostor pairs) and at thresholds tuned on the tune half; with ``--card``,
+``served_defaults``: the threshold a deployment serves, calibrated as ``models
+add-backbone`` does on the enrolled templates only (per-pair threshold and the backbone's
+own leave-one-person-out search table, ``training/backbones.calibrate``), beside
+``served_defaults_scaled_raise`` (the earlier rule: the built-in raise scaled by the
+impostor spread). The weights are research-only: never shipped, never used by tests.
 """
 from __future__ import annotations
 
