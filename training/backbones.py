@@ -116,7 +116,7 @@ def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
     details["search_calibrated_on"] = (
         f"gallery crops, leave one person out ({people} people, {len(labels)} templates)" if table is not None else
         f"built-in search raise x raise_scale (only {people} people / {len(labels)} templates: a table of its own needs "
-        f">= {MIN_SEARCH_PEOPLE} people and >= {MIN_SEARCH_PROBES} templates; re-add the backbone when more are enrolled)")
+        f">= {MIN_SEARCH_PEOPLE} people and >= {MIN_SEARCH_PROBES} templates; add it again under another card name once more are enrolled)")
     if details["impostor_pairs"] >= MIN_IMPOSTOR_PAIRS and measured is not None:
         details["calibrated_on"] = "gallery crops"
         return measured, details
@@ -125,7 +125,7 @@ def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
         return float(card.threshold), details
     if measured is not None:
         details["calibrated_on"] = (f"gallery crops, only {details['impostor_pairs']} impostor pairs: a 0.1% FAR cannot be "
-                                    "resolved; re-add the backbone when more people are enrolled, or set gallery.threshold")
+                                    "resolved; add it again under another card name once more people are enrolled, or set gallery.threshold")
         return measured, details
     details["calibrated_on"] = None
     return None, details
