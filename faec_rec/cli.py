@@ -838,14 +838,19 @@ class _Queued:
     present: list[Path]
 
 
-def _send_people(client: Any, people: Sequence[tuple[str, Sequence[Path]]]) -> list[_Queued]:
-    """Check ``people``'s files here and queue those with images as one batch
-    (:meth:`Client.enrol_batch`); a person whose file became unreadable meanwhile is sent alone
-    (so only that person fails)."""
+def _check_people(client: Any, people: Sequence[tuple[str, Sequence[Path]]]) -> list[_Queued]:
+    """Check ``people``'s files here; those with images get the request id :func:`_send_people`
+    sends them under (known before sending, so a Ctrl-C while sending can still wait for them)."""
     queued: list[_Queued] = []
     for person, files in people:
         outcome, present = _local_check(client, person, files)
         queued.append(_Queued(outcome, uuid.uuid4().hex if present else None, present))
+    return queued
+
+
+def _send_people(client: Any, queued: list[_Queued]) -> list[_Queued]:
+    """Queue the checked people with images as one batch (:meth:`Client.enrol_batch`); a person
+    whose file became unreadable meanwhile is sent alone (so only that person fails)."""
     todo = [q for q in queued if q.request_id is not None]
     try:
         client.enrol_batch([(q.outcome.name, [os.path.abspath(p) for p in q.present]) for q in todo],
@@ -970,7 +975,19 @@ def _enrol_all(state: State, people: Sequence[tuple[str, Sequence[Path]]], timeo
         size = max(1, backend.settings.workers.folder_batch)
         bar = stack.enter_context(_progress(len(people), "enrolling", unit="person"))
         for start in range(0, len(people), size):
-            queued = _send_people(client, people[start:start + size])
+            try:
+                queued = _check_people(client, people[start:start + size])
+            except KeyboardInterrupt:  # nothing of this batch sent yet
+                bar.clear()
+                click.echo(f"interrupted: {len(outcomes)} of {len(people)} people done", err=True)
+                raise click.exceptions.Exit(130) from None
+            try:
+                _send_people(client, queued)
+            except KeyboardInterrupt:  # the batch may have gone out just before: wait for it as for one in hand
+                bar.clear()
+                _report_interrupted(client, [(q.outcome.name, q.request_id) for q in queued if q.request_id],
+                                    len(outcomes), len(people), root)
+                raise click.exceptions.Exit(130) from None
             for n, item in enumerate(queued):
                 outcome = item.outcome
                 if item.request_id is not None:

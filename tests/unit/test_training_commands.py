@@ -22,7 +22,7 @@ def env(redis_url, prefix, tmp_path) -> dict[str, str]:
 
 def test_exported_commands():
     assert [c.name for c in commands] == ["models", "train", "feedback"]
-    assert set(models.commands) == {"list", "show", "promote", "rollback", "export"}
+    assert set(models.commands) == {"list", "show", "promote", "rollback", "export", "add-backbone", "backbones", "use-backbone"}
     assert set(train.commands) == {"head"}
 
 
