@@ -823,7 +823,8 @@ class Client:
 
         chips, labels = gallery_crops(self.redis, self.keys, Path(self.settings.data_dir))
         builtin = Embedder(self.settings.faces, Path(self.settings.data_dir) / "models")
-        rec = self.backbone_registry.add(Path(model_path), Path(card_path), chips, labels, builtin=builtin.features)
+        rec = self.backbone_registry.add(Path(model_path), Path(card_path), chips, labels, builtin=builtin.features,
+                                         centroid_weight=self.settings.gallery.centroid_weight)
         self._audit("add_backbone", backbone=rec.name, sha256=rec.sha256, licence=rec.licence)
         return next(r for r in self.backbones()["backbones"] if r["name"] == rec.name)
 
@@ -845,7 +846,8 @@ class Client:
         else:
             embedder = self.backbone_registry.embedder(name)
             rec = self.backbone_registry.record(name)
-            calibration = {"threshold": rec.threshold, "raise_scale": rec.calibration.get("raise_scale", 1.0)}
+            calibration = {"threshold": rec.threshold, "raise_scale": rec.calibration.get("raise_scale", 1.0),
+                           "search": rec.calibration.get("search")}
         result = swap_backbone(self.redis, self.keys, Path(self.settings.data_dir), name, embedder.features,
                                calibration=calibration, progress=progress)
         self._audit("use_backbone", backbone=name, previous=result["previous"], templates=result["templates"])

@@ -37,10 +37,10 @@ Progress = Callable[[int, int], None]
 
 
 def current_backbone(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """``{"name", "generation", "threshold", "raise_scale"}`` of the backbone the gallery's features are in
+    """``{"name", "generation", "threshold", "raise_scale", "search"}`` of the backbone the gallery's features are in
     (the built-in one, generation 0, no threshold of its own, when never switched)."""
     raw = client.get(keys.backbone_current())
-    state: dict[str, Any] = {"name": DEFAULT_BACKBONE, "generation": 0, "threshold": None, "raise_scale": 1.0}
+    state: dict[str, Any] = {"name": DEFAULT_BACKBONE, "generation": 0, "threshold": None, "raise_scale": 1.0, "search": None}
     if raw:
         try:
             state.update(json.loads(raw))
@@ -113,7 +113,8 @@ def swap_backbone(client: redis.Redis, keys: Keys, data_dir: Path, name: str, em
     """Re-embed the whole gallery with ``embed`` and put backbone ``name`` in service atomically.
 
     ``calibration``: ``{"threshold": per-pair threshold or None (the built-in card's),
-    "raise_scale": factor on the built-in search raise}``, kept with the backbone in service.
+    "search": its own search table or None, "raise_scale": factor on the built-in search
+    raise where it has no table}``, kept with the backbone in service.
 
     Refused (:class:`GalleryError`) while a trained head serves the gallery (heads are
     trained on one backbone's features: roll back to "base" first) or when a template

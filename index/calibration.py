@@ -123,28 +123,36 @@ def search_table(card_path: Path | None = None) -> dict | None:
     return {"far": far, "people": people, "thresholds": thresholds, "pair_threshold": float(entry.get("threshold", FALLBACK_THRESHOLD))}
 
 
-def search_threshold(n_people: int, far: float, card_path: Path | None = None) -> float | None:
-    """The base projection's global threshold for a search over ``n_people`` at family-wise ``far``.
+def table_threshold(table: dict, n_people: int, far: float) -> float:
+    """The global threshold of a search ``table`` (``{"far": [f...], "people": [n...],
+    "thresholds": [[t per n] per f]}``) for ``n_people`` at family-wise ``far``.
 
-    Interpolated in ``log(n)`` and ``log(far)`` over the card's table; past its largest
-    gallery it continues the last segment's slope in ``log(n)`` (a tail that grows
-    like a Gaussian maximum), capped at 0.995. None when the card has no table.
+    Interpolated in ``log(n)`` and ``log(far)``; past its largest gallery it continues the
+    last segment's slope in ``log(n)`` (a tail that grows like a Gaussian maximum), capped
+    at 0.995. Outside the table's rates it takes the nearest row.
     """
-    table = search_table(card_path)
-    if table is None or n_people < 1:
-        return None
-    logn = np.log(table["people"])
-    x = float(np.log(n_people))
+    people = np.asarray(table["people"], np.float64)
+    logn = np.log(people)
+    x = float(np.log(max(n_people, 1)))
     per_far = []
-    for row in table["thresholds"]:
+    for row in np.asarray(table["thresholds"], np.float64):
         if x <= logn[-1]:
             per_far.append(float(np.interp(x, logn, row)))
         else:
             slope = (row[-1] - row[-2]) / (logn[-1] - logn[-2])
             per_far.append(float(row[-1] + max(slope, 0.0) * (x - logn[-1])))
-    logf = np.log(table["far"])
+    logf = np.log(np.asarray(table["far"], np.float64))
     value = float(np.interp(np.log(far), logf, per_far))
     return min(value, 0.995)
+
+
+def search_threshold(n_people: int, far: float, card_path: Path | None = None) -> float | None:
+    """The base projection's global threshold for a search over ``n_people`` at family-wise ``far``
+    (:func:`table_threshold` of the model card's table). None when the card has no table."""
+    table = search_table(card_path)
+    if table is None or n_people < 1:
+        return None
+    return table_threshold(table, n_people, far)
 
 
 def search_raise(n_people: int, far: float | None, card_path: Path | None = None) -> float:
@@ -174,3 +182,94 @@ def global_threshold(configured: float | None, own: float | None, version: str, 
         return float(configured)
     pair = float(own) if isinstance(own, (int, float)) else default_threshold(version)
     return pair + search_raise(people, far) if people > 0 else pair
+
+
+SEARCH_FAR = (0.002, 0.005, 0.01, 0.02, 0.05)  # the rates of the built-in card's table
+SEARCH_PEOPLE = (1, 2, 3, 5, 10, 20, 50, 100, 200, 400, 1000, 2000, 5000)
+MIN_SEARCH_PEOPLE = 21  # a leave-one-person-out table needs 20 other people at least ...
+MIN_SEARCH_PROBES = 200  # ... and enough probes to resolve a 0.5% family-wise rate
+
+
+def person_scores(vectors: np.ndarray, labels: np.ndarray, centroid_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each template against every person, the way the replica scores a query.
+
+    ``vectors`` (t, d) (normalised here), ``labels`` (t,) person of each template.
+    Returns ``(scores (t, p) float32, people (p,))``: ``centroid_weight * cos(template,
+    unit mean of the person's templates) + (1 - centroid_weight) * best single template``
+    (best template only for a person with one template), as
+    :meth:`~faec_rec.index.replica.Replica._rescore` does.
+    """
+    x = np.asarray(vectors, np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    labels = np.asarray(labels)
+    people, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    best = np.maximum.reduceat((x @ x[order].T), starts, axis=1)
+    centres = np.zeros((len(people), x.shape[1]))
+    np.add.at(centres, inverse, x)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12)
+    mixed = centroid_weight * (x @ centres.T) + (1.0 - centroid_weight) * best
+    return np.where(counts[None, :] > 1, mixed, best).astype(np.float32), people
+
+
+def gallery_search_table(vectors: np.ndarray, labels: np.ndarray, centroid_weight: float,
+                         far: tuple[float, ...] = SEARCH_FAR) -> dict | None:
+    """A search table (see :func:`table_threshold`) measured on a gallery's own templates.
+
+    Leave one person out: each enrolled template is a stranger to a gallery made of the
+    other ``m = people - 1`` people, scored like the replica scores (:func:`person_scores`).
+    For a gallery of ``n <= m`` of them drawn at random, a probe whose score reaches ``θ``
+    against ``c`` of the ``m`` passes with probability ``1 - C(m-c, n) / C(m, n)`` (exact,
+    no sampling); the table's threshold for rate ``f`` is the lowest ``θ`` at which the
+    mean of that over all probes is at most ``f``. Sizes: ``SEARCH_PEOPLE`` below ``m``,
+    and ``m``. None when the gallery is too small to say (fewer than ``MIN_SEARCH_PEOPLE``
+    people or ``MIN_SEARCH_PROBES`` templates).
+    """
+    scores, people = person_scores(vectors, labels, centroid_weight)
+    t, p = scores.shape
+    m = p - 1
+    if p < MIN_SEARCH_PEOPLE or t < MIN_SEARCH_PROBES:
+        return None
+    own = np.searchsorted(people, np.asarray(labels))
+    scores[np.arange(t), own] = -np.inf
+    ranked = -np.sort(-scores, axis=1)[:, :m]  # each probe's m impostor scores, highest first
+    flat = ranked.ravel()
+    order = np.argsort(-flat, kind="stable")
+    rank = (order % m) + 1  # the k-th highest of its probe: reaching it makes c = k
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, m + 1)))])
+    sizes = sorted({n for n in SEARCH_PEOPLE if n < m} | {m})
+    thresholds = []
+    for n in sizes:
+        c = np.arange(m + 1)
+        fits = m - c >= n
+        miss = np.zeros(m + 1)
+        miss[fits] = np.exp(log_fact[m - c[fits]] - log_fact[m - c[fits] - n] - log_fact[m] + log_fact[m - n])
+        reach = 1.0 - miss  # P(best of n others >= θ) with c of the m at or above θ
+        exceed = np.cumsum(np.diff(reach)[rank - 1]) / t  # family-wise rate as θ falls past each score
+        row = []
+        for f in far:
+            k = int(np.searchsorted(exceed, f, side="right"))  # first score whose inclusion passes f
+            value = float(flat[order[k]]) if k < len(order) else float(flat[order[-1]]) - 1e-4
+            row.append(round(float(np.ceil(np.nextafter(value, np.inf) * 1e4) / 1e4), 4))
+        thresholds.append(row)
+    return {"far": list(far), "people": sizes, "thresholds": [list(r) for r in np.array(thresholds).T],
+            "centroid_weight": centroid_weight, "probes": int(t), "gallery_people": int(p)}
+
+
+def supplied_threshold(pair: float, people: int, far: float | None, *, search: dict | None = None,
+                       raise_scale: float = 1.0) -> float:
+    """The served threshold of a supplied backbone over ``people`` enrolled people.
+
+    With its own ``search`` table (:func:`gallery_search_table`, measured on the
+    deployment's crops): that table's threshold; without one (a gallery too small to
+    measure it), the built-in search raise scaled by ``raise_scale``. Never below the
+    per-pair threshold ``pair``, capped at 0.995; ``far`` None: ``pair`` at any size.
+    """
+    if far is None or people < 1:
+        return float(pair)
+    if search is not None:
+        lifted = table_threshold(search, people, far)
+    else:
+        lifted = float(pair) + raise_scale * search_raise(people, far)
+    return max(float(pair), min(lifted, 0.995))

@@ -34,7 +34,7 @@ from faec_rec.config import GalleryConfig
 from faec_rec.errors import GalleryError
 from faec_rec.keys import Keys
 
-from faec_rec.index.calibration import global_threshold, search_raise
+from faec_rec.index.calibration import global_threshold, supplied_threshold
 from faec_rec.index.decision import Match
 from faec_rec.index.events import EventLog, EventOp, id_before
 from faec_rec.index.projection import BASE_VERSION, BaseProjector, Projector, check_unit_vectors, check_vectors
@@ -111,7 +111,7 @@ class Gallery:
 
     @property
     def backbone(self) -> dict[str, Any]:
-        """``{"name", "generation", "threshold", "raise_scale"}`` of the backbone this replica's
+        """``{"name", "generation", "threshold", "raise_scale", "search"}`` of the backbone this replica's
         features are in (loads the replica; :meth:`sync` follows a switch)."""
         self.replica
         return self._backbone
@@ -127,12 +127,13 @@ class Gallery:
         own = getattr(self.projector, "threshold", None)
         supplied = self._backbone.get("threshold")
         if self.config.threshold is None and own is None and self.version == BASE_VERSION and supplied is not None:
-            # A supplied backbone: its own per-pair threshold, and the built-in search raise
-            # scaled by how much wider its impostor scores spread (training/backbones.py).
-            # Capped like the built-in table (calibration.search_threshold) at 0.995.
-            scale = float(self._backbone.get("raise_scale") or 1.0)
-            lifted = float(supplied) + (scale * search_raise(people, self.config.search_far) if people > 0 else 0.0)
-            return max(float(supplied), min(lifted, 0.995))
+            # A supplied backbone: its own per-pair threshold, lifted for the gallery size by
+            # its own search table (measured on this deployment's crops, training/backbones.py),
+            # or by the built-in raise scaled by its impostor spread when the gallery was too
+            # small to measure one.
+            return supplied_threshold(float(supplied), people, self.config.search_far,
+                                      search=self._backbone.get("search"),
+                                      raise_scale=float(self._backbone.get("raise_scale") or 1.0))
         return global_threshold(self.config.threshold, own, self.version,
                                 people, self.config.search_far)
 

@@ -84,15 +84,19 @@ def raise_scale(impostor: np.ndarray, builtin_impostor: np.ndarray) -> float:
 
 
 def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
-              builtin_features: np.ndarray | None = None) -> tuple[float | None, dict[str, Any]]:
-    """Per-pair threshold at ``TARGET_FAR`` from ``features`` (n, d) of people ``labels`` (n,).
+              builtin_features: np.ndarray | None = None, centroid_weight: float = 0.7) -> tuple[float | None, dict[str, Any]]:
+    """Per-pair threshold at ``TARGET_FAR`` from ``features`` (n, d) of people ``labels`` (n,),
+    and the backbone's own search table (how the threshold rises with the gallery size).
 
     ``builtin_features`` (n, 128): the built-in backbone's features of the same faces, for
-    ``raise_scale`` in the details (1.0 without them). Returns ``(threshold or None,
-    details)``: pair counts, the FAR/TAR reached, ``raise_scale``, and where the threshold
-    came from ("gallery crops", "card", or None when neither can give one).
+    ``raise_scale`` in the details (1.0 without them). ``centroid_weight``: the gallery's
+    scoring (``gallery.centroid_weight``), which the search table is measured with.
+    Returns ``(threshold or None, details)``: pair counts, the FAR/TAR reached,
+    ``raise_scale``, where the threshold came from ("gallery crops", "card", or None when
+    neither can give one), ``search`` (the table, or None when the gallery is too small:
+    the scaled built-in raise serves instead) and ``search_calibrated_on`` saying which.
     """
-    from faec_rec.index.calibration import threshold_at_far
+    from faec_rec.index.calibration import MIN_SEARCH_PEOPLE, MIN_SEARCH_PROBES, gallery_search_table, threshold_at_far
 
     i, j = np.triu_indices(len(labels), k=1)
     same = labels[i] == labels[j]
@@ -106,6 +110,13 @@ def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
         cal = threshold_at_far(scores[same], scores[~same], TARGET_FAR)
         measured = round(cal.threshold, 4)
         details.update(measured_threshold=measured, far=round(cal.far, 5), tar=round(cal.tar, 4))
+    table = gallery_search_table(features, labels, centroid_weight)
+    people = len(np.unique(labels))
+    details["search"] = table
+    details["search_calibrated_on"] = (
+        f"gallery crops, leave one person out ({people} people, {len(labels)} templates)" if table is not None else
+        f"built-in search raise x raise_scale (only {people} people / {len(labels)} templates: a table of its own needs "
+        f">= {MIN_SEARCH_PEOPLE} people and >= {MIN_SEARCH_PROBES} templates; add it again under another card name once more are enrolled)")
     if details["impostor_pairs"] >= MIN_IMPOSTOR_PAIRS and measured is not None:
         details["calibrated_on"] = "gallery crops"
         return measured, details
@@ -114,7 +125,7 @@ def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
         return float(card.threshold), details
     if measured is not None:
         details["calibrated_on"] = (f"gallery crops, only {details['impostor_pairs']} impostor pairs: a 0.1% FAR cannot be "
-                                    "resolved; re-add the backbone when more people are enrolled, or set gallery.threshold")
+                                    "resolved; add it again under another card name once more people are enrolled, or set gallery.threshold")
         return measured, details
     details["calibrated_on"] = None
     return None, details
@@ -171,23 +182,25 @@ class BackboneRegistry:
 
     # ---- adding -----------------------------------------------------------------
     def add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
-            builtin: Callable[[np.ndarray], np.ndarray] | None = None) -> BackboneRecord:
+            builtin: Callable[[np.ndarray], np.ndarray] | None = None, centroid_weight: float = 0.7) -> BackboneRecord:
         """Validate ``model_path`` against ``card_path``, calibrate on ``chips`` (n, 150, 150, 3)
         uint8 of people ``labels`` (n,) (the gallery's crops; may be empty), store and record it.
-        ``builtin``: the built-in backbone's ``features`` (for the search-raise scale).
+        ``builtin``: the built-in backbone's ``features`` (for the search-raise scale, the
+        fallback when the gallery is too small for a search table of its own);
+        ``centroid_weight``: the gallery's scoring, which that table is measured with.
 
         Raises :class:`ModelError` for a file that does not load, a card that does not match
         the model, a name taken (or the built-in's), or outputs that are not usable vectors.
         """
         try:
-            return self._add(Path(model_path), Path(card_path), chips, labels, builtin)
+            return self._add(Path(model_path), Path(card_path), chips, labels, builtin, centroid_weight)
         except BackboneRefused:
             raise
         except ModelError as exc:  # a usage error: the user's file or card (exit 2 on the CLI)
             raise BackboneRefused(str(exc)) from exc
 
     def _add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
-             builtin: Callable[[np.ndarray], np.ndarray] | None) -> BackboneRecord:
+             builtin: Callable[[np.ndarray], np.ndarray] | None, centroid_weight: float) -> BackboneRecord:
         from faec_rec.faces.supplied import SuppliedEmbedder
 
         card = read_card(card_path)
@@ -206,8 +219,9 @@ class BackboneRegistry:
         if len(feats) and (np.linalg.norm(feats, axis=1) < 1e-12).any():
             raise ModelError(f"model file {model_path} gives zero vectors for some face crops")
         reference = builtin(np.asarray(chips, np.uint8)) if builtin is not None and len(chips) >= 2 else None
-        threshold, details = calibrate(feats, np.asarray(labels), card, reference) if len(feats) >= 2 else (card.threshold, {
-            "calibrated_on": "card (no gallery crops to calibrate on)" if card.threshold is not None else None, "raise_scale": 1.0})
+        threshold, details = calibrate(feats, np.asarray(labels), card, reference, centroid_weight) if len(feats) >= 2 else (card.threshold, {
+            "calibrated_on": "card (no gallery crops to calibrate on)" if card.threshold is not None else None, "raise_scale": 1.0,
+            "search": None, "search_calibrated_on": "built-in search raise (no gallery crops to calibrate on)"})
         folder = self.folder / card.name
         name = f"{embedder.sha256[:12]}{SUFFIX[card.format]}"
         atomic_write_bytes(folder / name, model_path.read_bytes(), fsync=True)

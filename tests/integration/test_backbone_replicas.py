@@ -56,7 +56,8 @@ def test_loaded_and_snapshot_replicas_serve_the_new_backbone(redis_client: Any, 
     out = swap_backbone(redis_client, keys, tmp_path, "pixels", new_backbone,
                         calibration={"threshold": 0.5, "raise_scale": 2.0})
     assert out == {"backbone": "pixels", "previous": "dlib-resnet-v1", "generation": 1, "templates": 12}
-    assert current_backbone(redis_client, keys) == {"name": "pixels", "generation": 1, "threshold": 0.5, "raise_scale": 2.0}
+    assert current_backbone(redis_client, keys) == {"name": "pixels", "generation": 1, "threshold": 0.5, "raise_scale": 2.0,
+                                                       "search": None}
 
     # what the crops (JPEG) give, template by template
     crops = {t: redis_client.hget(keys.template(t), "crop").decode() for t in chips}
@@ -76,6 +77,34 @@ def test_loaded_and_snapshot_replicas_serve_the_new_backbone(redis_client: Any, 
     new_id = follower.enrol("P0", new_backbone(RNG.integers(0, 256, (1, 150, 150, 3), dtype=np.uint8)),
                             sources=["late.jpg"], content_hashes=["late"]).added[0]
     assert redis_client.hget(keys.template(new_id), "backbone") == b"pixels"
+
+
+def test_a_backbone_with_its_own_search_table_is_served_from_it(redis_client: Any, keys: Keys, tmp_path: Path) -> None:
+    """The table stored with the backbone in service sets the threshold at the enrolled count,
+    and it follows the gallery as people are added (never below the per-pair threshold)."""
+    from faec_rec.index.backbone_swap import current_backbone, swap_backbone
+    from faec_rec.index.calibration import table_threshold
+
+    writer = _gallery(redis_client, keys, tmp_path)
+    for p in range(3):
+        writer.enrol(f"P{p}", RNG.standard_normal((2, 128)).astype(np.float32), sources=[f"{p}-{i}.jpg" for i in range(2)],
+                     content_hashes=[f"s{p}{i}" for i in range(2)],
+                     crops=[encode_jpeg(c, 95) for c in RNG.integers(0, 256, (2, 150, 150, 3), dtype=np.uint8)])
+    table = {"far": [0.002, 0.005, 0.05], "people": [1, 2, 10], "thresholds": [[0.6, 0.7, 0.9], [0.4, 0.55, 0.8], [0.2, 0.3, 0.6]]}
+    swap_backbone(redis_client, keys, tmp_path, "pixels", new_backbone,
+                  calibration={"threshold": 0.45, "raise_scale": 9.0, "search": table})
+    assert current_backbone(redis_client, keys)["search"] == table
+    gallery = _gallery(redis_client, keys, tmp_path)
+    far = GalleryConfig().search_far
+    assert gallery.backbone["name"] == "pixels"
+    assert gallery.threshold == pytest.approx(table_threshold(table, 3, far))  # not 0.45 + 9 x the built-in raise
+    assert 0.55 < gallery.threshold < 0.8
+    writer.enrol("P9", RNG.standard_normal((1, 128)).astype(np.float32), sources=["late.jpg"], content_hashes=["late9"])
+    gallery.sync()
+    assert gallery.threshold == pytest.approx(table_threshold(table, 4, far)) and gallery.threshold > table_threshold(table, 3, far)
+    lenient = _gallery(redis_client, keys, tmp_path, search_far=0.05)
+    assert lenient.backbone["name"] == "pixels"  # loads the replica
+    assert table_threshold(table, 4, 0.05) < 0.45 and lenient.threshold == 0.45  # never below the per-pair threshold
 
 
 def test_a_switch_refused_while_a_head_serves(redis_client: Any, keys: Keys, tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
         assert isinstance(row["threshold"], float) and -1.0 <= row["threshold"] <= 1.0
         assert "only" in cal["calibrated_on"]  # too few pairs for 0.1%: said so
         assert cal["raise_scale"] > 0 and cal["raise_scale"] != 1.0  # measured against the built-in on the same pairs
+        # a handful of people cannot measure a search table of its own: the scaled raise serves, and it says so
+        assert cal["search"] is None and cal["search_calibrated_on"].startswith("built-in search raise x raise_scale"), cal
         assert client.backbones()["current"]["name"] == "dlib-resnet-v1"  # added, not in service
 
         # ---- a switch that fails half way changes nothing --------------------------------
