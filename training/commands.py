@@ -149,6 +149,11 @@ def models_add_backbone(model_file: str, card_file: str) -> None:
     click.echo(f"added backbone {row['name']} ({row['format']}, {'x'.join(map(str, row['input_size']))}, licence: {row['licence']})")
     click.echo(f"threshold {_fmt(row.get('threshold'))} from {cal.get('calibrated_on')} "
                f"({cal.get('genuine_pairs', 0)} genuine / {cal.get('impostor_pairs', 0)} impostor pairs)")
+    mapped = cal.get("visitors") or {}
+    if mapped.get("thresholds"):
+        click.echo("visitor thresholds mapped to it: " + ", ".join(f"{k} {v:.4f}" for k, v in mapped["thresholds"].items()))
+    elif mapped.get("paused"):
+        click.echo(f"visitors: {mapped['paused']}")
     click.echo(f"put it in service with: faec-rec models use-backbone {row['name']}")
 
 
@@ -170,7 +175,7 @@ def models_use_backbone(name: str) -> None:
         click.echo(f"backbone {name} is already in service")
         return
     click.echo(f"backbone in service: {result['backbone']} (was {result['previous']}); "
-               f"{result['templates']} templates re-embedded from their crops")
+               f"{result['templates']} templates and {result.get('unknown_faces', 0)} unknown faces re-embedded from their crops")
 
 
 @models.command("show")

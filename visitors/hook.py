@@ -40,15 +40,38 @@ TRACKS_TTL_S = 3600  # how long a camera's track -> visitor map outlives its las
 def _enabled(runtime: Runtime) -> bool:
     if not (getattr(runtime.settings, "visitors", None) and runtime.settings.visitors.enabled):
         return False
-    # Visitor faces hold built-in (dlib) features and the grouping thresholds are in its
-    # cosine scale: under a supplied backbone (faec-rec models use-backbone) grouping pauses.
+    return _config(runtime) is not None
+
+
+def _config(runtime: Runtime) -> Any:
+    """The visitor settings for the backbone in service, or None: grouping pauses.
+
+    The visitors.* thresholds are in the built-in (dlib) backbone's cosine scale. Under a
+    supplied backbone (faec-rec models use-backbone) the thresholds mapped to it when it
+    was added serve (:func:`faec_rec.training.backbones.map_thresholds`); where none could
+    be mapped (too few impostor pairs), grouping pauses, with a warning once.
+    """
     backbone = getattr(getattr(runtime, "_engine", None), "backbone_version", BUILTIN_BACKBONE)
-    if backbone != BUILTIN_BACKBONE:
-        if not getattr(runtime, "_visitors_paused", False):
-            log.warning("visitors paused: the backbone in service is %s, visitors group %s features", backbone, BUILTIN_BACKBONE)
-            runtime._visitors_paused = True  # type: ignore[attr-defined]
-        return False
-    return True
+    if backbone == BUILTIN_BACKBONE:
+        return runtime.settings.visitors
+    cache: dict[str, Any] = getattr(runtime, "_visitor_configs", None) or {}
+    runtime._visitor_configs = cache  # type: ignore[attr-defined]
+    if backbone not in cache:
+        from faec_rec.training.backbones import visitor_settings
+
+        try:
+            mapped = visitor_settings(runtime.redis, runtime.keys, backbone)
+        except Exception:  # noqa: BLE001 - a record that cannot be read pauses grouping (until read), never recognition
+            log.exception("visitor thresholds of backbone %s unreadable; this face is not grouped", backbone)
+            return None
+        if mapped is None:  # a backbone record never changes (names are not reused): decided once
+            log.warning("visitors paused: the backbone in service is %s, and no visitor thresholds could be mapped to it "
+                        "from the %s scale when it was added (see faec-rec models backbones)", backbone, BUILTIN_BACKBONE)
+            cache[backbone] = None
+        else:
+            log.info("visitors group %s features with the thresholds mapped to it: %s", backbone, mapped)
+            cache[backbone] = runtime.settings.visitors.model_copy(update=mapped)
+    return cache[backbone]
 
 
 def _collisions(runtime: Runtime) -> Any:
@@ -95,7 +118,10 @@ def new_face(runtime: Runtime, face_id: str, result: Any, *, source: str, at: fl
 def _join(runtime: Runtime, face: Any) -> str | None:
     from faec_rec.visitors.naming import visitors_of
 
-    return visitors_of(runtime).join(face).visitor
+    visitors = visitors_of(runtime)
+    backbone = getattr(getattr(runtime, "_engine", None), "backbone_version", BUILTIN_BACKBONE)
+    visitors.use_backbone(backbone, _config(runtime) or runtime.settings.visitors)
+    return visitors.join(face).visitor
 
 
 def join_frame(runtime: Runtime, payload: Any, results: list[Any], events: list[Any]) -> list[Any]:

@@ -3,8 +3,9 @@
 Pure state, no I/O (like :class:`faec_rec.index.replica.Replica`): the caller
 feeds it visitor events with the features of added faces and asks it where a
 new face belongs. Vectors are the L2-normalised *backbone* features, not the
-head's projection, so visitors do not depend on the head in service (a new
-backbone needs ``faec-rec visitors regroup``).
+head's projection, so visitors do not depend on the head in service (a backbone
+switch re-embeds every face from its crop, index/backbone_swap.py, and the
+thresholds mapped to that backbone serve, visitors/hook.py).
 
 The rule (:meth:`VisitorReplica.decide`), careful by design: two people in one
 visitor is the worst error, so a face joins only on strong evidence.

@@ -209,6 +209,15 @@ class Visitors:
         return replica
 
     # ---- joining (workers) -------------------------------------------------------------
+    def use_backbone(self, name: str, config: VisitorsConfig) -> None:
+        """Join faces of backbone ``name`` by ``config`` (its mapped thresholds) from now on."""
+        with self._lock:
+            self.store.backbone_version = name
+            if config is not self.config:
+                self.config = config
+                if self._replica is not None:
+                    self._replica.config = config
+
     def join(self, face: NewFace) -> Joined:
         """Store one unknown face and join it to a visitor (see :mod:`faec_rec.visitors.replica`)."""
         with self._lock:
@@ -402,6 +411,21 @@ class Visitors:
         return deleted
 
     # ---- regrouping --------------------------------------------------------------------------
+    def _serving_config(self) -> VisitorsConfig:
+        """``config`` with the thresholds mapped to the backbone in service (the faces' scale);
+        refused (:class:`VisitorError`) under a backbone none could be mapped to."""
+        from faec_rec.index.backbone_swap import DEFAULT_BACKBONE, current_backbone
+        from faec_rec.training.backbones import visitor_settings
+
+        name = current_backbone(self.redis, self.keys)["name"]
+        if name == DEFAULT_BACKBONE:
+            return self.config
+        mapped = visitor_settings(self.redis, self.keys, name)
+        if mapped is None:
+            raise VisitorError(f"visitors are paused under backbone {name}: no visitor thresholds could be mapped to it "
+                               "when it was added (too few impostor pairs); switch back or add it again with more people enrolled")
+        return self.config.model_copy(update=mapped)
+
     def regroup(self) -> dict[str, int]:
         """Group every stored face again from scratch, in arrival order, by the current rule.
 
@@ -419,7 +443,7 @@ class Visitors:
                 ids, feats, vids, good, _ats = self.store.load_all()
                 records = {r["id"]: r for r in self.store.records(self.store.visitor_ids())}
                 fixed = {v for v, r in records.items() if r.get("person") or r.get("manual") == "1"}
-                result = regroup_faces(self.config, ids, feats, vids, good, fixed,
+                result = regroup_faces(self._serving_config(), ids, feats, vids, good, fixed,
                                        persons={v: r["person"] for v, r in records.items() if r.get("person")},
                                        new_id=self.store._new_id)
                 if self.store.log.last_id() != position:

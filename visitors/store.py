@@ -24,7 +24,8 @@ watched the stream saw a state nobody changed before it committed. Joins are
 decided on the caller's replica, which must be at the stream's newest event
 (:meth:`VisitorStore.add_face` checks it under the watch and asks the caller
 to sync otherwise), so two workers never create two visitors for one face
-and never lose a join.
+and never lose a join. A face embedded with another backbone than the one in
+service (a worker that embedded it just before a switch) is not kept.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ import numpy as np
 import redis
 
 from faec_rec.errors import UnknownVisitorError, VisitorError
+from faec_rec.index.backbone_swap import current_backbone
 from faec_rec.files import atomic_write_bytes
 from faec_rec.keys import Keys, safe_id
 
@@ -141,11 +143,17 @@ class VisitorStore:
         new_ids: list[str] = []
 
         def body(pipe: redis.client.Pipeline) -> Joined:
-            pipe.watch(k.unknown_face(face.face_id))
+            pipe.watch(k.unknown_face(face.face_id), k.backbone_current())
             held = pipe.hget(k.unknown_face(face.face_id), "visitor")
             if held is not None:
                 pipe.unwatch()
                 return Joined(face.face_id, _text(held) or None, stored=False)
+            serving = current_backbone(pipe, k)["name"]
+            if serving != self.backbone_version:  # embedded before a backbone switch: another model's scale
+                pipe.unwatch()
+                log.warning("unknown face %s not kept: embedded with backbone %s, the gallery is now in %s",
+                            face.face_id, self.backbone_version, serving)
+                return Joined(face.face_id, None, stored=False)
             if self.log.last_id(pipe) != replica.position:
                 pipe.unwatch()
                 raise Stale()

@@ -55,7 +55,7 @@ def test_loaded_and_snapshot_replicas_serve_the_new_backbone(redis_client: Any, 
 
     out = swap_backbone(redis_client, keys, tmp_path, "pixels", new_backbone,
                         calibration={"threshold": 0.5, "raise_scale": 2.0})
-    assert out == {"backbone": "pixels", "previous": "dlib-resnet-v1", "generation": 1, "templates": 12}
+    assert out == {"backbone": "pixels", "previous": "dlib-resnet-v1", "generation": 1, "templates": 12, "unknown_faces": 0}
     assert current_backbone(redis_client, keys) == {"name": "pixels", "generation": 1, "threshold": 0.5, "raise_scale": 2.0,
                                                        "search": None}
 

@@ -4,8 +4,10 @@ A tiny model the test builds itself (tests/tiny_backbone.py, exported with the r
 TFLite converter) is added with its card; a mismatched card and a corrupt file are
 refused; a switch that fails half way changes nothing; the switch re-embeds every
 template from its stored crop (no re-enrolment) and the running worker then embeds with
-the new backbone and names the enrolled people; switching back to the built-in backbone
-restores its scores.
+the new backbone and names the enrolled people; the strangers' unknown faces are
+re-embedded from their crops too, keep their visitors, and a new photo of a stranger
+joins that stranger's visitor under the visitor thresholds mapped to the new backbone;
+switching back to the built-in backbone restores its scores.
 """
 from __future__ import annotations
 
@@ -26,6 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WAIT_S = 240.0
 PEOPLE = ("Tony_Blair", "Colin_Powell", "Gerhard_Schroeder")
+STRANGERS = ("Hillary_Clinton", "Bill_Gates")  # sharp, frontal photos (tests/integration/test_visitors_service.py)
+PHOTOS = 15  # enrolled per person: ~500 impostor pairs, to map the visitor thresholds on
+# Visitor thresholds (built-in scale) mapped at add time. The defaults (0.92-0.95) sit where
+# ~3e-4 of impostor pairs reach: mapping them needs hundreds of enrolled people. On these
+# three (impostor median 0.87, 95th percentile 0.91) pass rates of ~5% resolve: thresholds
+# that strict under the tiny model keep the two strangers apart (whose crops it scores ~0.95).
+VISITOR_SCALE = {"link_threshold": 0.9, "strong_threshold": 0.905, "centre_threshold": 0.9, "merge_threshold": 0.905, "rival_threshold": 0.895}
 
 
 def _identify(client: Any, photo: Path) -> tuple[dict[str, Any], str]:
@@ -41,6 +50,10 @@ def _features(r: Any, keys: Keys, tid: str) -> np.ndarray:
     return np.frombuffer(r.hget(keys.template(tid), "features"), np.float32)
 
 
+def _ufeatures(r: Any, keys: Keys, fid: str) -> np.ndarray:
+    return np.frombuffer(r.hget(keys.unknown_face(fid), "features"), np.float32)
+
+
 def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_dir: Path) -> None:
     import redis
 
@@ -53,6 +66,7 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
     keys = Keys(prefix)
     data_dir = tmp_path / "data"
     settings = load_settings(redis_url=redis_url, prefix=prefix, data_dir=data_dir)
+    settings = settings.model_copy(update={"visitors": settings.visitors.model_copy(update=VISITOR_SCALE)})
     # Scores against the best template alone: the tiny model tells photos apart, not people
     # (a person's centroid of other photos would score it low), so it is probed with
     # enrolled photos, whose stored crops it must have re-embedded.
@@ -69,13 +83,24 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
         photos = {p: sorted((faces_dir / "lfw" / p).glob("*.jpg")) for p in PEOPLE}
         enrolled: dict[str, list[Path]] = {}
         for person, files in photos.items():
-            report = client.enrol(person, files[:6], timeout=WAIT_S)
+            report = client.enrol(person, files[:PHOTOS], timeout=WAIT_S)
             enrolled[person] = [Path(i.name) for i in report.accepted]
             assert report.status == "done" and len(enrolled[person]) >= 2, report
         tids = [t for p in client.people() for t in p.template_ids]
         before = {t: _features(r, keys, t).copy() for t in tids}
         dlib_probe, version = _identify(client, enrolled["Colin_Powell"][0])
         assert version == "dlib-resnet-v1/base" and dlib_probe["person"] == "Colin_Powell"
+        strangers = {p: sorted((faces_dir / "lfw" / p).glob("*.jpg"))[0] for p in STRANGERS}
+        visitor_of: dict[str, str] = {}
+        ufaces: dict[str, str] = {}
+        for person, photo in strangers.items():  # unknown under dlib: each starts a visitor
+            face, _ = _identify(client, photo)
+            assert face["decision"] == "unknown" and face["visitor"], (person, face)
+            visitor_of[person], ufaces[person] = face["visitor"], face["face_id"]
+        assert len(set(visitor_of.values())) == 2
+        every_uface = [f.decode() for f in r.zrange(keys.unknown_faces(), 0, -1)]  # (photos may hold other faces too)
+        assert set(ufaces.values()) <= set(every_uface)
+        ubefore = {f: _ufeatures(r, keys, f).copy() for f in every_uface}
 
         # ---- refused: nothing is stored -------------------------------------------------
         with pytest.raises(ModelError, match=r"takes input of shape \[1, 64, 64, 3\].*input_size \[112, 112\]"):
@@ -102,6 +127,10 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
         assert cal["raise_scale"] > 0 and cal["raise_scale"] != 1.0  # measured against the built-in on the same pairs
         # a handful of people cannot measure a search table of its own: the scaled raise serves, and it says so
         assert cal["search"] is None and cal["search_calibrated_on"].startswith("built-in search raise x raise_scale"), cal
+        mapped = cal["visitors"]  # the visitor thresholds, quantile-matched on the same impostor pairs
+        assert mapped["paused"] is None and mapped["impostor_pairs"] == cal["impostor_pairs"], mapped
+        assert mapped["builtin"] == VISITOR_SCALE and set(mapped["thresholds"]) == set(VISITOR_SCALE)
+        assert all(mapped["thresholds"][k] != VISITOR_SCALE[k] for k in VISITOR_SCALE)
         assert client.backbones()["current"]["name"] == "dlib-resnet-v1"  # added, not in service
 
         # ---- a switch that fails half way changes nothing --------------------------------
@@ -112,12 +141,14 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
             client.use_backbone("tiny-test", progress=interrupted)
         assert client.backbones()["current"]["name"] == "dlib-resnet-v1"
         assert all(np.array_equal(_features(r, keys, t), before[t]) for t in tids)
+        assert all(np.array_equal(_ufeatures(r, keys, f), ubefore[f]) for f in every_uface)
         _, version = _identify(client, enrolled["Tony_Blair"][0])
         assert version == "dlib-resnet-v1/base"  # the old backbone keeps serving
 
         # ---- switched: every template re-embedded from its crop ---------------------------
         result = client.use_backbone("tiny-test")
-        assert result == {"backbone": "tiny-test", "previous": "dlib-resnet-v1", "generation": 1, "templates": n}
+        assert result == {"backbone": "tiny-test", "previous": "dlib-resnet-v1", "generation": 1, "templates": n,
+                          "unknown_faces": len(every_uface)}
         embedder = SuppliedEmbedder.from_file(model, read_card(good_card))
         crops = {t: r.hget(keys.template(t), "crop").decode() for t in tids}
         expected = embedder.features(np.stack(list(read_crops(data_dir, crops).values())))
@@ -131,6 +162,24 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
             assert face["person"] == person and face["decision"] == "known", (person, face)
         current = client.backbones()["current"]
         assert (current["name"], current["licence"], current["generation"]) == ("tiny-test", "CC0-1.0 (built by the test)", 1)
+
+        # ---- the unknown faces too, from their crops; each stays in its visitor -----------
+        ucrops = {f: r.hget(keys.unknown_face(f), "crop").decode() for f in every_uface}
+        uexpected = embedder.features(np.stack(list(read_crops(data_dir, ucrops).values())))
+        for f, want in zip(ucrops, uexpected):
+            assert r.hget(keys.unknown_face(f), "backbone") == b"tiny-test"
+            np.testing.assert_allclose(_ufeatures(r, keys, f), want, rtol=1e-5, atol=1e-5)
+            assert not np.allclose(want, ubefore[f])
+        for person, f in ufaces.items():
+            assert r.hget(keys.unknown_face(f), "visitor") == visitor_of[person].encode()
+        # a new photo job of a stranger who has a visitor joins it, under the mapped thresholds
+        again, version = _identify(client, strangers["Hillary_Clinton"])
+        assert version == "tiny-test/base" and again["decision"] == "unknown", again
+        assert again["face_id"] != ufaces["Hillary_Clinton"] and again["visitor"] == visitor_of["Hillary_Clinton"], again
+        assert r.hget(keys.unknown_face(again["face_id"]), "backbone") == b"tiny-test"
+        assert sorted(r.smembers(keys.visitor_faces(visitor_of["Hillary_Clinton"]))) == sorted(
+            [ufaces["Hillary_Clinton"].encode(), again["face_id"].encode()]), (visitor_of, mapped)
+        assert r.smembers(keys.visitor_faces(visitor_of["Bill_Gates"])) == {ufaces["Bill_Gates"].encode()}
 
         from faec_rec.training.retrain import run as retrain
 
@@ -146,6 +195,9 @@ def test_add_refuse_switch_and_identify(redis_url: str, tmp_path: Path, faces_di
         face, version = _identify(client, enrolled["Colin_Powell"][0])
         assert version == "dlib-resnet-v1/base" and face["person"] == "Colin_Powell"
         assert abs(face["score"] - dlib_probe["score"]) < 0.02
+        for f, b in ubefore.items():  # the unknown faces are back in the built-in scale too
+            a = _ufeatures(r, keys, f)
+            assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.98
     finally:
         client.close()
         worker.stop()

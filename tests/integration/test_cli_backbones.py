@@ -29,6 +29,8 @@ def test_backbone_commands(tmp_path: Path) -> None:
     added = run(env, "models", "add-backbone", str(model), "--card", str(write_card(tmp_path)))
     assert added.returncode == 0, added.stderr
     assert "added backbone tiny-test" in added.stdout and "licence: CC0-1.0 (built by the test)" in added.stdout
+    # an empty gallery has no impostor pairs to map the visitor thresholds on: said so
+    assert "visitors: no gallery crops to map the visitor thresholds on; visitors pause under this backbone" in added.stdout
 
     listing = run(env, "models", "list")
     assert listing.returncode == 0, listing.stderr
@@ -38,7 +40,7 @@ def test_backbone_commands(tmp_path: Path) -> None:
 
     switched = run(env, "models", "use-backbone", "tiny-test")
     assert switched.returncode == 0, switched.stderr
-    assert "backbone in service: tiny-test (was dlib-resnet-v1); 0 templates re-embedded" in switched.stdout
+    assert "backbone in service: tiny-test (was dlib-resnet-v1); 0 templates and 0 unknown faces re-embedded" in switched.stdout
     listing = run(env, "models", "list")
     assert "backbone in service: tiny-test (weights: CC0-1.0 (built by the test))" in listing.stdout
     table = run(env, "models", "backbones").stdout
