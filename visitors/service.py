@@ -75,15 +75,8 @@ class Visitors:
         how = "snapshot"
         if replica is None:
             how = "Redis records"
-            replica = VisitorReplica(self.config)
             position = self.store.log.last_id()  # records read after this id include it; replay is idempotent
-            ids, feats, vids, good, _ = self.store.load_all()
-            replica.load_bulk(ids, feats, vids, good)
-            for row in self.store.records(self.store.visitor_ids()):
-                if row.get("person"):
-                    replica.persons[row["id"]] = row["person"]
-                if row.get("manual") == "1":
-                    replica.manual.add(row["id"])
+            replica = self._bootstrap_records()
             replica.position = position
         applied = self._catch_up(replica)
         log.info("visitor replica from %s + %d event(s): %d faces, %d visitors in %.2f s", how, applied,
@@ -198,6 +191,7 @@ class Visitors:
             total += applied
 
     def _bootstrap_records(self) -> VisitorReplica:
+        """A replica of every stored face, visitor name and manual mark, read from Redis."""
         replica = VisitorReplica(self.config)
         ids, feats, vids, good, _ = self.store.load_all()
         replica.load_bulk(ids, feats, vids, good)
