@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -93,17 +94,20 @@ class Client:
         from faec_rec.cluster.sentinel import redis_from_url  # redis:// and redis+sentinel://
 
         self.redis = redis_from_url(settings.redis_url)
-        self._app: Celery | None = None
-        self._gallery: Any = None
+        # built on first use and shared by every as_actor() copy (a dict, so a shallow copy
+        # shares it): a copy that built its own Celery app would leak one per web request
+        self._lazy: dict[str, Any] = {}
+        self._lazy_lock = threading.Lock()
 
     # ---- plumbing -------------------------------------------------------------
     @property
     def app(self) -> "Celery":
-        if self._app is None:
-            from faec_rec.workers.app import make_app
+        with self._lazy_lock:
+            if "app" not in self._lazy:
+                from faec_rec.workers.app import make_app
 
-            self._app = make_app(self.settings)
-        return self._app
+                self._lazy["app"] = make_app(self.settings)
+            return self._lazy["app"]
 
     def _send(self, task: str, payload: dict[str, Any]) -> None:
         from faec_rec.workers.app import ROUTES
@@ -143,8 +147,8 @@ class Client:
 
     def close(self) -> None:
         self.redis.close()
-        if self._app is not None:
-            self._app.close()
+        if "app" in self._lazy:
+            self._lazy["app"].close()
 
     def __enter__(self) -> Client:
         return self
@@ -647,11 +651,12 @@ class Client:
     @property
     def gallery(self) -> Any:
         """The gallery (Redis source of truth) for listing and editing people."""
-        if self._gallery is None:
-            from faec_rec.index.gallery import Gallery
+        with self._lazy_lock:
+            if "gallery" not in self._lazy:
+                from faec_rec.index.gallery import Gallery
 
-            self._gallery = Gallery(self.redis, self.keys, self.settings.gallery, self.settings.data_dir)
-        return self._gallery
+                self._lazy["gallery"] = Gallery(self.redis, self.keys, self.settings.gallery, self.settings.data_dir)
+            return self._lazy["gallery"]
 
     def people(self) -> list[Any]:
         """Every enrolled person (id, name, templates...)."""
