@@ -188,16 +188,13 @@ class Client:
         returns once the last part is queued, and ``timeout`` bounds each wait.
         """
         from faec_rec.workers.app import TASK_ENROL
-        from faec_rec.workers.enrolment import EnrolRequest, ImageRef, stored_report
+        from faec_rec.workers.enrolment import stored_report
 
         if not images:
             raise ValueError("enrol needs at least one image")
         if window < 1:
             raise ValueError(f"enrol upload window must be at least 1, not {window}")
-        if name is not None:
-            from faec_rec.index.store import clean_name
-
-            name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
+        name = _enrol_name(name)
         request_id = request_id or _new_id()
         parts = [list(range(at, min(at + window, len(images)))) for at in range(0, len(images), window)]
         part_ids = [request_id] if len(parts) == 1 else [_part_id(request_id, k) for k in range(1, len(parts) + 1)]
@@ -217,20 +214,19 @@ class Client:
 
         names: list[str] = []
         sent = 0
+
+        def wait_for_room() -> None:  # before each upload: at most ``window`` of this call in Redis
+            nonlocal sent
+            self._wait_for_window(done, sent, window, timeout, f"enrolment {request_id}", "enrol")
+            sent += 1
+
         for part, part_id in zip(parts, part_ids):
             if stored_report(self.redis, self.keys, part_id) is None:  # a retried call skips parts done
-                refs = []
-                for i in part:
-                    self._wait_for_window(done, sent, window, timeout, f"enrolment {request_id}", "enrol")
-                    upload_id, display = self.upload(images[i])
-                    refs.append(ImageRef(name=image_names[i] if image_names else display, key=upload_id))
-                    sent += 1
-                request = EnrolRequest(request_id=part_id, images=tuple(refs), name=name, person_id=person_id,
-                                       metadata=metadata)
-                payload = request.to_json()
-                EnrolRequest.from_json(payload)  # refuse a bad request here, not on the worker
-                self._send(TASK_ENROL, payload)
-                names += [r.name for r in refs]
+                request = self._enrol_request(name, [images[i] for i in part], person_id, metadata, part_id,
+                                              [image_names[i] for i in part] if image_names else None,
+                                              before_upload=wait_for_room)
+                self._send(TASK_ENROL, request.to_json())
+                names += [r.name for r in request.images]
             else:
                 sent += len(part)
             queued.append(part_id)
@@ -286,18 +282,19 @@ class Client:
 
     def _enrol_request(self, name: str | None, images: Sequence[ImageInput], person_id: str | None,
                        metadata: dict[str, Any] | None, request_id: str | None,
-                       image_names: Sequence[str] | None) -> "EnrolRequest":
-        """Check the name, upload the images, and build a checked :class:`EnrolRequest`."""
+                       image_names: Sequence[str] | None,
+                       before_upload: Callable[[], None] | None = None) -> "EnrolRequest":
+        """Check the name, upload the images (``before_upload()`` before each: the upload
+        window) and build a checked :class:`EnrolRequest`."""
         from faec_rec.workers.enrolment import EnrolRequest, ImageRef
 
         if not images:
             raise ValueError("enrol needs at least one image")
-        if name is not None:
-            from faec_rec.index.store import clean_name
-
-            name = clean_name(name)  # the CLI's rules: refuse here, not on the worker
+        name = _enrol_name(name)
         refs = []
         for i, image in enumerate(images):
+            if before_upload is not None:
+                before_upload()
             upload_id, display = self.upload(image)
             refs.append(ImageRef(name=image_names[i] if image_names else display, key=upload_id))
         request = EnrolRequest(request_id=request_id or _new_id(), images=tuple(refs), name=name,
@@ -1075,6 +1072,15 @@ class Client:
         from faec_rec.cluster.retention import sweep
 
         return sweep(self.redis, self.keys, self.settings, now=now)
+
+
+def _enrol_name(name: str | None) -> str | None:
+    """A person's name checked by the CLI's rules (refused here, not on the worker)."""
+    if name is None:
+        return None
+    from faec_rec.index.store import clean_name
+
+    return clean_name(name)
 
 
 def _part_id(request_id: str, part: int) -> str:
