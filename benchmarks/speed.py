@@ -25,6 +25,10 @@ Prints ONE line of JSON:
   separate process so its memory is its own; present where ``dlib`` is importable;
 - ``ratio_*``: dlib time / our time (or our faces/s / dlib faces/s): how many times faster
   ours is;
+- ``embed_runtime`` ("litert" or "tensorflow": what runs the default configuration) and
+  ``*_tensorflow``: the default configuration on the frozen TensorFlow graph, side by side;
+- ``threads``: inference threads of this process (``--threads``, default 1: what one worker
+  process of the default prefork pool uses; the embedded default uses every core);
 - ``machine`` (cpu model, cores) and ``date``.
 
 ``--embed-variants`` instead times one network pass per face (no mirror averaging) for each
@@ -33,7 +37,8 @@ the untuned start), ``eager`` (``model(x)``), ``graph_unfolded`` (compiled funct
 separate layers), ``graph`` (compiled function, affine folded into the convs: the default),
 ``graph_xla`` (the same with ``jit_compile``), ``graph_bf16`` (bfloat16 precision), and
 what the engine runs, ``Embedder.features`` with the mirror average (two passes per face):
-``embedder_flip`` and ``embedder_flip_bf16``. Keys ``<variant>_ms_per_face_b1`` / ``_b32``
+``embedder_flip`` (float32: LiteRT), ``embedder_flip_bf16`` and ``embedder_flip_tensorflow``
+(float32 on the frozen TensorFlow graph). Keys ``<variant>_ms_per_face_b1`` / ``_b32``
 (wall time) and ``<variant>_cpu_ms_per_face_b1`` / ``_b32`` (CPU time of all threads, less
 disturbed by other load), each the minimum over interleaved rounds.
 
@@ -178,10 +183,14 @@ def bench_ours(frames_small: list[np.ndarray], frames_big: list[np.ndarray], pho
     singles = [batch[i : i + 1] for i in range(16)]
     # the engine's own embedder first: peak memory is then what one worker process holds
     out["embed_precision"] = engine.embedder.precision
-    variants = (("", engine.embedder), ("_noflip", None), ("_float32", None))
+    out["embed_runtime"] = engine.embedder.runtime
+    variants = (("", engine.embedder), ("_noflip", None), ("_float32", None), ("_tensorflow", None))
     for suffix, embedder in variants:
         if embedder is None:
-            embedder = Embedder(flip_average=False) if suffix == "_noflip" else Embedder(precision="float32")
+            embedder = {"_noflip": lambda: Embedder(flip_average=False),
+                        "_float32": lambda: Embedder(precision="float32"),
+                        # the frozen TensorFlow graph, side by side with the default runtime
+                        "_tensorflow": lambda: Embedder(runtime="tensorflow")}[suffix]()
         embedder.features(singles[0])  # load and trace outside the CPU clock
         cpu_start = time.process_time()
         out[f"embed_ms_per_face_b1{suffix}"] = median_ms(embedder.features, singles, rounds=2)
@@ -307,6 +316,7 @@ def bench_embed_variants(rounds: int = 5) -> dict[str, Any]:
         # what the engine runs: Embedder.features, with the mirror average (two passes)
         "embedder_flip": embedder(flip_average=True, precision="float32"),
         "embedder_flip_bf16": embedder(flip_average=True, precision="bfloat16"),
+        "embedder_flip_tensorflow": embedder(flip_average=True, precision="float32", runtime="tensorflow"),
     }
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, size=(32, 150, 150, 3)).astype(np.float32)
@@ -336,8 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data/faces folder")
     parser.add_argument("--no-dlib", action="store_true", help="skip dlib's pipeline")
     parser.add_argument("--embed-variants", action="store_true", help="only time the ways of running the backbone")
+    parser.add_argument("--threads", type=int, default=1, help="inference threads (1: a worker process; 0: the runtimes' defaults)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from faec_rec.faces import runtime
+
+    runtime.set_threads(args.threads)  # before TensorFlow or any interpreter starts
     if args.embed_variants:
         result = {k: round(v, 3) for k, v in bench_embed_variants().items()}
         result["machine"] = machine()
@@ -353,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(theirs)
         result.update(ratios(result, theirs))
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    result["threads"] = args.threads
     result["machine"] = machine()
     result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     print(json.dumps(result))

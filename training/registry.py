@@ -351,4 +351,7 @@ def load_projector(version: str, *, settings: "Settings", redis: "redis_lib.Redi
 
     Raises ModelError for an unknown version, a missing or tampered file.
     """
+    from faec_rec.faces import runtime as face_runtime
+
+    face_runtime.tensorflow()  # the process's thread limit, before Keras runs TensorFlow's first op
     return ModelRegistry.from_settings(settings, redis).load(version)

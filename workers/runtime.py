@@ -49,21 +49,13 @@ def load_projector(version: str, settings: Settings, redis: "redis_lib.Redis") -
 
 
 def limit_tf_threads(threads: int) -> None:
-    """Cap TensorFlow's intra- and inter-op threads of this process (0: leave the default).
+    """Cap this process's inference threads (TensorFlow intra- and inter-op, LiteRT
+    interpreters; 0: leave the defaults). With one worker process per core, one thread each
+    avoids processes fighting over cores (and idle threads spinning). Imports no TensorFlow:
+    the limit applies when it is first imported (:func:`faec_rec.faces.runtime.tensorflow`)."""
+    from faec_rec.faces import runtime as face_runtime
 
-    Must run before TensorFlow executes its first op; later it is a no-op
-    (logged). With one worker process per core, one thread each avoids
-    processes fighting over cores (and idle threads spinning).
-    """
-    if threads <= 0:
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        log.debug("TensorFlow already initialised in this process; thread limit %d not applied", threads)
+    face_runtime.set_threads(threads)
 
 
 @dataclass

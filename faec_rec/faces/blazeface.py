@@ -25,7 +25,6 @@ import hashlib
 import logging
 import struct
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +176,10 @@ class BlazeFaceModel:
     def _model_template(self) -> tuple[bytes, list[tuple[int, int]]]:
         """The model bytes and, for each up-sampling op, (byte offset of its size pair, its stride)."""
         content = read_model_file(self.spec)
-        from tensorflow.lite.tools import flatbuffer_utils  # heavy: only when a detector is first used
+        try:  # LiteRT's copy: no TensorFlow import
+            from ai_edge_litert.tools import flatbuffer_utils
+        except ImportError:  # pragma: no cover - a broken install without LiteRT
+            from tensorflow.lite.tools import flatbuffer_utils
 
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
         graph = model.subgraphs[0]
@@ -213,17 +215,13 @@ class BlazeFaceModel:
         content = bytearray(blob)
         for offset, stride in patches:
             struct.pack_into("<2i", content, offset, height // stride, width // stride)
-        import tensorflow as tf  # heavy: imported only when a detector is first used
+        from faec_rec.faces.runtime import lite_interpreter
 
-        with warnings.catch_warnings():
-            # TF 2.21 warns that tf.lite.Interpreter moves to the ai_edge_litert package; it
-            # still works here, and TF is loaded anyway for the backbone: no extra dependency.
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            with quieted():  # TFLite prints "Created TensorFlow Lite XNNPACK delegate" to fd 2
-                interpreter = tf.lite.Interpreter(model_content=bytes(content), num_threads=self.num_threads)
-                tensor = interpreter.get_input_details()[0]["index"]
-                interpreter.resize_tensor_input(tensor, [1, height, width, 3])
-                interpreter.allocate_tensors()
+        interpreter = lite_interpreter(model_content=bytes(content), num_threads=self.num_threads)
+        tensor = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(tensor, [1, height, width, 3])
+        with quieted():  # XNNPACK's delegate line goes to fd 2
+            interpreter.allocate_tensors()
         outputs = sorted(interpreter.get_output_details(), key=lambda d: -int(d["shape"][-1]))
         anchors = grid_anchors(height, width, self.spec.stride)
         if int(outputs[0]["shape"][1]) != len(anchors):

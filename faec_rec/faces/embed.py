@@ -2,9 +2,10 @@
 
 ``Embedder.features`` gives raw 128-d backbone descriptors on dlib's scale (what the gallery
 stores); ``Embedder.embed`` gives them L2-normalised (what cosine comparisons use). The model
-is loaded lazily, once per instance and thread-safely, and run through one compiled
-TensorFlow function with its weights frozen into constants (:mod:`faec_rec.faces.runtime`;
-``model.predict`` costs ~80 ms of overhead per call at batch 1).
+is loaded lazily, once per instance and thread-safely, and run either by LiteRT (float32, the
+default on CPUs without native bfloat16) or as one compiled TensorFlow function with its
+weights frozen into constants (:mod:`faec_rec.faces.runtime`; ``model.predict`` costs ~80 ms
+of overhead per call at batch 1). Both are converted from the Keras model once and cached.
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ class Embedder:
         flip_average: bool | None = None,
         batch_size: int | None = None,
         precision: str | None = None,
+        runtime: str | None = None,
     ) -> None:
         config = config or FacesConfig()
         self.flip_average = config.flip_average if flip_average is None else bool(flip_average)
@@ -87,6 +89,13 @@ class Embedder:
         if wanted not in (AUTO, *PRECISIONS):
             raise VectorError(f"precision must be one of {', '.join((AUTO, *PRECISIONS))}, got {wanted!r}")
         self.precision = resolve_precision(wanted)  # "auto" resolved for this CPU
+        runner = config.runtime if runtime is None else runtime
+        if runner not in ("auto", "litert", "tensorflow"):
+            raise VectorError(f"runtime must be one of auto, litert, tensorflow, got {runner!r}")
+        if runner == "litert" and self.precision != "float32":
+            raise VectorError(f"runtime 'litert' runs float32 only; precision is {self.precision!r}")
+        # "auto": LiteRT wherever the arithmetic is float32 (see faces/runtime.py)
+        self.runtime = "litert" if runner == "litert" or (runner == "auto" and self.precision == "float32") else "tensorflow"
         self.cache_dir = cache_dir
         self._lock = threading.RLock()  # _ensure_loaded holds it while .model takes it again
         self._model: Any = None
@@ -102,36 +111,41 @@ class Embedder:
                     self._model = with_precision(load_backbone(self.cache_dir), self.precision)
         return self._model
 
-    def _graph_cache(self) -> Path | None:
-        """Where the frozen graph of this configuration is cached (None if the source is missing)."""
+    def _cache(self, name: str) -> Path | None:
+        """Where this configuration's converted model is cached: ``name`` "graph" (the frozen
+        TensorFlow graph) or "lite" (the LiteRT model); None if the dlib source is missing."""
         from faec_rec.faces import dlib_format
         from faec_rec.faces.backbone import default_cache_dir
-        from faec_rec.faces.runtime import graph_cache_path
+        from faec_rec.faces.runtime import graph_cache_path, lite_cache_path
         from faec_rec.files import sha256_file
 
         source = dlib_format.default_model_path()
         if not source.is_file():
             return None
         cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        if name == "lite":
+            return lite_cache_path(cache_dir, sha256_file(source), self.flip_average)
         return graph_cache_path(cache_dir, sha256_file(source), self.precision, self.flip_average)
 
     def _ensure_loaded(self) -> None:
         if self._run is not None:
             return
-        from faec_rec.faces.runtime import frozen_call, load_frozen, save_frozen
+        from faec_rec.faces import runtime
 
-        # One thread loads (the cached graph, else the Keras model); the others wait for it.
+        # One thread loads (a cached model, else the Keras model); the others wait for it.
         with self._lock:
             if self._run is not None:
                 return
-            cache = self._graph_cache()
-            run_cached = load_frozen(cache) if cache is not None else None  # cold start: no Keras at all
+            lite = self._cache("lite") if self.runtime == "litert" else None
+            run_cached = runtime.load_lite(lite) if lite is not None else None  # cold start: no TensorFlow
+            if run_cached is None and self.runtime == "tensorflow":
+                graph = self._cache("graph")
+                run_cached = runtime.load_frozen(graph) if graph is not None else None  # no Keras
             if run_cached is not None:
                 self._run = run_cached
                 return
+            tf = runtime.tensorflow()
             model = self.model
-            import tensorflow as tf
-
             # uint8 in, cast inside the graph: a quarter of the bytes to hand over per call
             spec = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)
 
@@ -149,9 +163,16 @@ class Embedder:
                 def run(chips: Any) -> Any:
                     return model(tf.cast(chips, tf.float32), training=False)
 
-            self._run = frozen_call(run, spec)  # variables as constants: see faces/runtime.py
-            if cache is not None:
-                save_frozen(self._run, cache)
+            frozen = runtime.frozen_call(run, spec)  # variables as constants: see faces/runtime.py
+            if self.runtime == "litert":
+                converted = runtime.convert_lite(run, spec, lite, frozen)
+                if converted is not None:
+                    self._run = converted
+                    return
+            self._run = frozen
+            graph = self._cache("graph") if self.runtime == "tensorflow" else None
+            if graph is not None:
+                runtime.save_frozen(frozen, graph)
 
     def features(self, crops: np.ndarray) -> np.ndarray:
         """Raw backbone descriptors.

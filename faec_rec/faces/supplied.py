@@ -32,13 +32,9 @@ class _TFLiteModel:
 
     def __init__(self, blob: bytes, what: str) -> None:
         try:
-            import warnings
+            from faec_rec.faces.runtime import lite_interpreter
 
-            import tensorflow as tf
-
-            with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": still TF 2.21's interpreter
-                warnings.simplefilter("ignore", UserWarning)
-                self._interp = tf.lite.Interpreter(model_content=blob, num_threads=1)
+            self._interp = lite_interpreter(model_content=blob, num_threads=1)
             self._interp.allocate_tensors()
         except Exception as exc:  # noqa: BLE001 - TFLite raises ValueError/RuntimeError for bad bytes
             raise ModelError(f"{what} does not load as a TFLite model: {exc}") from exc

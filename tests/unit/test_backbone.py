@@ -307,23 +307,28 @@ def test_embedder_loads_model_once_across_threads(cache_dir: Path, chips: np.nda
 
     from faec_rec.faces import runtime as runtime_module
 
-    # Either the Keras model or its cached frozen graph is loaded: once in all, whichever.
+    # Either the Keras model or a cached converted model (LiteRT or the frozen graph) is loaded: once in all.
     calls = []
     real_load = embed_module.load_backbone
     real_frozen = runtime_module.load_frozen
+    real_lite = runtime_module.load_lite
 
     def counting_load(*args, **kwargs):
         calls.append(threading.get_ident())
         return real_load(*args, **kwargs)
 
-    def counting_frozen(*args, **kwargs):
-        found = real_frozen(*args, **kwargs)
-        if found is not None:
-            calls.append(threading.get_ident())
-        return found
+    def counting(real):
+        def load(*args, **kwargs):
+            found = real(*args, **kwargs)
+            if found is not None:
+                calls.append(threading.get_ident())
+            return found
+
+        return load
 
     monkeypatch.setattr(embed_module, "load_backbone", counting_load)
-    monkeypatch.setattr(runtime_module, "load_frozen", counting_frozen)
+    monkeypatch.setattr(runtime_module, "load_frozen", counting(real_frozen))
+    monkeypatch.setattr(runtime_module, "load_lite", counting(real_lite))
     e = Embedder(cache_dir=cache_dir, flip_average=False)
     results: list[np.ndarray] = []
     barrier = threading.Barrier(4)
