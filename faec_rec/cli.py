@@ -646,13 +646,17 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_reports(records: Iterable[dict[str, Any]], json_path: Path, html_path: Path | None, *,
+def write_reports(records: Iterable[dict[str, Any]] | Any, json_path: Path, html_path: Path | None, *,
                   source: str, skipped: Sequence[Path] = ()) -> dict[str, Any]:
-    """Build the report from worker records and write it as JSON (and HTML)."""
+    """Build the report from worker records (or a :class:`~faec_rec.report.ReportSpool` of
+    them) and write it as JSON (and HTML), streamed record by record."""
     from faec_rec import report as rp
 
-    report = rp.build_report(records, source=source,
-                             skipped=[{"path": str(p), "reason": "not an image (by file suffix)"} for p in skipped])
+    skipped_entries = [{"path": str(p), "reason": "not an image (by file suffix)"} for p in skipped]
+    if isinstance(records, rp.ReportSpool):
+        report = records.report(source=source, skipped=skipped_entries)
+    else:
+        report = rp.build_report(records, source=source, skipped=skipped_entries)
     rp.write_json(report, json_path)
     if html_path is not None:
         with _progress(len(report["images"]), "drawing report") as bar:
@@ -721,8 +725,19 @@ def _identify_and_report(state: State, images: Iterable[Path], others: Sequence[
                          report_path: Path, html_path: Path | None, timeout_s: float,
                          backend: Any = None) -> ExitCode:
     """Identify ``images`` (a list, or a lazy walk that fills ``others`` as it goes) and
-    write the report; records are kept (the report lists every image), paths are not."""
-    records: list[dict[str, Any]] = []
+    write the report; records are spooled to a temporary file beside the report (the
+    report lists every image; memory holds a path and an offset per image), paths are not kept."""
+    from faec_rec.report import ReportSpool
+
+    records = ReportSpool(report_path.resolve().parent)  # check_outputs made sure it is writable
+    try:
+        return _identify_into(state, images, others, source, report_path, html_path, timeout_s, backend, records)
+    finally:
+        records.close()
+
+
+def _identify_into(state: State, images: Iterable[Path], others: Sequence[Path], source: Path, report_path: Path,
+                   html_path: Path | None, timeout_s: float, backend: Any, records: Any) -> ExitCode:
     failure: BackendUnavailable | None = None
     total = len(images) if isinstance(images, Sized) else None  # a walk: the bar counts without a total
     with contextlib.ExitStack() as stack:
@@ -733,7 +748,7 @@ def _identify_and_report(state: State, images: Iterable[Path], others: Sequence[
         bar = stack.enter_context(_progress(total, "identifying"))
         try:
             identify_images(backend, _client(backend), images, timeout_s=timeout_s,
-                            on_result=lambda rec: (records.append(rec), bar.update()))
+                            on_result=lambda rec: (records.add(rec), bar.update()))
         except BackendUnavailable as exc:
             failure = exc
     for other in others:

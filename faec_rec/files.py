@@ -1,12 +1,14 @@
 """Small file and process helpers shared across the project."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +37,29 @@ def private_dir(directory: Path, *, tighten: bool = True) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so a reader never sees half a file.
+    """Write ``data`` to ``path`` so a reader never sees half a file (see :func:`atomic_writer`)."""
+    with atomic_writer(path, fsync=fsync, mode=mode) as fh:
+        fh.write(data)
 
-    Writes a uniquely named temporary file in the same folder (created with the
-    umask's usual permissions, not mkstemp's 0600, unless ``mode`` is given),
-    optionally fsyncs it, then renames it over ``path``; the temporary file is
-    removed on any failure.
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, fsync: bool = False, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into, piece by piece; a reader never
+    sees half a file.
+
+    Writes a uniquely named temporary file in the same folder (created with the umask's
+    usual permissions, not mkstemp's 0600, unless ``mode`` is given), optionally fsyncs it,
+    then renames it over ``path`` when the block ends; the temporary file is removed on
+    any failure (``path`` keeps its old content).
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         if mode is not None:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
         with open(tmp, "wb" if mode is not None else "xb") as fh:
-            fh.write(data)
+            yield fh
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())

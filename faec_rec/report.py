@@ -13,6 +13,10 @@ with a few lines of inline JavaScript. It needs no network and no other file.
 Building the report is pure (records in, dict out); reading pixels for the
 thumbnails goes through a ``loader`` the caller passes (the face engine's
 ``load_image`` by default), so boxes are drawn on the same pixels the engine saw.
+
+A folder job spools its records to a temporary file as they arrive (:class:`ReportSpool`),
+and both files are written piece by piece, so a report of 100,000 images holds only each
+record's path and offset in memory, not the records.
 """
 from __future__ import annotations
 
@@ -22,15 +26,16 @@ import html
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from faec_rec.files import atomic_write_bytes, display_name, is_clean_name, name_bytes
+from faec_rec.files import atomic_writer, display_name, is_clean_name, name_bytes
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +135,52 @@ def image_status(image: Mapping[str, Any]) -> ImageStatus:
     return ImageStatus.KNOWN
 
 
-def summarise(images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+class Summary:
+    """The report's counts, added one normalised image record at a time."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.faces = 0
+        self.statuses: Counter[str] = Counter()
+        self.people: Counter[str] = Counter()
+        self.visitors: Counter[str] = Counter()
+        self.versions: set[str] = set()
+
+    def add(self, image: Mapping[str, Any]) -> None:
+        self.images += 1
+        self.statuses[image_status(image).value] += 1
+        self.faces += len(image["faces"])
+        self.people.update(f["person"] for f in image["faces"] if f["decision"] == Decision.KNOWN.value)
+        self.visitors.update(f["visitor"] for f in image["faces"] if f.get("visitor"))
+        if image.get("model_version"):
+            self.versions.add(image["model_version"])
+
+    def as_dict(self) -> dict[str, Any]:
+        known = sum(self.people.values())
+        return {
+            "images": self.images,
+            "errors": self.statuses.get(ImageStatus.ERROR.value, 0),
+            "faces": self.faces,
+            "known": known,
+            "unknown": self.faces - known,
+            "by_status": {s.value: self.statuses.get(s.value, 0) for s in ImageStatus},
+            "people": dict(sorted(self.people.items())),
+            "visitors": dict(sorted(self.visitors.items())),
+        }
+
+    def model_version(self) -> str | list[str] | None:
+        """The one model version every record names, the sorted list when several, else None."""
+        versions = sorted(self.versions)
+        return versions[0] if len(versions) == 1 else (versions or None)
+
+
+def summarise(images: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts over normalised image records: images, errors, faces, known, unknown,
     images per status, and how many faces each named person got."""
-    statuses = Counter(image_status(i).value for i in images)
-    faces = [f for i in images for f in i["faces"]]
-    people = Counter(f["person"] for f in faces if f["decision"] == Decision.KNOWN.value)
-    return {
-        "images": len(images),
-        "errors": statuses.get(ImageStatus.ERROR.value, 0),
-        "faces": len(faces),
-        "known": sum(people.values()),
-        "unknown": len(faces) - sum(people.values()),
-        "by_status": {s.value: statuses.get(s.value, 0) for s in ImageStatus},
-        "people": dict(sorted(people.items())),
-        "visitors": dict(sorted(Counter(f["visitor"] for f in faces if f.get("visitor")).items())),
-    }
+    summary = Summary()
+    for image in images:
+        summary.add(image)
+    return summary.as_dict()
 
 
 def build_report(
@@ -162,22 +197,112 @@ def build_report(
     ``skipped`` lists files that were not sent at all (``{"path", "reason"}``).
     """
     images = sorted((normalise_image(r) for r in records), key=lambda i: i["path"])
-    versions = sorted({i["model_version"] for i in images if i.get("model_version")})
+    summary = Summary()
+    for image in images:
+        summary.add(image)
+    return _report(images, summary, source=source, skipped=skipped, created=created)
+
+
+def _report(images: Iterable[Mapping[str, Any]], summary: Summary, *, source: str | None,
+            skipped: Iterable[Mapping[str, str]], created: dt.datetime | None) -> dict[str, Any]:
     return {
         "format": REPORT_FORMAT,
         "created": (created or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds"),
         "source": source,
-        "model_version": versions[0] if len(versions) == 1 else (versions or None),
-        "summary": summarise(images),
+        "model_version": summary.model_version(),
+        "summary": summary.as_dict(),
         "images": images,
         "skipped": [{**dict(s), **path_fields(str(s.get("path", "")))} for s in skipped],
     }
 
 
+class _SpooledImages:
+    """The spool's records in path order, read back one at a time on every iteration."""
+
+    def __init__(self, spool: "ReportSpool") -> None:
+        self._spool = spool
+
+    def __len__(self) -> int:
+        return len(self._spool)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._spool.images()
+
+
+class ReportSpool:
+    """Image records kept in a temporary file as they arrive, for reports of any size.
+
+    :meth:`add` normalises a worker record, appends it to the spool file and updates the
+    counts; memory holds only (path, offset, length) per image (~150 bytes; the records
+    themselves were ~1.8 KB each). :meth:`report` gives the report dict whose ``images``
+    reads the spool back in path order, each time it is iterated: :func:`write_json` and
+    :func:`write_html` stream it. Use as a context manager (the spool file is removed).
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._file = tempfile.TemporaryFile(prefix="faec-report-", dir=directory)
+        self._index: list[tuple[str, int, int]] = []
+        self._end = 0
+        self.summary = Summary()
+
+    def __enter__(self) -> "ReportSpool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Spool one worker record; returns it normalised."""
+        image = normalise_image(record)
+        blob = json.dumps(image, ensure_ascii=False).encode("utf-8")
+        self._file.seek(self._end)
+        self._file.write(blob)
+        self._index.append((image["path"], self._end, len(blob)))
+        self._end += len(blob)
+        self.summary.add(image)
+        return image
+
+    def images(self) -> Iterator[dict[str, Any]]:
+        """The spooled records in path order (ties in arrival order)."""
+        self._file.flush()
+        for _path, offset, length in sorted(self._index):
+            self._file.seek(offset)
+            yield json.loads(self._file.read(length))
+
+    def report(self, *, source: str | None = None, skipped: Iterable[Mapping[str, str]] = (),
+               created: dt.datetime | None = None) -> dict[str, Any]:
+        """The report, as :func:`build_report` gives it, with ``images`` read from the spool."""
+        return _report(_SpooledImages(self), self.summary, source=source, skipped=skipped, created=created)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _json_chunks(report: Mapping[str, Any]) -> Iterator[str]:
+    """``json.dumps(report, indent=2)`` in pieces: one piece per image record."""
+    yield "{"
+    for n, (key, value) in enumerate(report.items()):
+        yield ("," if n else "") + "\n  " + json.dumps(key) + ": "
+        if key != "images":
+            yield json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            continue
+        empty = True
+        for i, image in enumerate(value):
+            empty = False
+            yield ("[" if i == 0 else ",") + "\n    " + json.dumps(image, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        yield "[]" if empty else "\n  ]"
+    yield "\n}\n"
+
+
 def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write the report as indented UTF-8 JSON; returns the path."""
+    """Write the report as indented UTF-8 JSON, streamed record by record; returns the path."""
     out = Path(path)
-    atomic_write_bytes(out, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    with atomic_writer(out) as fh:
+        for piece in _json_chunks(report):
+            fh.write(piece.encode("utf-8"))
     return out
 
 
@@ -352,23 +477,20 @@ def render_html(
     None leaves thumbnails out. An image the loader cannot read keeps its card
     without a picture. ``progress`` is called once per image (progress bars).
     """
+    return "".join(html_chunks(report, loader, title=title, max_side=max_side, progress=progress))
+
+
+def html_chunks(
+    report: Mapping[str, Any],
+    loader: Callable[[str], np.ndarray] | None = default_loader,
+    *,
+    title: str = "faec-rec identification report",
+    max_side: int = THUMB_MAX_SIDE,
+    progress: Callable[[], None] | None = None,
+) -> Iterator[str]:
+    """:func:`render_html`'s page in pieces (the head, one card per image, the tail), so a
+    page of many images is written without being held whole."""
     summary = report["summary"]
-    cards = []
-    visitor_crops: dict[str, list[str | None]] = {}
-    for image in report["images"]:
-        picture = None
-        if loader is not None and not image.get("error"):
-            try:
-                pixels = loader(source_path(image))
-                picture = jpeg_data_uri(thumbnail(pixels, image["faces"], max_side))
-                for face in image["faces"]:
-                    if face.get("visitor"):
-                        visitor_crops.setdefault(face["visitor"], []).append(face_crop_uri(pixels, face["box"]))
-            except Exception as exc:  # a thumbnail must never sink the report
-                log.warning("no thumbnail for %s: %s", image["path"], exc)
-        cards.append(_card(image, picture))
-        if progress is not None:
-            progress()
     by_status = summary["by_status"]
     buttons = [("all", f"all ({summary['images']})")] + [
         (s.value, f"{s.value} ({by_status.get(s.value, 0)})") for s in
@@ -384,16 +506,32 @@ def render_html(
     bar = "".join(
         f'<button data-show="{k}"{" class=on" if k == "all" else ""}>{_esc(label)}</button>' for k, label in buttons
     )
-    return (
+    yield (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><div class=\"meta\">{meta}<br>created {_esc(report.get('created', ''))}{source}{version}</div>"
         f"<div class=\"bar\">show: {bar} sort: <select id=\"sort\"><option value=\"path\">path</option>"
         "<option value=\"decision\">decision (strangers first)</option><option value=\"score\">lowest score first</option>"
         f"<option value=\"faces\">most faces first</option></select></div>"
-        f"<div class=\"grid\" id=\"grid\">{''.join(cards)}</div>"
-        f"{_visitor_section(visitor_crops, summary.get('visitors') or {})}<script>{_JS}</script></body></html>\n"
+        "<div class=\"grid\" id=\"grid\">"
     )
+    visitor_crops: dict[str, list[str | None]] = {}
+    for image in report["images"]:
+        picture = None
+        if loader is not None and not image.get("error"):
+            try:
+                pixels = loader(source_path(image))
+                picture = jpeg_data_uri(thumbnail(pixels, image["faces"], max_side))
+                for face in image["faces"]:
+                    shown = visitor_crops.setdefault(face["visitor"], []) if face.get("visitor") else None
+                    if shown is not None and len(shown) < VISITOR_CROPS_SHOWN:  # only what the page shows
+                        shown.append(face_crop_uri(pixels, face["box"]))
+            except Exception as exc:  # a thumbnail must never sink the report
+                log.warning("no thumbnail for %s: %s", image["path"], exc)
+        yield _card(image, picture)
+        if progress is not None:
+            progress()
+    yield f"</div>{_visitor_section(visitor_crops, summary.get('visitors') or {})}<script>{_JS}</script></body></html>\n"
 
 
 def write_html(
@@ -402,7 +540,9 @@ def write_html(
     loader: Callable[[str], np.ndarray] | None = default_loader,
     **kwargs: Any,
 ) -> Path:
-    """Render :func:`render_html` to ``path``; returns the path."""
+    """Write :func:`render_html`'s page to ``path``, piece by piece; returns the path."""
     out = Path(path)
-    atomic_write_bytes(out, render_html(report, loader, **kwargs).encode("utf-8"))
+    with atomic_writer(out) as fh:
+        for piece in html_chunks(report, loader, **kwargs):
+            fh.write(piece.encode("utf-8"))
     return out

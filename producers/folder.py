@@ -99,37 +99,46 @@ def submit_folder(
     sender: TaskSender,
     job_id: str | None = None,
 ) -> FolderJob:
-    """Scan ``root`` and send one identify task per image; returns the job.
+    """Walk ``root`` and send one identify task per image; returns the job.
 
-    The job's ``total`` is written before the first task is sent. A folder with no
-    image still makes a job (total 0) so the caller can report what was skipped.
-    When sending fails part-way, ``total`` is lowered to the tasks actually sent (so
-    the job still completes), ``error`` says so, and :class:`BackendUnavailable` is raised.
+    The folder is walked twice, lazily (first to count, then to send), so a folder of
+    100,000 photos is never listed in memory. The job's ``total`` (the count) is written
+    before the first task is sent; an image that appeared between the two walks raises it
+    before its task is sent, and one that vanished lowers it at the end, so a reader never
+    sees ``done`` above ``total`` and the job always completes. A folder with no image
+    still makes a job (total 0) so the caller can report what was skipped. When sending
+    fails part-way, ``total`` is lowered to the tasks actually sent (so the job still
+    completes), ``error`` says so, and :class:`BackendUnavailable` is raised.
     """
-    scan = scan_folder(root)
+    counted = sum(1 for _ in FolderWalk(root))
+    walk = FolderWalk(root)  # the sending walk; it collects the skipped files once
     job = safe_id(job_id, "job id") if job_id is not None else new_job_id()
     redis.hset(keys.job(job), mapping={
-        "total": len(scan.images),
+        "total": counted,
         "done": 0,
         "errors": 0,
-        "skipped": len(scan.skipped),
-        "root": str(scan.root),
+        "skipped": 0,
+        "root": str(walk.root),
         "created": repr(time.time()),
     })
     sent = 0
     try:
-        for path in scan.images:
-            payload = {"job": job, "path": str(path), "key": None, "name": str(path.relative_to(scan.root))}
+        for path in walk:
+            if sent >= counted:  # new since the count: raise the total before its task exists
+                redis.hincrby(keys.job(job), "total", 1)
+            payload = {"job": job, "path": str(path), "key": None, "name": str(path.relative_to(walk.root))}
             sender.send_task(TASK_IDENTIFY, args=[payload], queue=QUEUE_FRAMES)
             sent += 1
     except Exception as exc:  # the broker went away mid-job: keep the job finishable
-        redis.hset(keys.job(job), mapping={"total": sent, "error": f"only {sent} of {len(scan.images)} tasks sent: {exc}"})
+        redis.hset(keys.job(job), mapping={"total": sent, "skipped": len(walk.skipped),
+                                           "error": f"only {sent} of {max(sent, counted)} tasks sent: {exc}"})
         raise BackendUnavailable(
-            f"job {job}: only {sent} of {len(scan.images)} images were queued ({exc}); "
+            f"job {job}: only {sent} of {max(sent, counted)} images were queued ({exc}); "
             "check the broker and submit the folder again"
         ) from exc
-    log.info("job %s: %d images sent, %d files skipped", job, len(scan.images), len(scan.skipped), extra={"job": job})
-    return FolderJob(job, scan.root, len(scan.images), scan.skipped)
+    redis.hset(keys.job(job), mapping={"total": sent, "skipped": len(walk.skipped)})
+    log.info("job %s: %d images sent, %d files skipped", job, sent, len(walk.skipped), extra={"job": job})
+    return FolderJob(job, walk.root, sent, walk.skipped)
 
 
 def job_progress(redis: Any, keys: Keys, job_id: str) -> dict[str, int]:

@@ -385,6 +385,27 @@ def test_submit_folder_lowers_the_total_when_the_broker_fails(photo_folder, redi
     assert job_progress(redis_client, keys, "job-2")["total"] == 2
 
 
+def test_submit_folder_walks_lazily_and_counts_an_image_added_mid_walk(photo_folder, redis_client, keys) -> None:
+    """The folder is walked (not listed) while tasks go out: a photo that appears in a
+    sub-folder the walk has not reached yet is sent too, and the job's total is raised
+    before its task is sent, so done can never pass total."""
+    totals_at_send: list[int] = []
+
+    class WatchingSender(RecordingSender):
+        def send_task(self, name: str, args: list[Any] | None = None, queue: str | None = None, **kw: Any) -> None:
+            totals_at_send.append(job_progress(redis_client, keys, "job-3")["total"])
+            if not self.calls:  # while a.jpg goes out, a new photo lands in trip/day1/
+                shutil.copy(photo_folder / "a.jpg", photo_folder / "trip" / "day1" / "e.jpg")
+            super().send_task(name, args, queue, **kw)
+
+    sender = WatchingSender()
+    job = submit_folder(photo_folder, redis_client, keys, sender, job_id="job-3")
+    assert [p["name"] for p in sender.payloads()] == ["a.jpg", "trip/B.JPEG", "trip/d.png", "trip/day1/c.jpg", "trip/day1/e.jpg"]
+    assert totals_at_send == [4, 4, 4, 4, 5]  # the fifth task was counted before it was sent
+    assert job.total == 5 and len(job.skipped) == 2
+    assert job_progress(redis_client, keys, "job-3") == {"total": 5, "done": 0, "errors": 0, "skipped": 2}
+
+
 def test_video_source_reads_a_real_file(clip) -> None:
     source = VideoSource(clip, fps=1.0, realtime=False)
     source.open()

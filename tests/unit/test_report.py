@@ -144,3 +144,31 @@ def test_writers_produce_files(tmp_path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(page.stat().st_mode) == 0o666 & ~umask  # shareable like any file, not 0600
+
+
+def test_spooled_report_streams_the_same_files_as_the_built_one(tmp_path: Path) -> None:
+    """A folder job's records go to a spool file as they arrive; the JSON written from it is
+    the report build_report gives (same text), in path order whatever the arrival order."""
+    records = _records()
+    created = rp.dt.datetime(2026, 11, 29, tzinfo=rp.dt.timezone.utc)
+    built = rp.build_report(records, source="/p", skipped=[{"path": "x.txt", "reason": "not an image"}], created=created)
+    with rp.ReportSpool(tmp_path) as spool:
+        for record in reversed(records):
+            spool.add(record)
+        spooled = spool.report(source="/p", skipped=[{"path": "x.txt", "reason": "not an image"}], created=created)
+        assert len(spooled["images"]) == len(records)
+        rp.write_json(spooled, tmp_path / "spooled.json")
+        rp.write_html(spooled, tmp_path / "spooled.html", loader=None)
+        assert list(spooled["images"]) == built["images"]  # re-iterable: read from the spool again
+    rp.write_json(built, tmp_path / "built.json")
+    text = (tmp_path / "spooled.json").read_text("utf-8")
+    assert text == (tmp_path / "built.json").read_text("utf-8")
+    assert text == json.dumps(built, indent=2, ensure_ascii=False) + "\n"
+    assert (tmp_path / "spooled.html").read_text("utf-8") == rp.render_html(built, loader=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built.json", "spooled.html", "spooled.json"]  # no spool left
+
+
+def test_empty_report_is_valid_json(tmp_path: Path) -> None:
+    report = rp.build_report([])
+    rp.write_json(report, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == []
