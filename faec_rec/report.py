@@ -463,21 +463,11 @@ def _card(image: Mapping[str, Any], picture: str | None) -> str:
     return "".join(parts)
 
 
-def render_html(
-    report: Mapping[str, Any],
-    loader: Callable[[str], np.ndarray] | None = default_loader,
-    *,
-    title: str = "faec-rec identification report",
-    max_side: int = THUMB_MAX_SIDE,
-    progress: Callable[[], None] | None = None,
-) -> str:
-    """The report as one self-contained HTML page (no external assets).
-
-    ``loader(path) -> (h, w, 3) uint8 RGB`` reads each image for its thumbnail;
-    None leaves thumbnails out. An image the loader cannot read keeps its card
-    without a picture. ``progress`` is called once per image (progress bars).
-    """
-    return "".join(html_chunks(report, loader, title=title, max_side=max_side, progress=progress))
+def render_html(report: Mapping[str, Any], loader: Callable[[str], np.ndarray] | None = default_loader,
+                **kwargs: Any) -> str:
+    """The report as one self-contained HTML page (no external assets); the keywords are
+    :func:`html_chunks`' (``title``, ``max_side``, ``progress``)."""
+    return "".join(html_chunks(report, loader, **kwargs))
 
 
 def html_chunks(
@@ -488,8 +478,13 @@ def html_chunks(
     max_side: int = THUMB_MAX_SIDE,
     progress: Callable[[], None] | None = None,
 ) -> Iterator[str]:
-    """:func:`render_html`'s page in pieces (the head, one card per image, the tail), so a
-    page of many images is written without being held whole."""
+    """The report's self-contained HTML page (no external assets) in pieces: the head, one
+    card per image, the tail, so a page of many images is written without being held whole.
+
+    ``loader(path) -> (h, w, 3) uint8 RGB`` reads each image for its thumbnail;
+    None leaves thumbnails out. An image the loader cannot read keeps its card
+    without a picture. ``progress`` is called once per image (progress bars).
+    """
     summary = report["summary"]
     by_status = summary["by_status"]
     buttons = [("all", f"all ({summary['images']})")] + [

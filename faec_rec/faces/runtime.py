@@ -31,9 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -126,6 +124,19 @@ def frozen_call(fn: Callable[[Any], Any], input_spec: Any) -> Callable[[np.ndarr
     return run
 
 
+def write_cached(path: Path, blob: bytes, meta: dict[str, Any], what: str) -> None:
+    """Write a converted model ``blob`` to ``path`` and ``meta`` (which holds its sha256) to
+    the ``.json`` beside it, each atomically and fsynced. Best effort: a cache folder that
+    cannot be written only costs the next start its conversion (logged)."""
+    from faec_rec.files import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, blob, fsync=True)
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta).encode(), fsync=True)
+    except OSError as exc:
+        log.warning("could not cache %s at %s (%s)", what, path, exc)
+
+
 # ---- the frozen graph cached on disk (cold start) ---------------------------------------
 # Bump when the function that is frozen changes (input dtype, mirror averaging, outputs).
 GRAPH_FORMAT = 1
@@ -151,16 +162,7 @@ def save_frozen(run: Callable[[np.ndarray], np.ndarray], path: Path) -> None:
     blob = frozen.graph.as_graph_def().SerializeToString()
     meta = {"input": frozen.inputs[0].name, "output": frozen.outputs[0].name,
             "sha256": hashlib.sha256(blob).hexdigest(), "format": GRAPH_FORMAT}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(fh.name, path)
-        path.with_suffix(".json").write_text(json.dumps(meta))
-    except OSError as exc:
-        log.warning("could not cache the frozen backbone graph at %s (%s)", path, exc)
+    write_cached(path, blob, meta, "the frozen backbone graph")
 
 
 def load_frozen(path: Path) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -275,16 +277,7 @@ def convert_lite(fn: Callable[[Any], Any], input_spec: Any, path: Path | None,
         return run
     meta = {"sha256": hashlib.sha256(blob).hexdigest(), "format": LITE_FORMAT, "min_cosine_vs_tensorflow": cosine,
             "converted_with": f"tensorflow {tf.__version__}"}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        path.with_suffix(".json").write_text(json.dumps(meta))
-        os.replace(fh.name, path)
-    except OSError as exc:
-        log.warning("could not cache the LiteRT backbone at %s (%s)", path, exc)
+    write_cached(path, blob, meta, "the LiteRT backbone")
     return run
 
 
