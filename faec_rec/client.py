@@ -545,7 +545,7 @@ class Client:
         if after == "$":
             newest = self.redis.xrevrange(self.keys.events(camera), count=1)
             after = newest[0][0].decode() if newest else "0-0"
-        named: dict[str, str | None] = {}  # visitor -> person name, once per call
+        named: dict[str, tuple[str | None, str | None]] = {}  # visitor -> (person id, name), once per call
         while True:
             batch = read_events(self.redis, self.keys, camera, after=after, count=500,
                                 block_ms=block_ms if follow else None)
@@ -553,17 +553,39 @@ class Client:
                 after = stream_id
                 data = {"id": stream_id, **event.to_json()}
                 if data.get("visitor"):  # a stranger named since resolves to the person
-                    data["visitor_person"] = self._visitor_person(data["visitor"], named)
+                    data["visitor_person"] = self._visitor_owner(data["visitor"], named)[1]
                 yield data
             if not follow and len(batch) < 500:
                 return
 
-    def _visitor_person(self, visitor_id: str, cache: dict[str, str | None]) -> str | None:
+    def _same_visitor(self, wanted: str, event: dict[str, Any], resolved: dict[str, str]) -> bool:
+        """Whether ``event`` names visitor ``wanted``, counting visitors merged since as one."""
+        named = {v for v in (event.get("visitor"), event.get("visitor_id")) if v}
+        if wanted in named:
+            return True
+        if not named:
+            return False
+
+        def now(v: str) -> str:
+            if v not in resolved:
+                try:
+                    resolved[v] = self.visitors_store.resolve(v)
+                except Exception:  # noqa: BLE001 - an id that is not a visitor id matches nothing
+                    resolved[v] = v
+            return resolved[v]
+
+        return now(wanted) in {now(v) for v in named}
+
+    def _visitor_owner(self, visitor_id: str, cache: dict[str, tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
+        """(person id, name) a visitor (or the visitor it was merged into since) was named as;
+        (None, None) for a stranger still unnamed or a forgotten visitor."""
         if visitor_id not in cache:
             try:
-                cache[visitor_id] = self.visitors_store.list_one(visitor_id).get("person")
+                store = self.visitors_store
+                row = store.list_one(store.resolve(visitor_id))
+                cache[visitor_id] = (row.get("person_id"), row.get("person"))
             except Exception:  # noqa: BLE001 - a forgotten visitor resolves to nobody
-                cache[visitor_id] = None
+                cache[visitor_id] = (None, None)
         return cache[visitor_id]
 
     def event_snapshot(self, event: dict[str, Any] | str, part: str = "face") -> bytes | None:
@@ -604,6 +626,8 @@ class Client:
             high = str(int(until * 1000))
         low = "-" if since is None else str(int(since * 1000))
         wanted = person.casefold() if person else None
+        resolved: dict[str, str] = {}  # visitor id -> the visitor it is part of now, once per call
+        owners: dict[str, tuple[str | None, str | None]] = {}  # visitor id -> (person id, name)
         found: list[dict[str, Any]] = []
         scanned = 0
         cursor: str | None = None
@@ -622,8 +646,11 @@ class Client:
                     continue
                 if wanted and wanted not in {str(event.get("person_id") or "").casefold(),
                                              str(event.get("person") or "").casefold()}:
-                    continue
-                if visitor and visitor not in {event.get("visitor"), event.get("visitor_id")}:
+                    # a stranger's event counts once its visitor (or the one it joined) is named
+                    owner = self._visitor_owner(event["visitor"], owners) if event.get("visitor") else ()
+                    if wanted not in {str(x or "").casefold() for x in owner}:
+                        continue
+                if visitor and not self._same_visitor(visitor, event, resolved):
                     continue
                 if types and event.get("type") not in types:
                     continue

@@ -133,6 +133,11 @@ class Keys:
         """Set of every visitor id."""
         return self._k("visitors")
 
+    def visitor_aliases(self) -> str:
+        """Hash: visitor id merged away -> the visitor it was merged into (past events and
+        report entries name the old id; they resolve through this)."""
+        return self._k("visitors", "aliases")
+
     def visitor_counter(self) -> str:
         """Integer: the last visitor number handed out (ids are ``v-<n>``)."""
         return self._k("visitors", "next")

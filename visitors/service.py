@@ -344,6 +344,10 @@ class Visitors:
         if self._replica is not None:
             self.sync()
 
+    def resolve(self, visitor_id: str) -> str:
+        """The visitor a (possibly merged-away) visitor id is part of now (:meth:`VisitorStore.resolve`)."""
+        return self.store.resolve(safe_id(visitor_id, "visitor id"))
+
     def merge(self, visitor_ids: Sequence[str]) -> str:
         """Merge visitors into the first (see :meth:`VisitorStore.merge`); returns its id."""
         out = self.store.merge(visitor_ids)

@@ -228,14 +228,23 @@ class VisitorStore:
         return out
 
     def _queue_move(self, pipe: redis.client.Pipeline, faces: list[str], src: str, dst: str | None) -> None:
-        """Queue moving ``faces`` (all of ``src``'s) to ``dst`` and deleting ``src``."""
+        """Queue moving ``faces`` (all of ``src``'s) to ``dst`` and deleting ``src`` (which
+        then resolves to ``dst``: :meth:`resolve`)."""
         k = self.keys
         for fid in faces:
             pipe.hset(k.unknown_face(fid), "visitor", dst or "")
         if dst is not None and faces:
             pipe.sadd(k.visitor_faces(dst), *faces)
+        if dst is not None:
+            pipe.hset(k.visitor_aliases(), src, dst)
         pipe.delete(k.visitor(src), k.visitor_faces(src))
         pipe.srem(k.visitors(), src)
+
+    def resolve(self, visitor_id: str) -> str:
+        """The visitor ``visitor_id`` is part of now: itself, or the one it was merged into
+        (by hand or by the rule), following later merges. A forgotten visitor resolves to
+        itself or to a visitor that no longer exists."""
+        return _follow(lambda v: _text(self.client.hget(self.keys.visitor_aliases(), v)), visitor_id)
 
     def set_event(self, face_id: str, event_id: str) -> None:
         """Record the recognition event a stored face made (written after publishing)."""
@@ -377,8 +386,13 @@ class VisitorStore:
             emptied = [v for v, fs in by_visitor.items() if pipe.scard(k.visitor_faces(v)) <= len(fs)]
             if drop_visitor is not None and drop_visitor not in emptied:
                 emptied.append(drop_visitor)
+            # a forgotten visitor leaves no trace: the ids merged into it stop resolving to it
+            stale = [] if drop_visitor is None else _aliases_of(
+                {_text(a): _text(b) for a, b in pipe.hgetall(k.visitor_aliases()).items()}, drop_visitor)
             crops[:] = [c for _, _, c in rows if c]
             pipe.multi()
+            if stale:
+                pipe.hdel(k.visitor_aliases(), *stale)
             for fid, vid, _ in rows:
                 pipe.delete(k.unknown_face(fid))
                 if vid:
@@ -388,6 +402,7 @@ class VisitorStore:
             for vid in emptied:
                 pipe.delete(k.visitor(vid), k.visitor_faces(vid))
                 pipe.srem(k.visitors(), vid)
+                pipe.hdel(k.visitor_aliases(), vid)
             if rows:
                 self.log.append(pipe, VisitorEvent(VisitorOp.REMOVE, faces=tuple(r[0] for r in rows)))
             return len(rows)
@@ -538,3 +553,17 @@ class VisitorStore:
 def _id_order(vid: str) -> tuple[int, str]:
     head, _, num = vid.partition("-")
     return (int(num), vid) if head == "v" and num.isdigit() else (1 << 62, vid)
+
+
+def _follow(step: Callable[[str], str | None], visitor_id: str) -> str:
+    """Where a chain of merges took ``visitor_id`` (``step``: the visitor one merge took it to)."""
+    current, seen = visitor_id, {visitor_id}
+    while (nxt := step(current)) and nxt not in seen:
+        current = nxt
+        seen.add(current)
+    return current
+
+
+def _aliases_of(aliases: dict[str, str], visitor_id: str) -> list[str]:
+    """The merged-away ids in ``aliases`` that resolve to ``visitor_id``."""
+    return [old for old in aliases if old != visitor_id and _follow(aliases.get, old) == visitor_id]

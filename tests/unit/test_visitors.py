@@ -319,3 +319,45 @@ def test_workers_apply_retention_as_they_join(redis_client, keys, tmp_path, rng)
     assert vis.store.all_face_ids() == []  # the sweep after the join removed the too-old face
     vis.join(_face("new", feats[1]))
     assert vis.store.all_face_ids() == ["new"] and vis.replica.size == 1
+
+
+def test_a_merged_away_visitor_resolves_to_the_one_it_joined(redis_url, prefix, keys, redis_client, tmp_path, rng):
+    """A stranger's past event names the visitor it was grouped into; that visitor is later
+    merged into another (twice over), which is then named: the event resolves to the person
+    (events, search by visitor and by person). Forgetting the visitor drops those aliases."""
+    import time
+
+    from faec_rec.client import Client
+    from faec_rec.config import load_settings
+    from faec_rec.workers.events import Event, publish_many
+
+    client = Client(settings=load_settings(redis_url=redis_url, prefix=prefix, data_dir=tmp_path))
+    try:
+        store = client.visitors_store
+        feats, _ = people(rng, 3, 3)
+        for i in range(9):
+            store.join(_face(f"f{i}", feats[i]))
+        a, b, c = (store.face(f"f{i}")["visitor"] for i in (0, 3, 6))
+        assert len({a, b, c}) == 3
+        publish_many(redis_client, keys, [Event(type="arrived", camera="gate", decision="unknown", visitor=b,
+                                                captured_at=time.time())], 1000)
+        assert client.merge_visitors([c, b]) == c  # b's faces go into c
+        assert client.merge_visitors([a, c]) == a  # and c's into a: b resolves through two merges
+        assert (store.resolve(a), store.resolve(b), store.resolve(c)) == (a, a, a)
+        assert [e["visitor"] for e in client.search_events(visitor=a)[0]] == [b]
+        assert [e["visitor"] for e in client.search_events(visitor=c)[0]] == [b]
+        assert client.search_events(person="ada")[0] == []
+
+        person = client.gallery.enrol("Ada", feats[:1], sources=["a.jpg"], content_hashes=["h1"], qualities=[0.9])
+        store.mark_named(a, person.person_id)  # what naming the visitor records once its faces are enrolled
+        [past] = [e for e in client.events(camera="gate")]
+        assert (past["visitor"], past["visitor_person"]) == (b, "Ada")
+        assert [e["visitor"] for e in client.search_events(person="ada")[0]] == [b]
+        assert [e["visitor"] for e in client.search_events(person=person.person_id)[0]] == [b]
+
+        client.forget_visitor(a)
+        assert redis_client.hgetall(keys.visitor_aliases()) == {}
+        assert client.search_events(person="ada")[0] == []
+        assert client.search_events(visitor=a)[0] == []
+    finally:
+        client.close()
