@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from faec_rec.keys import Keys
+from faec_rec.workers.events import XADD_BOTH_LUA
 
 log = logging.getLogger(__name__)
 
 COMMITTED, CONFLICT, FORGOTTEN = 1, 0, 2
 
-COMMIT_SCRIPT = """
+COMMIT_SCRIPT = XADD_BOTH_LUA + """
 redis.replicate_commands()  -- TIME before writes (Redis < 7 replicates scripts verbatim otherwise)
 local rev = redis.call('HGET', KEYS[1], 'rev') or ''
 if rev ~= ARGV[1] then return {0} end
@@ -48,8 +49,7 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 local n_events = tonumber(ARGV[i])
 for j = i + 1, i + n_events do
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[j])
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[j])
+  xadd_both(KEYS[6], KEYS[5], ARGV[4], ARGV[j])
   redis.call('PUBLISH', ARGV[5], ARGV[j])
 end
 local t = redis.call('TIME')

@@ -52,6 +52,27 @@ log = logging.getLogger(__name__)
 
 EVENT_FIELD = "event"
 
+# Lua: append one event to the combined stream, then to its camera's stream under the SAME
+# id, so an event has one id whichever stream it is read from (feedback, links, SSE resume
+# take either). Where the camera stream already holds a later id (entries written before
+# this rule, or a clock step back), that entry gets its own id instead.
+XADD_BOTH_LUA = """
+local function xadd_both(combined, camera, maxlen, text)
+  local id = redis.call('XADD', combined, 'MAXLEN', '~', maxlen, '*', 'event', text)
+  local done = redis.pcall('XADD', camera, 'MAXLEN', '~', maxlen, id, 'event', text)
+  if type(done) == 'table' and done.err then
+    redis.call('XADD', camera, 'MAXLEN', '~', maxlen, '*', 'event', text)
+  end
+  return id
+end
+"""
+_PUBLISH_SCRIPT = XADD_BOTH_LUA + """
+for j = 1, #ARGV - 2 do
+  xadd_both(KEYS[1], KEYS[j + 1], ARGV[1], ARGV[j + 2])
+  redis.call('PUBLISH', ARGV[2], ARGV[j + 2])
+end
+"""
+
 
 class EventType(str, Enum):
     """What happened to a person-track (or to a frame, for errors)."""
@@ -164,16 +185,12 @@ def publish(redis: Any, keys: Keys, event: Event, maxlen: int) -> None:
 
 
 def publish_many(redis: Any, keys: Keys, events: Sequence[Event], maxlen: int) -> None:
-    """:func:`publish` for several events in one round trip, in order."""
+    """:func:`publish` for several events in one round trip (one script), in order; each
+    event gets the same id in its camera's stream and in the combined one."""
     if not events:
         return
-    pipe = redis.pipeline(transaction=False)
-    for event in events:
-        text = event.dumps()
-        pipe.xadd(keys.events(event.camera), {EVENT_FIELD: text}, maxlen=maxlen, approximate=True)
-        pipe.xadd(keys.events(), {EVENT_FIELD: text}, maxlen=maxlen, approximate=True)
-        pipe.publish(keys.events_channel(), text)
-    pipe.execute()
+    redis.eval(_PUBLISH_SCRIPT, 1 + len(events), keys.events(), *(keys.events(e.camera) for e in events),
+               int(maxlen), keys.events_channel(), *(e.dumps() for e in events))
     log.debug("published %d events", len(events), extra={"camera": events[0].camera})
 
 

@@ -95,6 +95,23 @@ def test_publish_writes_both_streams_and_the_channel(redis_client, keys) -> None
     assert [(e.camera, e.track_id) for e in got] == [("camA", 1), ("camB", 1), ("camA", 2)]
 
 
+def test_an_event_has_one_id_in_its_camera_stream_and_the_combined_one(redis_client, keys) -> None:
+    """Feedback, links and SSE resume take an event id from either stream: they must agree.
+    A camera stream that already holds a later id (written before this rule) still gets the
+    event, under an id of its own."""
+    publish_many(redis_client, keys, [sample("camA", 1), sample("camB", 1), sample("camA", 2)], maxlen=1000)
+    combined = {e.track_id if e.camera == "camA" else -1: sid for sid, e in parse_entries(redis_client.xrange(keys.events()))}
+    cam_a = {e.track_id: sid for sid, e in parse_entries(redis_client.xrange(keys.events("camA")))}
+    assert cam_a == {1: combined[1], 2: combined[2]}
+    [(cam_b_id, _)] = parse_entries(redis_client.xrange(keys.events("camB")))
+    assert cam_b_id == combined[-1]
+
+    redis_client.xadd(keys.events("camC"), {EVENT_FIELD: sample("camC", 0).dumps()}, id="99999999999999-0")
+    publish(redis_client, keys, sample("camC", 1), maxlen=1000)
+    ids = [sid for sid, _ in parse_entries(redis_client.xrange(keys.events("camC")))]
+    assert len(ids) == 2 and ids[0] == "99999999999999-0"  # still appended, after the later id
+
+
 def test_read_events_follows_the_stream_from_an_id(redis_client, keys) -> None:
     publish_many(redis_client, keys, [sample("c1", i) for i in range(1, 4)], maxlen=1000)
     first = read_events(redis_client, keys, camera="c1", count=2)
