@@ -127,12 +127,33 @@ def stage_split(frames: list[np.ndarray], settings: Any) -> dict[str, float]:
     return out
 
 
+class _Workers:
+    """Several worker processes behind one worker's interface (``--pool solo``)."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+
+    def wait_ready(self, timeout: float) -> None:
+        for w in self.workers:
+            w.wait_ready(timeout=timeout)
+
+    def rss_mb(self) -> float:
+        return sum(w.rss_mb() for w in self.workers)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.system", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120.0, help="streaming duration")
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second per camera")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--pool", choices=("prefork", "solo"), default="prefork",
+                        help="prefork: one worker with --concurrency pool processes; solo: --concurrency workers "
+                             "that each run their tasks themselves (no parent-to-child hop)")
     parser.add_argument("--max-in-flight", type=int, default=ProducerConfig().max_in_flight, help="frames per camera before the oldest is dropped (default: the setting's)")
     parser.add_argument("--redis-url", default=os.environ.get("FAEC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     parser.add_argument("--faces", type=Path, default=FACES)
@@ -161,13 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="faec-bench-"))
     videos = [make_640x480(args.faces / "videos" / name, work / f"cam{i}.mp4") for i, name in enumerate(VIDEOS)]
     settings = load_settings(redis_url=args.redis_url, prefix=prefix, data_dir=work / "data")
-    worker = WorkerProcess(args.redis_url, prefix, work / "data", queues=("frames", "enrol"),
-                           concurrency=args.concurrency,
-                           env={"FAEC_WORKERS__MAX_FRAME_AGE_S": str(args.max_frame_age)}).start()
+    env = {"FAEC_WORKERS__MAX_FRAME_AGE_S": str(args.max_frame_age)}
+    if args.pool == "solo":  # one worker process per core, each consuming the queue itself
+        worker = _Workers([WorkerProcess(args.redis_url, prefix, work / "data", queues=("frames", "enrol"),
+                                         concurrency=1, pool="solo", env=env).start()
+                           for _ in range(args.concurrency)])
+    else:
+        worker = WorkerProcess(args.redis_url, prefix, work / "data", queues=("frames", "enrol"),
+                               concurrency=args.concurrency, env=env).start()
     client = Client(settings=settings)
     r = redis_lib.Redis.from_url(args.redis_url)
     result: dict[str, Any] = {"benchmark": "system", "cameras": args.cameras, "fps_per_camera": args.fps,
-                              "seconds": args.seconds, "worker_processes": args.concurrency,
+                              "seconds": args.seconds, "worker_processes": args.concurrency, "pool": args.pool,
                               "frame_size": [640, 480], "max_in_flight": args.max_in_flight}
     try:
         worker.wait_ready(timeout=300)

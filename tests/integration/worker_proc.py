@@ -73,6 +73,7 @@ class WorkerProcess:
     app: str = "faec_rec.workers.app"  # the Celery app module (tests may add tasks to it)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     use_seeded_models: bool = True  # start from converted models built once (see seed_models)
+    pool: str = "prefork"  # Celery's pool: "solo" runs tasks in the worker process itself
 
     @property
     def log_path(self) -> Path:
@@ -93,7 +94,7 @@ class WorkerProcess:
         env.update(self.env)
         cmd = [
             sys.executable, "-m", "celery", "-A", self.app, "worker",
-            "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", "prefork",
+            "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", self.pool,
             "-n", f"{self.name}@%h", "-l", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
