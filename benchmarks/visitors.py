@@ -14,6 +14,10 @@ rebuilds the replica from its events (a restart) and feeds the rest.
 Features are computed once with the real engine (detector, alignment,
 backbone, flip averaging: the worker's settings) and cached under ``.cache/``.
 
+``--model FILE --card CARD`` adds the same grouping with a supplied backbone (benchmarks
+only: the research-only reference model), its visitor thresholds mapped from the built-in
+ones as ``models add-backbone`` maps them, and a held-out check of a stricter shift.
+
 Speed: joining one face at 100k and 1M stored synthetic faces (clustered
 face-like vectors), and re-grouping 100k from scratch. The machine is shared:
 the JSON records the load average.
@@ -53,7 +57,7 @@ def lfw_people(data: Path, min_photos: int = 2, limit_people: int = 0) -> tuple[
     return paths, labels
 
 
-def describe(data: Path, paths: list[str]) -> dict[str, np.ndarray]:
+def describe(data: Path, paths: list[str], embedder=None) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Features (n, 128) raw, found flags, quality (face_px, yaw, sharpness, good) per image."""
     from tqdm import tqdm
 
@@ -64,6 +68,8 @@ def describe(data: Path, paths: list[str]) -> dict[str, np.ndarray]:
     from faec_rec.visitors.quality import assess_face
 
     engine = FaceEngine(FacesConfig())
+    if embedder is not None:  # a supplied backbone, fed the engine's chips as a deployment feeds it
+        engine.set_embedder(embedder)
     n = len(paths)
     feats = np.zeros((n, 128), np.float32)
     found = np.zeros(n, bool)
@@ -88,18 +94,28 @@ def describe(data: Path, paths: list[str]) -> dict[str, np.ndarray]:
     return {"features": feats, "found": found, "quality": quality}
 
 
-def cached_features(data: Path, paths: list[str]) -> dict[str, np.ndarray]:
+def cached_features(data: Path, paths: list[str], model: Path | None = None, card: Path | None = None) -> dict[str, np.ndarray]:
+    """The built-in backbone's features of ``paths`` (or, with ``model`` and ``card``, a supplied
+    backbone's, from the same chips), computed once and cached under ``.cache/``."""
     from benchmarks.lfw import cache_key
     from faec_rec.config import FacesConfig
 
     import hashlib
 
+    embedder, tag = None, ""
+    if model is not None:
+        from faec_rec.faces.card import parse_card
+        from faec_rec.faces.supplied import SuppliedEmbedder
+
+        blob = model.read_bytes()
+        embedder = SuppliedEmbedder(blob, parse_card(json.loads(card.read_text())), flip_average=FacesConfig().flip_average)
+        tag = "-" + hashlib.sha256(blob).hexdigest()[:12]
     key = hashlib.sha256(("|".join(paths) + cache_key(FacesConfig())).encode()).hexdigest()[:16]
     CACHE_DIR.mkdir(exist_ok=True)
-    path = CACHE_DIR / f"visitors-lfw-{key}.npz"
+    path = CACHE_DIR / f"visitors-lfw-{key}{tag}.npz"
     if path.is_file():
         return dict(np.load(path))
-    arrays = describe(data, paths)
+    arrays = describe(data, paths, embedder)
     np.savez(path, **arrays)
     return arrays
 
@@ -381,12 +397,15 @@ def naming_gain(feats: np.ndarray, good: np.ndarray, labels: np.ndarray, thresho
             "templates_from_visitors": len(extra_idx), "of_which_another_person": wrong_templates}
 
 
-def quality(feats: np.ndarray, good: np.ndarray, labels: np.ndarray) -> dict[str, object]:
-    """Grouping figures: one at a time, in two halves (a restart between), dlib, DBSCAN."""
+def quality(feats: np.ndarray, good: np.ndarray, labels: np.ndarray, cfg=None, peer_feats=None) -> dict[str, object]:  # noqa: ANN001
+    """Grouping figures: one at a time, in two halves (a restart between), dlib, DBSCAN.
+    ``cfg``: the rule's settings (default: the built-in ones); ``peer_feats``: the built-in
+    backbone's features of the same faces, for dlib's and DBSCAN's figures (default ``feats``)."""
     from faec_rec.config import VisitorsConfig
     from faec_rec.visitors.replica import VisitorReplica
 
-    cfg = VisitorsConfig()
+    cfg = cfg or VisitorsConfig()
+    peer = feats if peer_feats is None else peer_feats
     out: dict[str, object] = {"faces": len(feats), "people": int(len(np.unique(labels))),
                               "good_share": round(float(good.mean()), 4)}
     t0 = time.perf_counter()
@@ -405,12 +424,69 @@ def quality(feats: np.ndarray, good: np.ndarray, labels: np.ndarray) -> dict[str
     ids2 = [f"f{i}-{i}" for i in range(half)] + [f"f{half + i}-{i}" for i in range(len(feats) - half)]
     out["visitors_two_halves"] = scores(clusters_of(second, ids2), labels)
     t0 = time.perf_counter()
-    cw = chinese_whispers(feats, 0.5)
+    cw = chinese_whispers(peer, 0.5)
     out["dlib_chinese_whispers_0.5"] = None if cw is None else {**scores(cw, labels), "seconds": round(time.perf_counter() - t0, 1)}
     for eps in (0.94, 0.95):
-        out[f"dbscan_cos{eps}_min2"] = scores(dbscan(feats, eps, 2), labels)
-    out["naming_gain"] = naming_gain(feats, good, labels)
+        out[f"dbscan_cos{eps}_min2"] = scores(dbscan(peer, eps, 2), labels)
+    if peer_feats is None:
+        out["naming_gain"] = naming_gain(feats, good, labels)
     return out
+
+
+def supplied_quality(args, paths, found, order, builtin, good, labels) -> dict[str, object]:  # noqa: ANN001
+    """The same grouping with a supplied backbone, its visitor thresholds mapped from the
+    built-in ones as ``models add-backbone`` maps them (quantile matching on impostor pairs
+    of the same faces under both backbones), here on 1,000,000 impostor pairs of these faces."""
+    from faec_rec.config import VisitorsConfig
+    from training.backbones import VISITOR_THRESHOLDS, map_thresholds
+
+    if args.card is None:
+        raise SystemExit("--model needs --card")
+    arrays = cached_features(args.data, paths, args.model, args.card)
+    feats = arrays["features"][found][order]
+    rng = np.random.default_rng(1)
+    i, j = rng.integers(0, len(feats), (2, 2_000_000))
+    keep = labels[i] != labels[j]
+    i, j = i[keep][:1_000_000], j[keep][:1_000_000]
+
+    def cos(x: np.ndarray) -> np.ndarray:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return np.einsum("nd,nd->n", x[i], x[j])
+
+    base = VisitorsConfig()
+    wanted = {k: getattr(base, k) for k in VISITOR_THRESHOLDS}
+    mapped = map_thresholds(cos(builtin), cos(feats), wanted, base.ambiguity_margin)
+    if mapped["thresholds"] is None:
+        return {"model": str(args.model), "mapping": mapped}
+    update = dict(mapped["thresholds"])
+    if mapped["ambiguity_margin"] is not None:
+        update["ambiguity_margin"] = mapped["ambiguity_margin"]
+    cfg = base.model_copy(update=update)
+    return {"model": str(args.model), "mapped": {k: round(float(v), 4) for k, v in update.items()},
+            **quality(feats, good, labels, cfg, peer_feats=builtin),
+            "stricter_held_out": stricter_held_out(feats, good, labels, update)}
+
+
+def stricter_held_out(feats: np.ndarray, good: np.ndarray, labels: np.ndarray, mapped: dict[str, float],
+                      shifts: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05), want: float = 0.995) -> dict[str, object]:
+    """The mapped thresholds raised by a shift chosen on half the people (the smallest whose
+    BCubed precision there is >= ``want``), scored on the other half and on all faces: how
+    far the quantile mapping is from a calibration on held-out people."""
+    from faec_rec.config import VisitorsConfig
+
+    def run(mask: np.ndarray, shift: float) -> dict[str, float]:
+        update = {k: (v + shift if k.endswith("_threshold") else v) for k, v in mapped.items()}
+        replica, _ = feed_incremental(feats[mask], good[mask], VisitorsConfig().model_copy(update=update))
+        ids = [f"f{i}-{i}" for i in range(int(mask.sum()))]
+        got = scores(clusters_of(replica, ids), np.unique(labels[mask], return_inverse=True)[1])
+        return {k: got[k] for k in ("bcubed_precision", "bcubed_recall", "alone_share")}
+
+    tune = labels % 2 == 0  # people split by id: no person on both sides
+    tried = {shift: run(tune, shift) for shift in shifts}
+    chosen = next((x for x in shifts if tried[x]["bcubed_precision"] >= want), shifts[-1])
+    everyone = np.ones(len(labels), bool)
+    return {"wanted_tune_precision": want, "tune": {str(k): v for k, v in tried.items()}, "chosen_shift": chosen,
+            "held_out": run(~tune, chosen), "held_out_unshifted": run(~tune, 0.0), "all_faces": run(everyone, chosen)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -423,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--regroup", type=int, default=100_000, help="faces regrouped from scratch (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-lfw", action="store_true", help="only the speed figures")
+    parser.add_argument("--model", type=Path, help="also group with this supplied backbone (TFLite/ONNX; benchmarks only)")
+    parser.add_argument("--card", type=Path, help="the supplied backbone's model card (JSON)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     paths, labels = lfw_people(args.data, limit_people=args.limit_people)
@@ -448,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_lfw:
         result["lfw"] = {"images_with_2plus": len(paths), "faces_found": int(found.sum()), "seed": args.seed,
                          **quality(feats, good, label_ids)}
+    if args.model is not None:
+        result["supplied"] = supplied_quality(args, paths, found, order, feats, good, label_ids)
     result["join_in_memory"] = [join_latency(int(n)) for n in args.sizes.split(",") if n]
     if args.redis_size:
         result["join_through_redis"] = join_latency_redis(args.redis_size)
