@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -79,11 +80,12 @@ def tensorflow() -> Any:
 def lite_interpreter(*, model_content: bytes | None = None, model_path: str | None = None, num_threads: int | None = None) -> Any:
     """A TFLite interpreter from LiteRT (``ai_edge_litert``, no TensorFlow import), or from
     TensorFlow's ``tf.lite`` where LiteRT is not installed. ``num_threads`` defaults to
-    :func:`threads` (1 when unset). Its "Created TensorFlow Lite XNNPACK delegate" line is kept
-    off the terminal."""
+    :func:`threads`, or every core when that is unset (as TensorFlow's own default: a library
+    caller gets the machine; a worker process sets 1). Its "Created TensorFlow Lite XNNPACK
+    delegate" line is kept off the terminal."""
     from faec_rec.quiet import quieted
 
-    count = num_threads if num_threads is not None else (_threads or 1)
+    count = num_threads if num_threads is not None else (_threads or os.cpu_count() or 1)
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - LiteRT is a core dependency; this is a broken install's fallback
