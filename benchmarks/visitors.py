@@ -438,7 +438,7 @@ def supplied_quality(args, paths, found, order, builtin, good, labels) -> dict[s
     built-in ones as ``models add-backbone`` maps them (quantile matching on impostor pairs
     of the same faces under both backbones), here on 1,000,000 impostor pairs of these faces."""
     from faec_rec.config import VisitorsConfig
-    from training.backbones import VISITOR_THRESHOLDS, map_thresholds
+    from faec_rec.training.backbones import VISITOR_THRESHOLDS, map_thresholds, mapped_settings
 
     if args.card is None:
         raise SystemExit("--model needs --card")
@@ -456,11 +456,9 @@ def supplied_quality(args, paths, found, order, builtin, good, labels) -> dict[s
     base = VisitorsConfig()
     wanted = {k: getattr(base, k) for k in VISITOR_THRESHOLDS}
     mapped = map_thresholds(cos(builtin), cos(feats), wanted, base.ambiguity_margin)
-    if mapped["thresholds"] is None:
+    update = mapped_settings(mapped)  # what a deployment serving this backbone would read
+    if update is None:
         return {"model": str(args.model), "mapping": mapped}
-    update = dict(mapped["thresholds"])
-    if mapped["ambiguity_margin"] is not None:
-        update["ambiguity_margin"] = mapped["ambiguity_margin"]
     cfg = base.model_copy(update=update)
     return {"model": str(args.model), "mapped": {k: round(float(v), 4) for k, v in update.items()},
             **quality(feats, good, labels, cfg, peer_feats=builtin),

@@ -646,17 +646,14 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_reports(records: Iterable[dict[str, Any]] | Any, json_path: Path, html_path: Path | None, *,
-                  source: str, skipped: Sequence[Path] = ()) -> dict[str, Any]:
-    """Build the report from worker records (or a :class:`~faec_rec.report.ReportSpool` of
-    them) and write it as JSON (and HTML), streamed record by record."""
+def write_reports(records: Any, json_path: Path, html_path: Path | None, *, source: str,
+                  skipped: Sequence[Path] = ()) -> dict[str, Any]:
+    """Write the report of ``records`` (a :class:`~faec_rec.report.ReportSpool` of worker
+    records) as JSON (and HTML), streamed record by record."""
     from faec_rec import report as rp
 
-    skipped_entries = [{"path": str(p), "reason": "not an image (by file suffix)"} for p in skipped]
-    if isinstance(records, rp.ReportSpool):
-        report = records.report(source=source, skipped=skipped_entries)
-    else:
-        report = rp.build_report(records, source=source, skipped=skipped_entries)
+    report = records.report(source=source,
+                            skipped=[{"path": str(p), "reason": "not an image (by file suffix)"} for p in skipped])
     rp.write_json(report, json_path)
     if html_path is not None:
         with _progress(len(report["images"]), "drawing report") as bar:
@@ -729,33 +726,26 @@ def _identify_and_report(state: State, images: Iterable[Path], others: Sequence[
     report lists every image; memory holds a path and an offset per image), paths are not kept."""
     from faec_rec.report import ReportSpool
 
-    records = ReportSpool(report_path.resolve().parent)  # check_outputs made sure it is writable
-    try:
-        return _identify_into(state, images, others, source, report_path, html_path, timeout_s, backend, records)
-    finally:
-        records.close()
-
-
-def _identify_into(state: State, images: Iterable[Path], others: Sequence[Path], source: Path, report_path: Path,
-                   html_path: Path | None, timeout_s: float, backend: Any, records: Any) -> ExitCode:
     failure: BackendUnavailable | None = None
     total = len(images) if isinstance(images, Sized) else None  # a walk: the bar counts without a total
-    with contextlib.ExitStack() as stack:
-        if backend is None:
-            backend = stack.enter_context(_backend(state, worker_queues=("frames",)))
-            if not backend.embedded:
-                backend.require_consumers("frames")
-        bar = stack.enter_context(_progress(total, "identifying"))
-        try:
-            identify_images(backend, _client(backend), images, timeout_s=timeout_s,
-                            on_result=lambda rec: (records.add(rec), bar.update()))
-        except BackendUnavailable as exc:
-            failure = exc
-    for other in others:
-        click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
-    report = write_reports(records, report_path, html_path, source=str(source), skipped=others)
-    for line in _summary_lines(report):
-        click.echo(line)
+    # beside the report: check_outputs made sure that folder is writable
+    with ReportSpool(report_path.resolve().parent) as records:
+        with contextlib.ExitStack() as stack:
+            if backend is None:
+                backend = stack.enter_context(_backend(state, worker_queues=("frames",)))
+                if not backend.embedded:
+                    backend.require_consumers("frames")
+            bar = stack.enter_context(_progress(total, "identifying"))
+            try:
+                identify_images(backend, _client(backend), images, timeout_s=timeout_s,
+                                on_result=lambda rec: (records.add(rec), bar.update()))
+            except BackendUnavailable as exc:
+                failure = exc
+        for other in others:
+            click.echo(f"skipped (not an image): {display_name(str(other))}", err=True)
+        report = write_reports(records, report_path, html_path, source=str(source), skipped=others)
+        for line in _summary_lines(report):
+            click.echo(line)
     click.echo(f"report: {report_path}" + (f", {html_path}" if html_path else ""))
     if failure is not None:
         raise failure

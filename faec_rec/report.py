@@ -136,7 +136,8 @@ def image_status(image: Mapping[str, Any]) -> ImageStatus:
 
 
 class Summary:
-    """The report's counts, added one normalised image record at a time."""
+    """The report's counts (images, errors, faces, known, unknown, images per status, faces
+    per named person and per visitor), added one normalised image record at a time."""
 
     def __init__(self) -> None:
         self.images = 0
@@ -172,15 +173,6 @@ class Summary:
         """The one model version every record names, the sorted list when several, else None."""
         versions = sorted(self.versions)
         return versions[0] if len(versions) == 1 else (versions or None)
-
-
-def summarise(images: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts over normalised image records: images, errors, faces, known, unknown,
-    images per status, and how many faces each named person got."""
-    summary = Summary()
-    for image in images:
-        summary.add(image)
-    return summary.as_dict()
 
 
 def build_report(
@@ -518,9 +510,9 @@ def html_chunks(
                 pixels = loader(source_path(image))
                 picture = jpeg_data_uri(thumbnail(pixels, image["faces"], max_side))
                 for face in image["faces"]:
-                    shown = visitor_crops.setdefault(face["visitor"], []) if face.get("visitor") else None
-                    if shown is not None and len(shown) < VISITOR_CROPS_SHOWN:  # only what the page shows
-                        shown.append(face_crop_uri(pixels, face["box"]))
+                    vid = face.get("visitor")
+                    if vid and len(visitor_crops.setdefault(vid, [])) < VISITOR_CROPS_SHOWN:  # only what the page shows
+                        visitor_crops[vid].append(face_crop_uri(pixels, face["box"]))
             except Exception as exc:  # a thumbnail must never sink the report
                 log.warning("no thumbnail for %s: %s", image["path"], exc)
         yield _card(image, picture)

@@ -328,7 +328,12 @@ def visitor_settings(redis: "redis_lib.Redis", keys: Keys, name: str) -> dict[st
     raw = redis.hget(keys.backbones(), name)
     if raw is None:
         return None
-    mapped = (json.loads(raw).get("calibration") or {}).get("visitors") or {}
+    return mapped_settings((json.loads(raw).get("calibration") or {}).get("visitors") or {})
+
+
+def mapped_settings(mapped: dict[str, Any]) -> dict[str, float] | None:
+    """The ``visitors.*`` settings a :func:`map_thresholds` result gives (thresholds, and
+    ``ambiguity_margin`` when scaled), or None when it mapped none (visitors pause)."""
     if not mapped.get("thresholds"):
         return None
     out = {k: float(v) for k, v in mapped["thresholds"].items()}

@@ -402,7 +402,6 @@ class VisitorStore:
             for vid in emptied:
                 pipe.delete(k.visitor(vid), k.visitor_faces(vid))
                 pipe.srem(k.visitors(), vid)
-                pipe.hdel(k.visitor_aliases(), vid)
             if rows:
                 self.log.append(pipe, VisitorEvent(VisitorOp.REMOVE, faces=tuple(r[0] for r in rows)))
             return len(rows)

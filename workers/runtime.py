@@ -48,16 +48,6 @@ def load_projector(version: str, settings: Settings, redis: "redis_lib.Redis") -
     return registry.load_projector(version, settings=settings, redis=redis)
 
 
-def limit_tf_threads(threads: int) -> None:
-    """Cap this process's inference threads (TensorFlow intra- and inter-op, LiteRT
-    interpreters; 0: leave the defaults). With one worker process per core, one thread each
-    avoids processes fighting over cores (and idle threads spinning). Imports no TensorFlow:
-    the limit applies when it is first imported (:func:`faec_rec.faces.runtime.tensorflow`)."""
-    from faec_rec.faces import runtime as face_runtime
-
-    face_runtime.set_threads(threads)
-
-
 @dataclass
 class QueuedRefresh:
     """The reads of a :meth:`Runtime.refresh` queued on a caller's pipeline (``count`` replies)."""
@@ -253,7 +243,10 @@ def shared_engine(settings: Settings) -> "FaceEngine":
         with _ENGINES_LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                limit_tf_threads(settings.workers.tf_threads)  # before TensorFlow's first op
+                # inference threads (LiteRT now, TensorFlow when it is first imported)
+                from faec_rec.faces.runtime import set_threads
+
+                set_threads(settings.workers.tf_threads)
                 from faec_rec.faces.engine import FaceEngine
 
                 engine = _ENGINES[key] = FaceEngine(settings.faces, cache_dir=cache_dir)

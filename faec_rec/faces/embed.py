@@ -136,10 +136,12 @@ class Embedder:
         with self._lock:
             if self._run is not None:
                 return
+            # where this runtime's converted model is cached (None without the dlib source)
             lite = self._cache("lite") if self.runtime == "litert" else None
-            run_cached = runtime.load_lite(lite) if lite is not None else None  # cold start: no TensorFlow
-            if run_cached is None and self.runtime == "tensorflow":
-                graph = self._cache("graph")
+            graph = self._cache("graph") if self.runtime == "tensorflow" else None
+            if lite is not None:
+                run_cached = runtime.load_lite(lite)  # cold start: no TensorFlow
+            else:
                 run_cached = runtime.load_frozen(graph) if graph is not None else None  # no Keras
             if run_cached is not None:
                 self._run = run_cached
@@ -170,7 +172,6 @@ class Embedder:
                     self._run = converted
                     return
             self._run = frozen
-            graph = self._cache("graph") if self.runtime == "tensorflow" else None
             if graph is not None:
                 runtime.save_frozen(frozen, graph)
 

@@ -28,6 +28,7 @@ TensorFlow graph (XNNPACK has no bfloat16/AMX path), and so does ``faces.runtime
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from faec_rec.quiet import quieted
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +58,6 @@ def set_threads(threads: int) -> None:
     _threads = max(0, int(threads))
     if "tensorflow" in sys.modules:
         tensorflow()
-
-
-def threads() -> int:
-    """The thread count set by :func:`set_threads` (0: runtime default)."""
-    return _threads
 
 
 def tensorflow() -> Any:
@@ -79,12 +77,10 @@ def tensorflow() -> Any:
 
 def lite_interpreter(*, model_content: bytes | None = None, model_path: str | None = None, num_threads: int | None = None) -> Any:
     """A TFLite interpreter from LiteRT (``ai_edge_litert``, no TensorFlow import), or from
-    TensorFlow's ``tf.lite`` where LiteRT is not installed. ``num_threads`` defaults to
-    :func:`threads`, or every core when that is unset (as TensorFlow's own default: a library
+    TensorFlow's ``tf.lite`` where LiteRT is not installed. ``num_threads`` defaults to the
+    limit :func:`set_threads` set, or every core when none is set (as TensorFlow's own default: a library
     caller gets the machine; a worker process sets 1). Its "Created TensorFlow Lite XNNPACK
     delegate" line is kept off the terminal."""
-    from faec_rec.quiet import quieted
-
     count = num_threads if num_threads is not None else (_threads or os.cpu_count() or 1)
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -139,6 +135,21 @@ def write_cached(path: Path, blob: bytes, meta: dict[str, Any], what: str) -> No
         log.warning("could not cache %s at %s (%s)", what, path, exc)
 
 
+def read_cached(path: Path, fmt: int, what: str) -> tuple[bytes, dict[str, Any]] | None:
+    """The blob and sidecar :func:`write_cached` wrote, or None when either is missing or
+    unreadable, or the blob fails its sha256 or is of another format than ``fmt`` (logged:
+    the caller rebuilds it)."""
+    try:
+        blob = path.read_bytes()
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("sha256") != hashlib.sha256(blob).hexdigest() or meta.get("format") != fmt:
+        log.warning("%s %s fails its checksum; rebuilding it", what, path)
+        return None
+    return blob, meta
+
+
 # ---- the frozen graph cached on disk (cold start) ---------------------------------------
 # Bump when the function that is frozen changes (input dtype, mirror averaging, outputs).
 GRAPH_FORMAT = 1
@@ -169,15 +180,10 @@ def save_frozen(run: Callable[[np.ndarray], np.ndarray], path: Path) -> None:
 
 def load_frozen(path: Path) -> Callable[[np.ndarray], np.ndarray] | None:
     """The callable saved by :func:`save_frozen`, or None when absent, unreadable or corrupt."""
-    meta_path = path.with_suffix(".json")
-    try:
-        blob = path.read_bytes()
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+    cached = read_cached(path, GRAPH_FORMAT, "frozen backbone graph")
+    if cached is None:
         return None
-    if meta.get("sha256") != hashlib.sha256(blob).hexdigest() or meta.get("format") != GRAPH_FORMAT:
-        log.warning("frozen backbone graph %s fails its checksum; rebuilding it", path)
-        return None
+    blob, meta = cached
     tf = tensorflow()
 
     graph_def = tf.compat.v1.GraphDef()
@@ -251,8 +257,6 @@ def convert_lite(fn: Callable[[Any], Any], input_spec: Any, path: Path | None,
     :func:`check_chips` (cosine >= :data:`LITE_MIN_COSINE`). Returns the callable, or None
     when the conversion fails or misses that parity (logged: the caller keeps the TensorFlow
     graph). A cache that cannot be written costs only the next start its conversion."""
-    from faec_rec.quiet import quieted
-
     tf = tensorflow()
     try:
         concrete = tf.function(fn, input_signature=[input_spec]).get_concrete_function()
@@ -312,12 +316,8 @@ class _LiteRun:
         with self._lock:
             if x.shape[0] != self._batch:
                 self._it.resize_tensor_input(self._in, list(x.shape))
-                if self._batch < 0:  # the first allocation creates XNNPACK's delegate, which says so on fd 2
-                    from faec_rec.quiet import quieted
-
-                    with quieted():
-                        self._it.allocate_tensors()
-                else:
+                # the first allocation creates XNNPACK's delegate, which says so on fd 2
+                with quieted() if self._batch < 0 else contextlib.nullcontext():
                     self._it.allocate_tensors()
                 self._batch = x.shape[0]
             self._it.set_tensor(self._in, np.ascontiguousarray(x))
@@ -326,18 +326,13 @@ class _LiteRun:
 
 
 def load_lite(path: Path) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The model cached by :func:`convert_lite` as a callable (threads: :func:`threads`), or None
+    """The model cached by :func:`convert_lite` as a callable (threads: :func:`set_threads`), or None
     when absent, unreadable, corrupt or LiteRT cannot load it. Imports no TensorFlow."""
-    try:
-        blob = path.read_bytes()
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return None
-    if meta.get("sha256") != hashlib.sha256(blob).hexdigest() or meta.get("format") != LITE_FORMAT:
-        log.warning("LiteRT backbone %s fails its checksum; rebuilding it", path)
+    cached = read_cached(path, LITE_FORMAT, "LiteRT backbone")
+    if cached is None:
         return None
     try:
-        return _LiteRun(lite_interpreter(model_content=blob))
+        return _LiteRun(lite_interpreter(model_content=cached[0]))
     except Exception as exc:  # noqa: BLE001 - a model LiteRT rejects: rebuild from Keras
         log.warning("LiteRT cannot load %s (%s); rebuilding it", path, exc)
         return None
